@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make test` and `make run`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test run bench lint sim clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check node protocols simulations tests benchmarks
+	$(VENV)/bin/ruff format --check node protocols simulations tests benchmarks
+	$(VENV)/bin/mypy node protocols simulations
+
+test: lint
+	$(PY) -X dev -b -m pytest -q
+
+run: $(STAMP)
+	$(VENV)/bin/pyrgos node run --init-if-needed
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+sim: $(STAMP)
+	@echo "no simulation scenarios yet"
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

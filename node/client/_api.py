@@ -1,0 +1,99 @@
+"""The client's view of one node: the method table over HTTP, and verified block reads."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any, Final
+
+import httpx
+
+from protocols import bats, cbor
+from protocols.cid import CID
+from protocols.errors import Corrupted, PyrgosError, Unavailable, error_from_code
+
+API_PREFIX: Final = "/api/v1"
+CBOR_TYPE: Final = "application/cbor"
+MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
+MAX_CONNECTIONS: Final = 16
+
+
+class NodeApi:
+    """Calls to the node at `url`; every block read is checked against its CID."""
+
+    def __init__(self, url: str, *, timeout: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+            ),
+        )
+        self._node_id: bytes | None = None
+        self.round_trips = 0
+
+    async def __aenter__(self) -> NodeApi:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _unreachable(self, exc: Exception) -> Unavailable:
+        return Unavailable(f"cannot reach the node at {self.url} ({type(exc).__name__})")
+
+    @staticmethod
+    def _check(response: httpx.Response) -> None:
+        if response.status_code == 200:
+            return
+        try:
+            value = cbor.decode(response.content, limit=64 * 1024)
+            raise error_from_code(str(value["error"]), str(value["message"]))
+        except (PyrgosError, KeyError, TypeError) as exc:
+            if isinstance(exc, PyrgosError) and not isinstance(exc, Corrupted):
+                raise
+            raise PyrgosError(f"the node answered HTTP {response.status_code}") from None
+
+    async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
+        """Call one method of the node's table and return its CBOR result."""
+        body = cbor.encode(args or {})
+        try:
+            response = await self._client.post(
+                f"{API_PREFIX}/call/{method}", content=body, headers={"content-type": CBOR_TYPE}
+            )
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        self.round_trips += 1
+        self._check(response)
+        return cbor.decode(response.content, limit=MAX_REPLY_BYTES)
+
+    async def node_id(self) -> bytes:
+        if self._node_id is None:
+            info = await self.call("node.info")
+            self._node_id = str(info["node"]).encode()
+        return self._node_id
+
+    async def get_block(self, cid: CID, bat: bytes | None = None) -> bytes:
+        """Fetch a block, proving knowledge of its BAT when given; verify it is what `cid` names."""
+        params = {}
+        if bat is not None:
+            auth = bats.make_read_auth(bat, cid, b"", await self.node_id(), int(time.time()))
+            params["auth"] = auth.to_text()
+        try:
+            response = await self._client.get(f"{API_PREFIX}/block/{cid.text}", params=params)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        self.round_trips += 1
+        self._check(response)
+        data = response.content
+        if not cid.matches(data):
+            raise Corrupted(f"block {cid} does not match its hash: the node returned corrupt data")
+        return data

@@ -1,0 +1,200 @@
+"""A client's block work for one operation: verified reads, CHAMP lookups in one round trip,
+new blocks staged in memory and written, signed, in the commit that makes them reachable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Final
+
+import trio
+
+from node.client._api import NodeApi
+from protocols import cbor, champ
+from protocols.blocks import sign_put
+from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
+from protocols.crypto import SigningKey
+from protocols.cryptree import (
+    Capability,
+    Entry,
+    KeyBlock,
+    Properties,
+    build_node,
+    payload_data,
+    seal_data,
+)
+from protocols.errors import Corrupted, MalformedInput
+
+PUT_BATCH_BYTES: Final = 6 * 1024 * 1024  # one chunk's fragments and node per request
+MAX_KEYS_PER_LOOKUP: Final = 64
+
+
+def new_upload_id() -> bytes:
+    return secrets.token_bytes(16)
+
+
+class Blocks:
+    """Blocks seen and made during one operation. Also the CHAMP's block source and sink."""
+
+    def __init__(self, api: NodeApi) -> None:
+        self.api = api
+        self.staged: dict[CID, bytes] = {}
+        self._public: dict[CID, bytes] = {champ.EMPTY_ROOT: champ.EMPTY_NODE}
+
+    async def get(self, cid: CID) -> bytes:
+        """A public block (CHAMP node, WriterData): staged, seen, or fetched."""
+        data = self.staged.get(cid) or self._public.get(cid)
+        if data is None:
+            data = await self.api.get_block(cid)
+            self._public[cid] = data
+        return data
+
+    async def put(self, data: bytes) -> CID:
+        cid = CID.of(CODEC_DAG_CBOR, data)
+        self.staged[cid] = data
+        return cid
+
+    def stage_raw(self, data: bytes) -> CID:
+        cid = CID.of(CODEC_RAW, data)
+        self.staged[cid] = data
+        return cid
+
+    async def fetch(self, cid: CID, bat: bytes) -> bytes:
+        """A private block, proving knowledge of its BAT to the node."""
+        return self.staged.get(cid) or await self.api.get_block(cid, bat)
+
+    async def lookup(self, root: CID, keys: Iterable[bytes]) -> dict[bytes, CID | None]:
+        """Values of `keys` in the CHAMP at `root`: one round trip per 64 keys."""
+        wanted = list(dict.fromkeys(keys))
+        if root not in self.staged:
+            for start in range(0, len(wanted), MAX_KEYS_PER_LOOKUP):
+                batch = wanted[start : start + MAX_KEYS_PER_LOOKUP]
+                proof = await self.api.call("champ.get", {"root": root, "keys": batch})
+                if not isinstance(proof, list) or not all(isinstance(b, bytes) for b in proof):
+                    raise Corrupted("the node returned a malformed CHAMP proof")
+                for block in proof:
+                    self._public[CID.of(CODEC_DAG_CBOR, block)] = block
+        try:
+            return await champ.get_many(self, root, wanted)
+        except MalformedInput as exc:
+            raise Corrupted(f"a CHAMP node is malformed: {exc.message}") from exc
+
+    def reachable_staged(self, root: CID) -> list[CID]:
+        """Staged blocks reachable from `root` through staged blocks, parents first."""
+        order: list[CID] = []
+        seen: set[CID] = set()
+        stack = [root]
+        while stack:
+            cid = stack.pop()
+            if cid in seen or cid not in self.staged:
+                continue
+            seen.add(cid)
+            order.append(cid)
+            if cid.codec == CODEC_DAG_CBOR:
+                stack.extend(cbor.iter_links(cbor.decode(self.staged[cid])))
+        return order
+
+
+async def put_blocks(
+    api: NodeApi,
+    owner: CID,
+    writer: SigningKey,
+    blocks: list[tuple[CID, bytes]],
+    upload: bytes,
+) -> None:
+    """Write blocks signed by `writer`, pinned by `upload` until the commit that links them."""
+    batch: list[tuple[CID, bytes]] = []
+    size = 0
+    for cid, data in blocks:
+        if batch and size + len(data) > PUT_BATCH_BYTES:
+            await _put_batch(api, owner, writer, batch, upload)
+            batch, size = [], 0
+        batch.append((cid, data))
+        size += len(data)
+    if batch:
+        await _put_batch(api, owner, writer, batch, upload)
+
+
+async def _put_batch(
+    api: NodeApi,
+    owner: CID,
+    writer: SigningKey,
+    batch: list[tuple[CID, bytes]],
+    upload: bytes,
+) -> None:
+    await api.call(
+        "block.put",
+        {
+            "owner": owner,
+            "writer": writer.public.key_hash(),
+            "upload": upload,
+            "blocks": [[cid.codec, data] for cid, data in batch],
+            "sigs": [sign_put(writer, cid) for cid, _ in batch],
+        },
+    )
+
+
+async def stage_dir_chunk(
+    blocks: Blocks,
+    tree: CID,
+    cap: Capability,
+    index: int,
+    keys: KeyBlock,
+    props: Properties | None,
+    entries: list[Entry],
+    old: CID | None,
+    mirror_id: bytes,
+) -> CID:
+    """Stage chunk `index` of a directory holding `entries`; return the tree pointing at it."""
+    plain = cbor.encode([entry.to_cbor() for entry in entries])
+    payload = seal_data(cap, index, keys, True, plain, mirror_id)
+    for fragment in payload.fragments:
+        blocks.stage_raw(fragment)
+    node = build_node(cap, index, keys, True, props, payload_data(payload), mirror_id)
+    return await champ.put(blocks, tree, cap.chunk(index)[0], old, await blocks.put(node))
+
+
+class Uploader:
+    """Sends blocks in batches of about 6 MiB from a few tasks, pinned under one upload id.
+
+    `add` waits while the queue is full, so memory stays bounded whatever the file size.
+    """
+
+    def __init__(
+        self,
+        api: NodeApi,
+        owner: CID,
+        writer: SigningKey,
+        nursery: trio.Nursery,
+        *,
+        parallel: int = 2,
+    ) -> None:
+        self.upload = new_upload_id()
+        self._api, self._owner, self._writer = api, owner, writer
+        self._pending: list[tuple[CID, bytes]] = []
+        self._size = 0
+        self._send, receive = trio.open_memory_channel[list[tuple[CID, bytes]]](1)
+        for _ in range(parallel):
+            nursery.start_soon(self._work, receive.clone())
+        receive.close()
+
+    async def _work(self, receive: trio.MemoryReceiveChannel[list[tuple[CID, bytes]]]) -> None:
+        async with receive:
+            async for batch in receive:
+                await _put_batch(self._api, self._owner, self._writer, batch, self.upload)
+
+    async def add(self, blocks: list[tuple[CID, bytes]]) -> None:
+        for cid, data in blocks:
+            if self._pending and self._size + len(data) > PUT_BATCH_BYTES:
+                await self._send.send(self._pending)
+                self._pending, self._size = [], 0
+            self._pending.append((cid, data))
+            self._size += len(data)
+
+    async def finish(self) -> None:
+        """Send what is left; the workers end once the queue is drained."""
+        if self._pending:
+            await self._send.send(self._pending)
+            self._pending, self._size = [], 0
+        await self._send.aclose()

@@ -1,0 +1,754 @@
+"""The encrypted filesystem from a user's side: paths, directories, streaming file I/O.
+
+Every change is one commit: new blocks staged or uploaded (pinned by an upload id), the
+CHAMP updated, a new WriterData, and a compare-and-swap of the writer's pointer. A commit that
+loses a race re-reads the root and redoes its change; uploaded file data is never sent twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import mimetypes
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import BinaryIO, Final
+
+import trio
+
+from node.client._blocks import Blocks, Uploader, new_upload_id, put_blocks, stage_dir_chunk
+from node.client._session import Session, now_ms
+from protocols import accounts, cbor, champ, crypto
+from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
+from protocols.cryptree import (
+    CHUNK_BYTES,
+    FRAGMENT_BYTES,
+    MAX_CHILDREN_PER_CHUNK,
+    Capability,
+    Entry,
+    KeyBlock,
+    OpenedNode,
+    Properties,
+    SealedPayload,
+    build_node,
+    open_fragment,
+    open_inline,
+    open_node,
+    payload_data,
+    payload_key,
+    seal_data,
+)
+from protocols.errors import (
+    Conflict,
+    Corrupted,
+    InvalidName,
+    MalformedInput,
+    NotFound,
+    StaleRoot,
+)
+from protocols.names import check_file_name, split_path
+from protocols.pointers import CONTEXT as POINTER_CONTEXT
+from protocols.pointers import PointerUpdate
+from protocols.writerdata import WriterData
+
+MAX_COMMIT_ATTEMPTS: Final = 8
+FRAGMENTS_IN_FLIGHT: Final = 8  # fragment reads kept in flight while downloading
+Progress = Callable[[int], None]
+Opener = Callable[[], contextlib.AbstractContextManager[BinaryIO]]  # opens a file's bytes
+
+
+@dataclass
+class DirChunk:
+    """One chunk of a directory as read: where it is and the entries it holds."""
+
+    index: int
+    node: CID
+    keys: KeyBlock
+    props: Properties | None
+    entries: list[Entry]
+
+
+@dataclass
+class Directory:
+    cap: Capability
+    chunks: list[DirChunk]
+
+    @property
+    def props(self) -> Properties:
+        props = self.chunks[0].props
+        if props is None:
+            raise Corrupted("a directory's first chunk has no metadata")
+        return props
+
+    def entries(self) -> list[Entry]:
+        return [entry for chunk in self.chunks for entry in chunk.entries]
+
+    def find(self, name: str) -> tuple[DirChunk, Entry] | None:
+        for chunk in self.chunks:
+            for entry in chunk.entries:
+                if entry.name == name:
+                    return chunk, entry
+        return None
+
+
+@dataclass(frozen=True)
+class Listing:
+    name: str
+    is_dir: bool
+    props: Properties | None = None
+
+
+def _chunk_count(props: Properties) -> int:
+    if props.is_dir:
+        return props.chunks
+    return max(1, math.ceil(props.size / CHUNK_BYTES))
+
+
+def _guess_mime(name: str) -> str:
+    mime = mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+    return mime[:127]
+
+
+def new_capability(parent: Capability) -> Capability:
+    """Fresh random location and keys for a new file or directory under `parent`."""
+    return Capability(
+        owner=parent.owner,
+        writer=parent.writer,
+        label=crypto.random_bytes(32),
+        bat=crypto.random_bytes(32),
+        read_key=crypto.random_key(),
+        write_key=crypto.random_key(),
+    )
+
+
+class FileSystem:
+    """A user's files, through the session's node."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.api = session.api
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _root(self) -> tuple[PointerUpdate, WriterData, Blocks]:
+        raw = await self.api.call("pointer.get", {"writer": self.session.owner})
+        if not isinstance(raw, bytes):
+            raise NotFound("this account has no root: was the signup completed?")
+        pointer = PointerUpdate.decode(raw)
+        self.session.identity.public.verify(pointer.signed_part, pointer.signature, POINTER_CONTEXT)
+        blocks = Blocks(self.api)
+        try:
+            writer_data = WriterData.decode(await blocks.get(pointer.new))
+        except MalformedInput as exc:
+            raise Corrupted(f"the account root is malformed: {exc.message}") from exc
+        return pointer, writer_data, blocks
+
+    async def _nodes(
+        self, blocks: Blocks, tree: CID, cap: Capability, indices: Sequence[int]
+    ) -> list[tuple[CID, bytes]]:
+        """The node CIDs and blocks of chunks `indices` of `cap`: one lookup, parallel fetches."""
+        locations = [cap.chunk(i) for i in indices]
+        found = await blocks.lookup(tree, [label for label, _ in locations])
+        results: list[tuple[CID, bytes]] = [None] * len(indices)  # type: ignore[list-item]
+
+        async def fetch(slot: int, label: bytes, bat: bytes) -> None:
+            cid = found[label]
+            if cid is None:
+                raise NotFound("a chunk of this file or directory is missing")
+            results[slot] = (cid, await blocks.fetch(cid, bat))
+
+        async with trio.open_nursery() as nursery:
+            for slot, (label, bat) in enumerate(locations):
+                nursery.start_soon(fetch, slot, label, bat)
+        return results
+
+    async def _payload(
+        self, blocks: Blocks, cap: Capability, index: int, opened: OpenedNode, is_dir: bool
+    ) -> bytes:
+        key = payload_key(cap, opened.keys, is_dir)
+        label, bat = cap.chunk(index)
+        if isinstance(opened.data, bytes):
+            return open_inline(key, label, opened.data)
+        fragments = opened.data
+        parts = [b""] * len(fragments)
+
+        async def fetch(i: int) -> None:
+            block = await blocks.fetch(fragments[i], bat)
+            parts[i] = open_fragment(key, label, i, i == len(fragments) - 1, block)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(fragments)):
+                nursery.start_soon(fetch, i)
+        return b"".join(parts)
+
+    async def _read_dir(self, blocks: Blocks, tree: CID, cap: Capability) -> Directory:
+        first = await self._nodes(blocks, tree, cap, [0])
+        opened = open_node(cap, 0, True, first[0][1])
+        if opened.props is None:
+            raise Corrupted("a directory's first chunk has no metadata")
+        nodes = first
+        if opened.props.chunks > 1:
+            nodes = first + await self._nodes(blocks, tree, cap, range(1, opened.props.chunks))
+        chunks: list[DirChunk] = []
+        for index, (cid, block) in enumerate(nodes):
+            node = opened if index == 0 else open_node(cap, index, True, block)
+            plain = await self._payload(blocks, cap, index, node, True)
+            try:
+                listed = cbor.decode(plain, limit=len(plain))
+                if not isinstance(listed, list):
+                    raise MalformedInput("a directory chunk is a list of entries")
+                entries = [Entry.from_cbor(item) for item in listed]
+            except (MalformedInput, InvalidName) as exc:
+                raise Corrupted(f"a directory chunk is malformed: {exc.message}") from exc
+            chunks.append(DirChunk(index, cid, node.keys, node.props, entries))
+        return Directory(cap, chunks)
+
+    def _split(self, path: str) -> list[str]:
+        """Names from the home directory down; absolute paths start with the username."""
+        names = split_path(path)
+        if path.startswith("/"):
+            if not names:
+                return []
+            if names[0] != self.session.username:
+                raise NotFound(f"/{names[0]} is not this user's home (/{self.session.username})")
+            return names[1:]
+        return names
+
+    async def _walk(
+        self, blocks: Blocks, tree: CID, names: list[str]
+    ) -> tuple[list[Directory], Entry | None]:
+        """The directories along `names` (home first) and the final entry (None: home)."""
+        dirs = [await self._read_dir(blocks, tree, self.session.home)]
+        entry: Entry | None = None
+        for depth, name in enumerate(names):
+            found = dirs[-1].find(name)
+            if found is None:
+                raise NotFound(f"no such file or directory: {'/'.join(names[: depth + 1])}")
+            entry = found[1]
+            if depth < len(names) - 1:
+                if not entry.is_dir:
+                    raise NotFound(f"not a directory: {'/'.join(names[: depth + 1])}")
+                dirs.append(await self._read_dir(blocks, tree, entry.capability(dirs[-1].cap)))
+        return dirs, entry
+
+    async def listdir(self, path: str = "", *, long: bool = False) -> list[Listing]:
+        _, writer_data, blocks = await self._root()
+        dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
+        if entry is not None and not entry.is_dir:
+            props = await self._props(blocks, writer_data.tree, dirs[-1].cap, entry)
+            return [Listing(entry.name, False, props)]
+        directory = dirs[-1]
+        if entry is not None:
+            directory = await self._read_dir(
+                blocks, writer_data.tree, entry.capability(directory.cap)
+            )
+        entries = sorted(directory.entries(), key=lambda e: e.name)
+        if not long:
+            return [Listing(e.name, e.is_dir) for e in entries]
+        caps = [e.capability(directory.cap) for e in entries]
+        nodes: list[tuple[CID, bytes]] = []
+        for start in range(0, len(caps), 64):
+            nodes += await self._first_nodes(blocks, writer_data.tree, caps[start : start + 64])
+        return [
+            Listing(e.name, e.is_dir, open_node(cap, 0, e.is_dir, block).props)
+            for e, cap, (_, block) in zip(entries, caps, nodes, strict=True)
+        ]
+
+    async def _first_nodes(
+        self, blocks: Blocks, tree: CID, caps: list[Capability]
+    ) -> list[tuple[CID, bytes]]:
+        found = await blocks.lookup(tree, [cap.label for cap in caps])
+        results: list[tuple[CID, bytes]] = [None] * len(caps)  # type: ignore[list-item]
+
+        async def fetch(slot: int) -> None:
+            cid = found[caps[slot].label]
+            if cid is None:
+                raise NotFound("a directory entry points at a missing node")
+            results[slot] = (cid, await blocks.fetch(cid, caps[slot].bat))
+
+        async with trio.open_nursery() as nursery:
+            for slot in range(len(caps)):
+                nursery.start_soon(fetch, slot)
+        return results
+
+    async def _props(
+        self, blocks: Blocks, tree: CID, parent: Capability, entry: Entry
+    ) -> Properties:
+        cap = entry.capability(parent)
+        ((_, block),) = await self._nodes(blocks, tree, cap, [0])
+        props = open_node(cap, 0, entry.is_dir, block).props
+        if props is None:
+            raise Corrupted("a first chunk has no metadata")
+        return props
+
+    async def stat(self, path: str) -> Properties:
+        _, writer_data, blocks = await self._root()
+        dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
+        if entry is None:
+            return dirs[0].props
+        return await self._props(blocks, writer_data.tree, dirs[-1].cap, entry)
+
+    async def read(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes [offset, offset + length) of a file: chunk i costs i local hashes and
+        one CHAMP lookup, never a read of the chunks before it."""
+        if offset < 0 or (length is not None and length < 0):
+            raise MalformedInput("offset and length must not be negative")
+        _, writer_data, blocks = await self._root()
+        dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
+        if entry is None or entry.is_dir:
+            raise Conflict(f"{path} is a directory")
+        cap = entry.capability(dirs[-1].cap)
+        end = None if length is None else offset + length
+        async for piece in self._read_file(blocks, writer_data.tree, cap, offset, end):
+            yield piece
+
+    async def _read_file(
+        self, blocks: Blocks, tree: CID, cap: Capability, offset: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        index = offset // CHUNK_BYTES
+        while end is None or index * CHUNK_BYTES < end:
+            label, bat = cap.chunk(index)
+            cid = (await blocks.lookup(tree, [label]))[label]
+            if cid is None:
+                return  # past the last chunk
+            opened = open_node(cap, index, False, await blocks.fetch(cid, bat))
+            start = max(0, offset - index * CHUNK_BYTES)
+            stop = CHUNK_BYTES if end is None else min(CHUNK_BYTES, end - index * CHUNK_BYTES)
+            async for piece, piece_start in self._chunk_pieces(
+                blocks, cap, index, opened, start, stop
+            ):
+                lo, hi = max(start - piece_start, 0), min(stop - piece_start, len(piece))
+                if lo < hi:
+                    yield piece[lo:hi]
+            index += 1
+
+    async def _chunk_pieces(
+        self,
+        blocks: Blocks,
+        cap: Capability,
+        index: int,
+        opened: OpenedNode,
+        start: int,
+        stop: int,
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """(plaintext, offset in chunk) of the fragments overlapping [start, stop), in order."""
+        label, bat = cap.chunk(index)
+        key = opened.keys.key
+        if isinstance(opened.data, bytes):
+            yield open_inline(key, label, opened.data), 0
+            return
+        fragments = opened.data
+        last = len(fragments) - 1
+        first = min(start // FRAGMENT_BYTES, last)
+        final = min(max(stop - 1, 0) // FRAGMENT_BYTES, last)
+        wanted = list(range(first, final + 1))
+        send, receive = trio.open_memory_channel[tuple[int, bytes]](0)
+        results: dict[int, bytes] = {}
+        limit = trio.Semaphore(FRAGMENTS_IN_FLIGHT)
+
+        async def fetch(i: int) -> None:
+            async with limit:
+                block = await blocks.fetch(fragments[i], bat)
+                plain = await trio.to_thread.run_sync(
+                    open_fragment, key, label, i, i == last, block
+                )
+                await send.send((i, plain))
+
+        async with trio.open_nursery() as nursery:
+            for i in wanted:
+                nursery.start_soon(fetch, i)
+            async with receive:
+                for i in wanted:
+                    while i not in results:
+                        got, plain = await receive.receive()
+                        results[got] = plain
+                    yield results.pop(i), i * FRAGMENT_BYTES
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def _commit(
+        self, change: Callable[[Blocks, CID], Awaitable[CID]], uploads: Sequence[bytes] = ()
+    ) -> None:
+        """Apply `change` to the current tree and swap the pointer; on a lost race, redo it."""
+        session = self.session
+        for attempt in range(MAX_COMMIT_ATTEMPTS):
+            pointer, writer_data, blocks = await self._root()
+            tree = await change(blocks, writer_data.tree)
+            root = await blocks.put(replace(writer_data, tree=tree).encode())
+            staged = [(cid, blocks.staged[cid]) for cid in blocks.reachable_staged(root)]
+            upload = new_upload_id()
+            await put_blocks(self.api, session.owner, session.identity, staged, upload)
+            update = PointerUpdate.create(session.identity, pointer.new, root, pointer.sequence + 1)
+            try:
+                await self.api.call(
+                    "pointer.cas",
+                    {
+                        "owner": session.owner,
+                        "updates": [[session.owner, update.encode()]],
+                        "uploads": [upload, *uploads],
+                    },
+                )
+                return
+            except StaleRoot:
+                await trio.sleep(random.uniform(0, 0.02 * 2**attempt))
+        raise Conflict("the tree kept changing under this operation; try again")
+
+    async def _save_dir(
+        self, blocks: Blocks, tree: CID, directory: Directory, dirty: set[int]
+    ) -> CID:
+        """Write the chunks of `directory` that changed, and chunk 0 with its new metadata.
+
+        Entries fill chunks of at most 500; empty trailing chunks are dropped.
+        """
+        chunks = directory.chunks
+        while len(chunks) > 1 and not chunks[-1].entries:
+            gone = chunks.pop()
+            tree = await champ.remove(blocks, tree, directory.cap.chunk(gone.index)[0], gone.node)
+        for chunk in list(chunks):
+            while len(chunk.entries) > MAX_CHILDREN_PER_CHUNK:
+                spill = chunk.entries[MAX_CHILDREN_PER_CHUNK:]
+                del chunk.entries[MAX_CHILDREN_PER_CHUNK:]
+                if chunk is chunks[-1]:
+                    chunks.append(DirChunk(len(chunks), None, chunk.keys, None, []))  # type: ignore[arg-type]
+                chunks[chunk.index + 1].entries[:0] = spill
+                dirty.update({chunk.index, chunk.index + 1})
+        props = replace(
+            directory.props,
+            size=sum(len(c.entries) for c in chunks),
+            chunks=len(chunks),
+            modified=now_ms(),
+        )
+        chunks[0].props = props
+        dirty.add(0)
+        for chunk in chunks:
+            if chunk.index in dirty:
+                tree = await stage_dir_chunk(
+                    blocks, tree, directory.cap, chunk.index, chunk.keys,
+                    chunk.props if chunk.index == 0 else None, chunk.entries, chunk.node,
+                    self.session.mirror_id,
+                )  # fmt: skip
+        return tree
+
+    async def _new_dir(
+        self, blocks: Blocks, tree: CID, parent: Capability, name: str
+    ) -> tuple[CID, Entry]:
+        cap = new_capability(parent)
+        stamp = now_ms()
+        props = Properties(name, True, 0, stamp, stamp, parent=parent.label)
+        keys = KeyBlock(crypto.random_key())
+        tree = await stage_dir_chunk(
+            blocks, tree, cap, 0, keys, props, [], None, self.session.mirror_id
+        )
+        return tree, Entry.link(name, True, cap, parent)
+
+    async def _dir_at(self, blocks: Blocks, tree: CID, names: list[str]) -> Directory:
+        dirs, entry = await self._walk(blocks, tree, names)
+        if entry is None:
+            return dirs[0]
+        if not entry.is_dir:
+            raise Conflict(f"not a directory: {'/'.join(names)}")
+        return await self._read_dir(blocks, tree, entry.capability(dirs[-1].cap))
+
+    async def mkdir(self, path: str, *, parents: bool = False) -> None:
+        names = self._split(path)
+        if not names:
+            raise Conflict("the home directory already exists")
+
+        async def change(blocks: Blocks, tree: CID) -> CID:
+            directory = await self._read_dir(blocks, tree, self.session.home)
+            for depth, name in enumerate(names):
+                found = directory.find(name)
+                last = depth == len(names) - 1
+                if found is not None:
+                    if last and not parents:
+                        raise Conflict(f"{path} already exists")
+                    if not found[1].is_dir:
+                        raise Conflict(f"not a directory: {'/'.join(names[: depth + 1])}")
+                    directory = await self._read_dir(
+                        blocks, tree, found[1].capability(directory.cap)
+                    )
+                    continue
+                if not last and not parents:
+                    raise NotFound(f"no such directory: {'/'.join(names[: depth + 1])}")
+                tree, entry = await self._new_dir(blocks, tree, directory.cap, name)
+                directory.chunks[-1].entries.append(entry)
+                tree = await self._save_dir(blocks, tree, directory, {len(directory.chunks) - 1})
+                directory = await self._read_dir(blocks, tree, entry.capability(directory.cap))
+            return tree
+
+        await self._commit(change)
+
+    async def _labels(
+        self, blocks: Blocks, tree: CID, parent: Capability, entry: Entry
+    ) -> dict[bytes, CID]:
+        """Every chunk label of `entry`'s subtree with its current node, for removal."""
+        cap = entry.capability(parent)
+        ((first_cid, first),) = await self._nodes(blocks, tree, cap, [0])
+        props = open_node(cap, 0, entry.is_dir, first).props
+        if props is None:
+            raise Corrupted("a first chunk has no metadata")
+        count = _chunk_count(props)
+        labels = {cap.label: first_cid}
+        if count > 1:
+            rest = [cap.chunk(i)[0] for i in range(1, count)]
+            found = await blocks.lookup(tree, rest)
+            labels.update({label: cid for label, cid in found.items() if cid is not None})
+        if entry.is_dir:
+            directory = await self._read_dir(blocks, tree, cap)
+            for child in directory.entries():
+                labels.update(await self._labels(blocks, tree, cap, child))
+        return labels
+
+    async def _unlink(self, blocks: Blocks, tree: CID, labels: dict[bytes, CID]) -> CID:
+        for label, cid in labels.items():
+            tree = await champ.remove(blocks, tree, label, cid)
+        return tree
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        names = self._split(path)
+        if not names:
+            raise Conflict("the home directory cannot be removed")
+
+        async def change(blocks: Blocks, tree: CID) -> CID:
+            parent = await self._dir_at(blocks, tree, names[:-1])
+            found = parent.find(names[-1])
+            if found is None:
+                raise NotFound(f"no such file or directory: {path}")
+            chunk, entry = found
+            if entry.is_dir and not recursive:
+                child = await self._read_dir(blocks, tree, entry.capability(parent.cap))
+                if child.entries():
+                    raise Conflict(f"{path} is a directory that is not empty (use -r)")
+            tree = await self._unlink(
+                blocks, tree, await self._labels(blocks, tree, parent.cap, entry)
+            )
+            chunk.entries.remove(entry)
+            return await self._save_dir(blocks, tree, parent, {chunk.index})
+
+        await self._commit(change)
+
+    async def move(self, source: str, target: str) -> None:
+        src = self._split(source)
+        dst = self._split(target)
+        if not src:
+            raise Conflict("the home directory cannot be moved")
+
+        async def change(blocks: Blocks, tree: CID) -> CID:
+            src_parent = await self._dir_at(blocks, tree, src[:-1])
+            found = src_parent.find(src[-1])
+            if found is None:
+                raise NotFound(f"no such file or directory: {source}")
+            src_chunk, entry = found
+            dst_names, name = await self._destination(blocks, tree, dst, src[-1])
+            if entry.is_dir and dst_names[: len(src)] == src:
+                raise Conflict("a directory cannot be moved into itself")
+            dst_parent = (
+                src_parent if dst_names == src[:-1] else await self._dir_at(blocks, tree, dst_names)
+            )
+            if dst_parent.find(name) is not None:
+                raise Conflict(f"{'/'.join([*dst_names, name])} already exists")
+            tree = await self._rename_node(
+                blocks, tree, src_parent.cap, entry, name, dst_parent.cap
+            )
+            src_chunk.entries.remove(entry)
+            moved = Entry.link(name, entry.is_dir, entry.capability(src_parent.cap), dst_parent.cap)
+            if dst_parent is src_parent:
+                src_chunk.entries.append(moved)
+                return await self._save_dir(blocks, tree, src_parent, {src_chunk.index})
+            tree = await self._save_dir(blocks, tree, src_parent, {src_chunk.index})
+            dst_parent = await self._dir_at(blocks, tree, dst_names)
+            dst_parent.chunks[-1].entries.append(moved)
+            return await self._save_dir(blocks, tree, dst_parent, {len(dst_parent.chunks) - 1})
+
+        await self._commit(change)
+
+    async def _destination(
+        self, blocks: Blocks, tree: CID, names: list[str], name: str
+    ) -> tuple[list[str], str]:
+        """(directory, name) a move to `names` lands at: into it when it is a directory."""
+        try:
+            _, entry = await self._walk(blocks, tree, names)
+        except NotFound:
+            if not names:
+                raise
+            return names[:-1], names[-1]
+        if entry is None or entry.is_dir:
+            return names, name
+        raise Conflict(f"{'/'.join(names)} already exists")
+
+    async def _rename_node(
+        self,
+        blocks: Blocks,
+        tree: CID,
+        old_parent: Capability,
+        entry: Entry,
+        name: str,
+        new_parent: Capability,
+    ) -> CID:
+        """Rewrite chunk 0's metadata with the new name and parent; the data is untouched."""
+        cap = entry.capability(old_parent)
+        ((cid, block),) = await self._nodes(blocks, tree, cap, [0])
+        opened = open_node(cap, 0, entry.is_dir, block)
+        if opened.props is None:
+            raise Corrupted("a first chunk has no metadata")
+        props = replace(opened.props, name=name, parent=new_parent.label, modified=now_ms())
+        node = build_node(
+            cap, 0, opened.keys, entry.is_dir, props, opened.data, self.session.mirror_id
+        )
+        return await champ.put(blocks, tree, cap.label, cid, await blocks.put(node))
+
+    # -- files --------------------------------------------------------------------------
+
+    async def _upload_file(
+        self,
+        uploader: Uploader,
+        parent: Capability,
+        name: str,
+        source: BinaryIO,
+        progress: Progress | None,
+    ) -> _Prepared:
+        """Encrypt and send every chunk of `source`; nothing points at them until the commit."""
+        cap = new_capability(parent)
+        keys = KeyBlock(crypto.random_key())
+        mirror_id = self.session.mirror_id
+        nodes: dict[bytes, CID] = {}
+        first: SealedPayload | None = None
+        size = 0
+        for index in itertools.count():
+            data = await trio.to_thread.run_sync(_read_chunk, source)
+            if not data and index > 0:
+                break
+            payload, fragments = await trio.to_thread.run_sync(
+                _seal_file_chunk, cap, index, keys, data, mirror_id
+            )
+            if index == 0:
+                first = payload
+                await uploader.add(fragments)
+            else:
+                node = build_node(cap, index, keys, False, None, payload_data(payload), mirror_id)
+                cid = CID.of(CODEC_DAG_CBOR, node)
+                nodes[cap.chunk(index)[0]] = cid
+                await uploader.add([*fragments, (cid, node)])
+            size += len(data)
+            if progress is not None:
+                progress(len(data))
+            if len(data) < CHUNK_BYTES:
+                break
+        assert first is not None
+        stamp = now_ms()
+        props = Properties(name, False, size, stamp, stamp, _guess_mime(name), parent=parent.label)
+        node = build_node(cap, 0, keys, False, props, payload_data(first), mirror_id)
+        cid = CID.of(CODEC_DAG_CBOR, node)
+        await uploader.add([(cid, node)])
+        nodes[cap.label] = cid
+        return _Prepared(Entry.link(name, False, cap, parent), nodes)
+
+    async def write_files(
+        self,
+        directory: str,
+        files: Sequence[tuple[str, Opener]],
+        *,
+        progress: Progress | None = None,
+    ) -> None:
+        """Upload files into `directory` (overwriting files of the same names) in one commit."""
+        names = self._split(directory)
+        for name, _ in files:
+            check_file_name(name)
+        _, writer_data, blocks = await self._root()
+        parent = await self._dir_at(blocks, writer_data.tree, names)
+        for name, _ in files:
+            found = parent.find(name)
+            if found is not None and found[1].is_dir:
+                raise Conflict(f"{'/'.join([*names, name])} is a directory")
+        prepared: list[_Prepared] = []
+        async with trio.open_nursery() as nursery:
+            uploader = Uploader(self.api, self.session.owner, self.session.identity, nursery)
+            for name, opener in files:
+                with opener() as source:
+                    prepared.append(
+                        await self._upload_file(uploader, parent.cap, name, source, progress)
+                    )
+            await uploader.finish()
+
+        async def change(blocks: Blocks, tree: CID) -> CID:
+            target = await self._dir_at(blocks, tree, names)
+            labels = [label for item in prepared for label in item.nodes]
+            await blocks.lookup(tree, labels)  # fetch the CHAMP paths in one round trip
+            dirty: set[int] = set()
+            for item in prepared:
+                found = target.find(item.entry.name)
+                if found is not None:
+                    chunk, old = found
+                    if old.is_dir:
+                        raise Conflict(f"{item.entry.name} is a directory")
+                    tree = await self._unlink(
+                        blocks, tree, await self._labels(blocks, tree, target.cap, old)
+                    )
+                    chunk.entries.remove(old)
+                    dirty.add(chunk.index)
+                for label, cid in item.nodes.items():
+                    tree = await champ.put(blocks, tree, label, None, cid)
+                target.chunks[-1].entries.append(item.entry)
+                dirty.add(target.chunks[-1].index)
+            return await self._save_dir(blocks, tree, target, dirty)
+
+        await self._commit(change, uploads=[uploader.upload])
+
+    async def write_file(
+        self, path: str, source: BinaryIO, *, progress: Progress | None = None
+    ) -> None:
+        """Upload one file from a binary stream, in bounded memory whatever its size."""
+        names = self._split(path)
+        if not names:
+            raise Conflict("the home directory is not a file")
+        await self.write_files(
+            "/".join(["", self.session.username, *names[:-1]]),
+            [(names[-1], lambda: contextlib.nullcontext(source))],
+            progress=progress,
+        )
+
+    async def usage(self) -> tuple[int, int]:
+        """(bytes used, quota) of this user at the home node."""
+        signed = now_ms()
+        owner = self.session.owner
+        reply = await self.api.call(
+            "usage.get",
+            {
+                "owner": owner,
+                "time": signed,
+                "sig": accounts.sign_timed(self.session.identity, accounts.USAGE, [owner], signed),
+            },
+        )
+        return int(reply["used"]), int(reply["quota"])
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A file uploaded but not yet linked: its directory entry and every chunk's node."""
+
+    entry: Entry
+    nodes: dict[bytes, CID]
+
+
+def _read_chunk(source: BinaryIO) -> bytes:
+    """Up to one chunk from `source`, reading until it is full or the stream ends."""
+    parts: list[bytes] = []
+    size = 0
+    while size < CHUNK_BYTES:
+        part = source.read(CHUNK_BYTES - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+def _seal_file_chunk(
+    cap: Capability, index: int, keys: KeyBlock, data: bytes, mirror_id: bytes
+) -> tuple[SealedPayload, list[tuple[CID, bytes]]]:
+    payload = seal_data(cap, index, keys, False, data, mirror_id)
+    return payload, [(CID.of(CODEC_RAW, fragment), fragment) for fragment in payload.fragments]

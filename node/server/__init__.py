@@ -1,0 +1,5 @@
+"""A node's services: storage rules, accounts, quota, garbage collection, one method table."""
+
+from node.server._service import METHODS, NodeService, NodeSettings
+
+__all__ = ["METHODS", "NodeService", "NodeSettings"]

@@ -1,0 +1,504 @@
+"""The node's method table: every call a client (or, later, another node) can make.
+
+Arguments and results are CBOR values. Writes are serialised by one lock and applied in one
+LevelDB batch each, so a refused call changes nothing. Blocking store work runs in a worker
+thread so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+from node.server._gc import collect_garbage, reachable_bytes
+from node.store import Space, Store
+from protocols import accounts, bats, cbor, champ
+from protocols.blocks import verify_put
+from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW, decode_varint, encode_varint
+from protocols.crypto import KdfParams, VerifyKey
+from protocols.cryptree import MAX_BLOCK_BYTES
+from protocols.errors import (
+    Conflict,
+    Denied,
+    InvalidName,
+    InvalidSignature,
+    MalformedInput,
+    NotFound,
+    QuotaExceeded,
+    TooLarge,
+)
+from protocols.names import check_username
+from protocols.pki import Claim
+from protocols.pointers import PointerUpdate, check_update
+from protocols.writerdata import WriterData, controller_of
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCKS_PER_PUT: Final = 64
+MAX_PUT_BYTES: Final = 8 * 1024 * 1024 + 64 * 1024
+MAX_CHAMP_KEYS: Final = 64
+UPLOAD_ID_BYTES: Final = 16
+UPLOAD_TTL: Final = 3600  # seconds an upload stays pinned after its last block
+GiB: Final = 1024**3
+
+Args = dict[str, Any]
+Handler = Callable[["NodeService", Args, bytes], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    node_id: str
+    test_mode: bool = False
+    default_quota: int = GiB
+
+
+def _arg(args: Args, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = args.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise MalformedInput(f"argument {name!r} is missing or of the wrong type")
+    return value
+
+
+def _key_hash_arg(args: Args, name: str) -> CID:
+    value: CID = _arg(args, name, CID)
+    if not value.is_identity or value.codec != CODEC_DAG_CBOR:
+        raise MalformedInput(f"argument {name!r} must be a public-key hash")
+    return value
+
+
+def _username_arg(args: Args) -> str:
+    name: str = _arg(args, "username", str)
+    if len(name) > 64:
+        raise InvalidName("usernames are at most 32 characters")
+    return name
+
+
+class StoreBlocks:
+    """The node's blocks as a CHAMP block source."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def get(self, cid: CID) -> bytes:
+        data = self._store.get(Space.BLOCKS, cid.raw)
+        if data is None:
+            raise NotFound(f"block {cid} is not stored here")
+        return data
+
+
+class NodeService:
+    """One node's state and rules; transports call `call`."""
+
+    def __init__(self, store: Store, settings: NodeSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.stats: Counter[str] = Counter()
+        self._write_lock = trio.Lock()
+        self._blocks = StoreBlocks(store)
+
+    @property
+    def node_id_bytes(self) -> bytes:
+        return self.settings.node_id.encode()
+
+    async def call(self, method: str, args: Any, requester: bytes = b"") -> Any:
+        """Dispatch one call; raises a PyrgosError the transport turns into an error reply."""
+        entry = METHODS.get(method)
+        if entry is None:
+            raise NotFound(f"unknown method {method!r}")
+        if not isinstance(args, dict):
+            raise MalformedInput("call arguments must be a CBOR map")
+        self.stats["calls"] += 1
+        return await entry(self, args, requester)
+
+    # -- blocks -------------------------------------------------------------------------
+
+    async def get_block(self, cid: CID, auth: bats.ReadAuth | None, requester: bytes) -> bytes:
+        data = await trio.to_thread.run_sync(self.store.get, Space.BLOCKS, cid.raw)
+        if data is None:
+            raise NotFound(f"block {cid} is not stored here")
+        bats.check_read_auth(
+            cid,
+            bats.block_bat_ids(cid, data),
+            auth,
+            requester=requester,
+            server=self.node_id_bytes,
+            now=int(time.time()),
+            mirror_secret=lambda bat_id: self.store.get(Space.BATS, bat_id),
+        )
+        self.stats["blocks_served"] += 1
+        return data
+
+    def _owner_of(self, writer: CID) -> CID:
+        owner = self.store.get(Space.WRITERS, writer.raw)
+        if owner is None:
+            raise Denied("this writer does not belong to a user homed on this node")
+        return CID.from_bytes(owner)
+
+    def _validate_blocks(self, writer: CID, items: Any, sigs: Any) -> list[tuple[CID, bytes]]:
+        if not isinstance(items, list) or not isinstance(sigs, list) or len(items) != len(sigs):
+            raise MalformedInput("blocks and sigs must be lists of the same length")
+        if len(items) > MAX_BLOCKS_PER_PUT:
+            raise TooLarge(f"at most {MAX_BLOCKS_PER_PUT} blocks per put")
+        key = VerifyKey.from_key_hash(writer)
+        out: list[tuple[CID, bytes]] = []
+        for item, sig in zip(items, sigs, strict=True):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
+                raise MalformedInput("each block is [codec, bytes]")
+            codec, data = item
+            if codec not in (CODEC_RAW, CODEC_DAG_CBOR):
+                raise MalformedInput("blocks are raw or dag-cbor")
+            if len(data) > MAX_BLOCK_BYTES:
+                raise TooLarge(f"a block is at most {MAX_BLOCK_BYTES} bytes")
+            if codec == CODEC_DAG_CBOR:
+                cbor.decode(data)  # only canonical CBOR is stored
+            cid = CID.of(codec, data)
+            if not isinstance(sig, bytes):
+                raise MalformedInput("block signatures must be bytes")
+            try:
+                verify_put(key, cid, sig)
+            except InvalidSignature as exc:
+                raise InvalidSignature("a block is not signed by the writer it names") from exc
+            out.append((cid, data))
+        return out
+
+    def _usage(self, owner: CID) -> tuple[int, int, int]:
+        """(reachable at the last count, bytes added since, quota) of a local user."""
+        raw = self.store.get(Space.USAGE, owner.raw)
+        if raw is None:
+            raise Denied("not a user homed on this node")
+        value = cbor.decode(raw)
+        return value["reachable"], value["added"], value["quota"]
+
+    def _usage_record(self, reachable: int, added: int, quota: int) -> bytes:
+        return cbor.encode({"reachable": reachable, "added": added, "quota": quota})
+
+    def _charge(self, owner: CID, extra: int) -> bytes:
+        """The new usage record after storing `extra` bytes, or QuotaExceeded."""
+        reachable, added, quota = self._usage(owner)
+        if reachable + added + extra > quota:
+            # The running count only grows between collections: count exactly before refusing.
+            reachable, added = reachable_bytes(self.store, owner, int(time.time())), 0
+            if reachable + extra > quota:
+                raise QuotaExceeded(
+                    f"this write needs {extra} bytes but only {max(0, quota - reachable)} "
+                    f"of the quota of {quota} bytes are free"
+                )
+        return self._usage_record(reachable, added + extra, quota)
+
+    def _put_blocks_sync(
+        self, owner: CID, blocks: list[tuple[CID, bytes]], upload: bytes | None
+    ) -> None:
+        fresh = [(c, d) for c, d in blocks if not self.store.has(Space.SIZES, c.raw)]
+        usage = self._charge(owner, sum(len(d) for _, d in fresh))
+        now = int(time.time())
+        with self.store.batch() as batch:
+            for cid, data in fresh:
+                batch.put(Space.BLOCKS, cid.raw, data)
+                batch.put(Space.SIZES, cid.raw, encode_varint(len(data)))
+            if upload is not None:
+                batch.put(Space.UPLOADS, upload, cbor.encode([owner, now + UPLOAD_TTL]))
+                for cid, _ in blocks:
+                    batch.put(Space.UPLOADS, upload + cid.raw, b"")
+            batch.put(Space.USAGE, owner.raw, usage)
+        self.stats["blocks_stored"] += len(fresh)
+
+    async def put_blocks(self, args: Args) -> list[CID]:
+        owner = _key_hash_arg(args, "owner")
+        writer = _key_hash_arg(args, "writer")
+        upload = args.get("upload")
+        if upload is not None and (not isinstance(upload, bytes) or len(upload) != 16):
+            raise MalformedInput("upload must be 16 bytes")
+        blocks = await trio.to_thread.run_sync(
+            self._validate_blocks, writer, args.get("blocks"), args.get("sigs")
+        )
+        if self._owner_of(writer) != owner:
+            raise Denied("this writer does not belong to that owner")
+        async with self._write_lock:
+            await trio.to_thread.run_sync(self._put_blocks_sync, owner, blocks, upload)
+        return [cid for cid, _ in blocks]
+
+    # -- pointers -----------------------------------------------------------------------
+
+    def _pointer(self, writer: CID) -> PointerUpdate | None:
+        raw = self.store.get(Space.POINTERS, writer.raw)
+        return None if raw is None else PointerUpdate.decode(raw)
+
+    def _check_pointer(
+        self, writer: CID, update: PointerUpdate, staged: dict[CID, bytes] | None = None
+    ) -> None:
+        target = (staged or {}).get(update.new) or self.store.get(Space.BLOCKS, update.new.raw)
+        check_update(
+            VerifyKey.from_key_hash(writer),
+            self._pointer(writer),
+            update,
+            None if target is None else controller_of(target),
+        )
+
+    async def cas_pointers(self, args: Args) -> bool:
+        owner = _key_hash_arg(args, "owner")
+        updates = _arg(args, "updates", list)
+        uploads = args.get("uploads", [])
+        if not updates or len(updates) > 16 or not isinstance(uploads, list):
+            raise MalformedInput("updates must be a list of 1-16 [writer, update] pairs")
+        parsed: list[tuple[CID, PointerUpdate]] = []
+        for item in updates:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
+                raise MalformedInput("each update is [writer, signed update bytes]")
+            writer = item[0]
+            if not isinstance(writer, CID) or not writer.is_identity:
+                raise MalformedInput("writer must be a public-key hash")
+            parsed.append((writer, PointerUpdate.decode(item[1])))
+        if len({w for w, _ in parsed}) != len(parsed):
+            raise MalformedInput("one update per writer")
+        async with self._write_lock:
+            for writer, update in parsed:
+                if self._owner_of(writer) != owner:
+                    raise Denied("this writer does not belong to that owner")
+                self._check_pointer(writer, update)
+            with self.store.batch(sync=True) as batch:  # durable before the reply
+                for writer, update in parsed:
+                    batch.put(Space.POINTERS, writer.raw, update.encode())
+                for upload in uploads:
+                    if isinstance(upload, bytes) and len(upload) == UPLOAD_ID_BYTES:
+                        for key in list(self.store.keys(Space.UPLOADS, upload)):
+                            batch.delete(Space.UPLOADS, key)
+        return True
+
+    # -- accounts -----------------------------------------------------------------------
+
+    def _account(self, username: str) -> dict[str, Any]:
+        raw = self.store.get(Space.ACCOUNTS, username.encode())
+        if raw is None:
+            raise NotFound(f"unknown user {username!r}")
+        value: dict[str, Any] = cbor.decode(raw, limit=64 * 1024)
+        return value
+
+    def _claim(self, username: str) -> Claim:
+        raw = self.store.get(Space.PKI, username.encode())
+        if raw is None:
+            raise NotFound(f"unknown user {username!r}")
+        return Claim.from_cbor(cbor.decode(raw))
+
+    def _check_kdf(self, params: KdfParams) -> None:
+        if not params.is_production_strength and not self.settings.test_mode:
+            raise Denied("this node refuses the small KDF profile (it is not in test mode)")
+
+    def _check_login_data(self, data: object) -> bytes:
+        if not isinstance(data, bytes) or len(data) > accounts.MAX_LOGIN_DATA:
+            raise MalformedInput("login data must be at most 16 KiB of bytes")
+        return data
+
+    async def signup(self, args: Args) -> bool:
+        claim = Claim.from_cbor(args.get("claim"))
+        claim.verify()
+        if claim.home != self.settings.node_id:
+            raise Denied("the claim names another home node")
+        owner = claim.identity
+        login_key = VerifyKey.from_cbor(args.get("login_key"))
+        login_data = self._check_login_data(args.get("login_data"))
+        mirror_bat = _arg(args, "mirror_bat", bytes)
+        bats.hashed_id(mirror_bat)  # checks the length
+        update = PointerUpdate.decode(_arg(args, "pointer", bytes))
+        blocks = self._validate_blocks(owner, args.get("blocks"), args.get("sigs"))
+        staged = dict(blocks)
+        writer_data = WriterData.decode(staged.get(update.new, b""))
+        if writer_data.login is None:
+            raise MalformedInput("the identity WriterData must publish its login parameters")
+        self._check_kdf(writer_data.login)
+        size = sum(len(d) for d in staged.values())
+        if size > self.settings.default_quota:
+            raise QuotaExceeded("the initial blocks exceed the quota")
+        account = cbor.encode(
+            {"identity": owner, "login_key": login_key.to_cbor(), "data": login_data}
+        )
+        async with self._write_lock:
+            if self.store.has(Space.PKI, claim.username.encode()):
+                raise Conflict(f"the username {claim.username!r} is taken")
+            if self.store.has(Space.WRITERS, owner.raw):
+                raise Conflict("this identity key is already registered")
+            check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
+            with self.store.batch(sync=True) as batch:
+                for cid, data in blocks:
+                    batch.put(Space.BLOCKS, cid.raw, data)
+                    batch.put(Space.SIZES, cid.raw, encode_varint(len(data)))
+                batch.put(Space.PKI, claim.username.encode(), cbor.encode(claim.to_cbor()))
+                batch.put(Space.ACCOUNTS, claim.username.encode(), account)
+                batch.put(Space.WRITERS, owner.raw, owner.raw)
+                batch.put(Space.BATS, bats.hashed_id(mirror_bat), mirror_bat)
+                batch.put(Space.POINTERS, owner.raw, update.encode())
+                batch.put(
+                    Space.USAGE,
+                    owner.raw,
+                    self._usage_record(size, 0, self.settings.default_quota),
+                )
+        log.info("signed up a user")
+        return True
+
+    async def login_params(self, args: Args) -> dict[str, Any]:
+        username = _username_arg(args)
+        claim = self._claim(username)
+        pointer = self._pointer(claim.identity)
+        if pointer is None:
+            raise NotFound(f"user {username!r} has no root")
+        writer_data = WriterData.decode(await self._blocks.get(pointer.new))
+        if writer_data.login is None:
+            raise NotFound(f"user {username!r} publishes no login parameters")
+        return {"identity": claim.identity, "params": writer_data.login.to_cbor()}
+
+    async def login(self, args: Args) -> bytes:
+        username = _username_arg(args)
+        account = self._account(username)
+        accounts.check_timed(
+            VerifyKey.from_cbor(account["login_key"]),
+            accounts.LOGIN,
+            [username],
+            _arg(args, "time", int),
+            _arg(args, "sig", bytes),
+            int(time.time() * 1000),
+        )
+        data: bytes = account["data"]
+        return data
+
+    async def update_login(self, args: Args) -> bool:
+        """Password change: new login key and data, and the identity root naming the new salt."""
+        username = _username_arg(args)
+        account = self._account(username)
+        new_key = VerifyKey.from_cbor(args.get("login_key"))
+        new_data = self._check_login_data(args.get("login_data"))
+        pointer_bytes = _arg(args, "pointer", bytes)
+        update = PointerUpdate.decode(pointer_bytes)
+        owner: CID = account["identity"]
+        accounts.check_timed(
+            VerifyKey.from_cbor(account["login_key"]),
+            accounts.UPDATE_LOGIN,
+            [username, new_key.to_cbor(), new_data, pointer_bytes],
+            _arg(args, "time", int),
+            _arg(args, "sig", bytes),
+            int(time.time() * 1000),
+        )
+        async with self._write_lock:
+            target = self.store.get(Space.BLOCKS, update.new.raw)
+            params = WriterData.decode(target).login if target is not None else None
+            if params is None:
+                raise MalformedInput("the new identity root must publish the new login parameters")
+            self._check_kdf(params)
+            self._check_pointer(owner, update)
+            account["login_key"] = new_key.to_cbor()
+            account["data"] = new_data
+            with self.store.batch(sync=True) as batch:
+                batch.put(Space.ACCOUNTS, username.encode(), cbor.encode(account))
+                batch.put(Space.POINTERS, owner.raw, update.encode())
+        return True
+
+    async def usage(self, args: Args) -> dict[str, int]:
+        owner = _key_hash_arg(args, "owner")
+        accounts.check_timed(
+            VerifyKey.from_key_hash(owner),
+            accounts.USAGE,
+            [owner],
+            _arg(args, "time", int),
+            _arg(args, "sig", bytes),
+            int(time.time() * 1000),
+        )
+        reachable, added, quota = self._usage(owner)
+        return {"used": reachable + added, "quota": quota}
+
+    # -- maintenance --------------------------------------------------------------------
+
+    async def collect_garbage(self) -> dict[str, int]:
+        async with self._write_lock:
+            return await trio.to_thread.run_sync(collect_garbage, self.store, int(time.time()))
+
+
+async def _node_info(node: NodeService, args: Args, requester: bytes) -> dict[str, Any]:
+    return {
+        "node": node.settings.node_id,
+        "test_mode": node.settings.test_mode,
+        "stats": dict(node.stats),
+    }
+
+
+async def _block_get(node: NodeService, args: Args, requester: bytes) -> bytes:
+    auth = args.get("auth")
+    cid: CID = _arg(args, "cid", CID)
+    return await node.get_block(
+        cid, None if auth is None else bats.ReadAuth.from_cbor(auth), requester
+    )
+
+
+async def _block_put(node: NodeService, args: Args, requester: bytes) -> list[CID]:
+    return await node.put_blocks(args)
+
+
+async def _champ_get(node: NodeService, args: Args, requester: bytes) -> list[bytes]:
+    root: CID = _arg(args, "root", CID)
+    keys = _arg(args, "keys", list)
+    if not 1 <= len(keys) <= MAX_CHAMP_KEYS or not all(isinstance(k, bytes) for k in keys):
+        raise MalformedInput(f"keys must be a list of 1-{MAX_CHAMP_KEYS} byte strings")
+    node.stats["champ_lookups"] += 1
+    return await champ.lookup_blocks(node._blocks, root, keys)
+
+
+async def _pointer_get(node: NodeService, args: Args, requester: bytes) -> bytes | None:
+    update = node._pointer(_key_hash_arg(args, "writer"))
+    return None if update is None else update.encode()
+
+
+async def _pointer_cas(node: NodeService, args: Args, requester: bytes) -> bool:
+    return await node.cas_pointers(args)
+
+
+async def _signup(node: NodeService, args: Args, requester: bytes) -> bool:
+    return await node.signup(args)
+
+
+async def _login_params(node: NodeService, args: Args, requester: bytes) -> dict[str, Any]:
+    return await node.login_params(args)
+
+
+async def _login(node: NodeService, args: Args, requester: bytes) -> bytes:
+    return await node.login(args)
+
+
+async def _update_login(node: NodeService, args: Args, requester: bytes) -> bool:
+    return await node.update_login(args)
+
+
+async def _usage(node: NodeService, args: Args, requester: bytes) -> dict[str, int]:
+    return await node.usage(args)
+
+
+async def _pki_lookup(node: NodeService, args: Args, requester: bytes) -> dict[str, Any]:
+    username = _username_arg(args)
+    check_username(username)
+    return node._claim(username).to_cbor()
+
+
+METHODS: Final[dict[str, Handler]] = {
+    "node.info": _node_info,
+    "block.get": _block_get,
+    "block.put": _block_put,
+    "champ.get": _champ_get,
+    "pointer.get": _pointer_get,
+    "pointer.cas": _pointer_cas,
+    "account.signup": _signup,
+    "account.params": _login_params,
+    "account.login": _login,
+    "account.update": _update_login,
+    "usage.get": _usage,
+    "pki.lookup": _pki_lookup,
+}
+
+
+def new_upload_id() -> bytes:
+    return secrets.token_bytes(UPLOAD_ID_BYTES)
+
+
+__all__ = ["METHODS", "NodeService", "NodeSettings", "decode_varint", "new_upload_id"]

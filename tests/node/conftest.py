@@ -1,0 +1,49 @@
+"""An in-process node on 127.0.0.1 port 0, in test mode, for client tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from node.client import FileSystem, NodeApi, Session, signup
+from node.net import serve_api
+from node.server import NodeService, NodeSettings
+from node.store import Store
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class RunningNode:
+    service: NodeService
+    url: str
+    store: Store
+
+
+@pytest.fixture
+async def running_node(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[RunningNode]:
+    store = Store(tmp_path / "db")
+    service = NodeService(store, NodeSettings(node_id="test-node", test_mode=True))
+    url = await nursery.start(serve_api, service, "127.0.0.1", 0)
+    yield RunningNode(service, url, store)
+    nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def api(running_node: RunningNode) -> AsyncIterator[NodeApi]:
+    async with NodeApi(running_node.url) as client:
+        yield client
+
+
+@pytest.fixture
+async def alice(api: NodeApi) -> Session:
+    return await signup(api, "alice", PASSWORD)
+
+
+@pytest.fixture
+def fs(alice: Session) -> FileSystem:
+    return FileSystem(alice)
