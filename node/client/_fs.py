@@ -14,6 +14,7 @@ import mimetypes
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import BinaryIO, Final
 
 import trio
@@ -55,6 +56,7 @@ from protocols.writerdata import WriterData
 
 MAX_COMMIT_ATTEMPTS: Final = 8
 FRAGMENTS_IN_FLIGHT: Final = 8  # fragment reads kept in flight while downloading
+FILES_PER_COMMIT: Final = 2000  # bounds a folder upload's staged state
 Progress = Callable[[int], None]
 Opener = Callable[[], contextlib.AbstractContextManager[BinaryIO]]  # opens a file's bytes
 
@@ -752,3 +754,72 @@ def _seal_file_chunk(
 ) -> tuple[SealedPayload, list[tuple[CID, bytes]]]:
     payload = seal_data(cap, index, keys, False, data, mirror_id)
     return payload, [(CID.of(CODEC_RAW, fragment), fragment) for fragment in payload.fragments]
+
+
+async def put_tree(fs: FileSystem, local: Path, remote: str, progress: Progress | None) -> None:
+    """Upload the folder `local` as the directory `remote` (created, parents must exist):
+    one commit per directory, whatever the number of files in it."""
+    await fs.mkdir(remote, parents=True)
+    files, folders = await trio.to_thread.run_sync(_scan, local)
+    for start in range(0, len(files), FILES_PER_COMMIT):
+        await fs.write_files(remote, files[start : start + FILES_PER_COMMIT], progress=progress)
+    for folder in folders:
+        await put_tree(fs, folder, f"{remote.rstrip('/')}/{check_file_name(folder.name)}", progress)
+
+
+def _scan(local: Path) -> tuple[list[tuple[str, Opener]], list[Path]]:
+    """The files (name, opener) and sub-folders of a local folder, links skipped."""
+    files: list[tuple[str, Opener]] = []
+    folders: list[Path] = []
+    for child in sorted(local.iterdir()):
+        if child.is_symlink():
+            continue  # a link could lead outside the folder being uploaded
+        if child.is_dir():
+            folders.append(child)
+        elif child.is_file():
+            files.append((check_file_name(child.name), _opener(child)))
+    return files, folders
+
+
+def _opener(path: Path) -> Opener:
+    def open_file() -> BinaryIO:
+        return path.open("rb")
+
+    return open_file
+
+
+async def get_file(fs: FileSystem, remote: str, local: Path, progress: Progress | None) -> None:
+    """Download a file to `local` through a temporary file, renamed only once complete."""
+    partial = local.with_name(f".{local.name}.pyrgos-part")
+    try:
+        with partial.open("wb") as out:
+            async for piece in fs.read(remote):
+                await trio.to_thread.run_sync(out.write, piece)
+                if progress is not None:
+                    progress(len(piece))
+        partial.replace(local)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress | None) -> None:
+    """Download the directory `remote` into the folder `local` (created if missing)."""
+    await trio.Path(local).mkdir(exist_ok=True)
+    for item in await fs.listdir(remote):
+        name = check_file_name(item.name)  # a hostile writer cannot plant '..' or '/'
+        path = f"{remote.rstrip('/')}/{name}"
+        if item.is_dir:
+            await get_tree(fs, path, local / name, progress)
+        else:
+            await get_file(fs, path, local / name, progress)
+
+
+async def tree_size(fs: FileSystem, remote: str) -> int:
+    """Total bytes of the files under `remote` (for a progress bar)."""
+    total = 0
+    for item in await fs.listdir(remote, long=True):
+        if item.is_dir:
+            total += await tree_size(fs, f"{remote.rstrip('/')}/{item.name}")
+        elif item.props is not None:
+            total += item.props.size
+    return total

@@ -170,7 +170,8 @@ async def change_password(session: Session, current: str, new: str) -> Session:
     new_keys = await _derive(username, new, fresh)
     root_block = replace(writer_data, login=fresh).encode()
     root = await blocks.put(root_block)
-    await put_blocks(api, session.owner, session.identity, [(root, root_block)], new_upload_id())
+    upload = new_upload_id()
+    await put_blocks(api, session.owner, session.identity, [(root, root_block)], upload)
     update = PointerUpdate.create(
         session.identity, pointer.new, root, pointer.sequence + 1
     ).encode()
@@ -184,6 +185,7 @@ async def change_password(session: Session, current: str, new: str) -> Session:
             "login_key": new_keys.signing.public.to_cbor(),
             "login_data": login_data,
             "pointer": update,
+            "uploads": [upload],
             "time": signed,
             "sig": accounts.sign_timed(old_keys.signing, accounts.UPDATE_LOGIN, payload, signed),
         },

@@ -82,13 +82,16 @@ def _upload_roots(store: Store, owner: CID | None, now: int) -> tuple[list[CID],
 def reachable_bytes(store: Store, owner: CID, now: int) -> int:
     """Bytes of the blocks one user's pointers and open uploads reach."""
     pinned, _ = _upload_roots(store, owner, now)
-    return sum(_size(store, raw) for raw in mark(store, [*_pointer_roots(store, owner), *pinned]))
+    live = mark(store, _pointer_roots(store, owner)) | {cid.raw for cid in pinned}
+    return sum(_size(store, raw) for raw in live)
 
 
 def collect_garbage(store: Store, now: int) -> dict[str, int]:
     """Delete every block no pointer or open upload reaches; recount every user's usage."""
     pinned, expired = _upload_roots(store, None, now)
-    live = mark(store, [*_pointer_roots(store, None), *pinned])
+    # An upload pins each block it wrote, not what they link: an old root it wrote must not
+    # keep a whole stale tree alive.
+    live = mark(store, _pointer_roots(store, None)) | {cid.raw for cid in pinned}
     deleted = freed = 0
     doomed = [raw for raw in store.keys(Space.SIZES) if raw not in live]
     for start in range(0, len(doomed), _SWEEP_BATCH):

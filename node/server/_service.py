@@ -18,7 +18,7 @@ from typing import Any, Final
 import trio
 
 from node.server._gc import collect_garbage, reachable_bytes
-from node.store import Space, Store
+from node.store import Batch, Space, Store
 from protocols import accounts, bats, cbor, champ
 from protocols.blocks import verify_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW, decode_varint, encode_varint
@@ -57,6 +57,7 @@ class NodeSettings:
     node_id: str
     test_mode: bool = False
     default_quota: int = GiB
+    admin_token: str = ""  # empty: maintenance calls are refused
 
 
 def _arg(args: Args, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -87,6 +88,8 @@ class StoreBlocks:
         self._store = store
 
     async def get(self, cid: CID) -> bytes:
+        if cid == champ.EMPTY_ROOT:
+            return champ.EMPTY_NODE
         data = self._store.get(Space.BLOCKS, cid.raw)
         if data is None:
             raise NotFound(f"block {cid} is not stored here")
@@ -245,7 +248,7 @@ class NodeService:
         owner = _key_hash_arg(args, "owner")
         updates = _arg(args, "updates", list)
         uploads = args.get("uploads", [])
-        if not updates or len(updates) > 16 or not isinstance(uploads, list):
+        if not updates or len(updates) > 16:
             raise MalformedInput("updates must be a list of 1-16 [writer, update] pairs")
         parsed: list[tuple[CID, PointerUpdate]] = []
         for item in updates:
@@ -265,11 +268,17 @@ class NodeService:
             with self.store.batch(sync=True) as batch:  # durable before the reply
                 for writer, update in parsed:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
-                for upload in uploads:
-                    if isinstance(upload, bytes) and len(upload) == UPLOAD_ID_BYTES:
-                        for key in list(self.store.keys(Space.UPLOADS, upload)):
-                            batch.delete(Space.UPLOADS, key)
+                self._close_uploads(batch, uploads)
         return True
+
+    def _close_uploads(self, batch: Batch, uploads: object) -> None:
+        """Unpin the blocks of finished uploads, in the batch that makes them reachable."""
+        if not isinstance(uploads, list) or len(uploads) > 16:
+            raise MalformedInput("uploads must be a list of at most 16 upload ids")
+        for upload in uploads:
+            if isinstance(upload, bytes) and len(upload) == UPLOAD_ID_BYTES:
+                for key in list(self.store.keys(Space.UPLOADS, upload)):
+                    batch.delete(Space.UPLOADS, key)
 
     # -- accounts -----------------------------------------------------------------------
 
@@ -395,6 +404,7 @@ class NodeService:
             with self.store.batch(sync=True) as batch:
                 batch.put(Space.ACCOUNTS, username.encode(), cbor.encode(account))
                 batch.put(Space.POINTERS, owner.raw, update.encode())
+                self._close_uploads(batch, args.get("uploads", []))
         return True
 
     async def usage(self, args: Args) -> dict[str, int]:
@@ -481,7 +491,16 @@ async def _pki_lookup(node: NodeService, args: Args, requester: bytes) -> dict[s
     return node._claim(username).to_cbor()
 
 
+async def _admin_gc(node: NodeService, args: Args, requester: bytes) -> dict[str, int]:
+    token = _arg(args, "token", str)
+    expected = node.settings.admin_token
+    if not expected or not secrets.compare_digest(token.encode(), expected.encode()):
+        raise Denied("maintenance calls need this node's admin token")
+    return await node.collect_garbage()
+
+
 METHODS: Final[dict[str, Handler]] = {
+    "admin.gc": _admin_gc,
     "node.info": _node_info,
     "block.get": _block_get,
     "block.put": _block_put,

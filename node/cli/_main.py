@@ -1,0 +1,522 @@
+"""The `pyrgos` command: parses arguments, asks for passwords, shows progress, prints results.
+
+Every failure is one line on stderr and a non-zero exit status; no logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+import trio
+
+from node import client
+from node.client import FileSystem, NodeApi, Profile, SavedSession, Session
+from node.home import DEFAULT_API, NodeConfig, NodeHome, default_home, parse_size
+from protocols.errors import (
+    AuthFailed,
+    Conflict,
+    Denied,
+    InvalidName,
+    NotFound,
+    PyrgosError,
+    QuotaExceeded,
+    Unavailable,
+    WeakPassword,
+)
+
+EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
+    AuthFailed: 3,
+    NotFound: 4,
+    Conflict: 5,
+    QuotaExceeded: 6,
+    Unavailable: 7,
+    Denied: 8,
+    InvalidName: 9,
+    WeakPassword: 9,
+}
+DEFAULT_NODE: Final = f"http://{DEFAULT_API}"
+
+
+class UsageError(Exception):
+    """A command used wrongly (exit status 2, as argparse does)."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    print(f"pyrgos: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# -- passwords, nodes, sessions ----------------------------------------------------------
+
+
+class Passwords:
+    """Where passwords come from: environment, standard input (one per line), or a prompt."""
+
+    def __init__(self, from_stdin: bool) -> None:
+        self._lines: Iterator[str] | None = iter(sys.stdin) if from_stdin else None
+
+    def get(self, env: str, prompt: str, *, confirm: bool = False) -> str:
+        if self._lines is not None:
+            line = next(self._lines, None)
+            if line is None:
+                raise UsageError("--password-stdin: standard input ended before a password")
+            return line.rstrip("\r\n")
+        value = os.environ.get(env)
+        if value is not None:
+            return value
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"no terminal to ask for a password: set {env} or use --password-stdin"
+            )
+        first = getpass.getpass(prompt)
+        if confirm and getpass.getpass("Repeat it: ") != first:
+            raise UsageError("the two passwords differ")
+        return first
+
+
+def node_url() -> str:
+    """PYRGOS_NODE, else the URL the local node ($PYRGOS_HOME) wrote, else the default."""
+    return os.environ.get("PYRGOS_NODE") or NodeHome(default_home()).running_api() or DEFAULT_NODE
+
+
+@asynccontextmanager
+async def open_session(args: argparse.Namespace) -> AsyncIterator[Session]:
+    saved = Profile(args.profile).load()
+    async with NodeApi(node_url()) as api:
+        yield await client.resume(api, saved.username, saved.login)
+
+
+def remember(args: argparse.Namespace, session: Session) -> None:
+    Profile(args.profile).save(SavedSession(session.api.url, session.username, session.login))
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+@contextmanager
+def progress_bar(total: int | None, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A transfer bar on a terminal (stderr); nothing when output is not a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.update(task, advance=n)
+
+
+# -- node commands ---------------------------------------------------------------------------
+
+
+def cmd_node_init(args: argparse.Namespace) -> None:
+    home = NodeHome(args.home)
+    if args.exist_ok and home.initialised:
+        return
+    node_id = home.init(
+        NodeConfig(api=args.api, test_mode=args.test_mode, quota=parse_size(args.quota))
+    )
+    print(f"initialised node {node_id} in {home.path}")
+    if args.test_mode:
+        print("test mode: this node accepts the small KDF profile; never use it for real data")
+
+
+def cmd_node_run(args: argparse.Namespace) -> None:
+    from node.daemon import run_node
+
+    home = NodeHome(args.home)
+
+    def ready(node_id: str, url: str) -> None:
+        print(f"pyrgos node {node_id}")
+        print(f"API listening at {url}")
+        print("next, in another terminal: pyrgos signup YOUR-NAME")
+        sys.stdout.flush()
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    trio.run(run_node, home, ready)
+
+
+def cmd_node_info(args: argparse.Namespace) -> None:
+    home = NodeHome(args.home)
+    config = home.config()
+    info: dict[str, Any] = {
+        "node_id": home.node_id(),
+        "home": str(home.path),
+        "api": home.running_api(),
+        "running": False,
+        "configured_api": config.api,
+        "test_mode": config.test_mode,
+        "quota": config.quota,
+    }
+    if info["api"]:
+
+        async def ask() -> Any:
+            async with NodeApi(info["api"], timeout=5) as api:
+                return await api.call("node.info")
+
+        try:
+            live = trio.run(ask)
+            info["running"] = True
+            info["stats"] = live.get("stats", {})
+        except Unavailable:
+            info["api"] = None
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        print(f"{key:15} {value}")
+
+
+def cmd_node_gc(args: argparse.Namespace) -> None:
+    from node.daemon import collect_offline
+
+    home = NodeHome(args.home)
+    home.require()
+    url = home.running_api()
+    if url is not None:
+
+        async def remote() -> Any:
+            async with NodeApi(url) as api:
+                return await api.call("admin.gc", {"token": home.admin_token()})
+
+        try:
+            result = trio.run(remote)
+        except Unavailable:
+            result = collect_offline(home)
+    else:
+        result = collect_offline(home)
+    print(f"deleted {result['deleted']} blocks, freed {result['freed']} bytes")
+
+
+# -- account commands ------------------------------------------------------------------------
+
+
+def cmd_signup(args: argparse.Namespace) -> None:
+    passwords = Passwords(args.password_stdin)
+    password = passwords.get("PYRGOS_PASSWORD", f"Password for {args.user}: ", confirm=True)
+
+    async def run() -> Session:
+        async with NodeApi(node_url()) as api:
+            return await client.signup(api, args.user, password)
+
+    session = trio.run(run)
+    remember(args, session)
+    print(f"signed up {session.username} at {session.api.url}; logged in")
+
+
+def cmd_login(args: argparse.Namespace) -> None:
+    password = Passwords(args.password_stdin).get("PYRGOS_PASSWORD", f"Password for {args.user}: ")
+
+    async def run() -> Session:
+        async with NodeApi(node_url()) as api:
+            return await client.login(api, args.user, password)
+
+    session = trio.run(run)
+    remember(args, session)
+    print(f"logged in as {session.username} at {session.api.url}")
+
+
+def cmd_logout(args: argparse.Namespace) -> None:
+    print("logged out" if Profile(args.profile).clear() else "was not logged in")
+
+
+def cmd_whoami(args: argparse.Namespace) -> None:
+    saved = Profile(args.profile).load()
+    print(f"{saved.username} at {node_url()}")
+
+
+def cmd_passwd(args: argparse.Namespace) -> None:
+    passwords = Passwords(args.password_stdin)
+    current = passwords.get("PYRGOS_PASSWORD", "Current password: ")
+    new = passwords.get("PYRGOS_NEW_PASSWORD", "New password: ", confirm=True)
+
+    async def run() -> Session:
+        async with open_session(args) as session:
+            return await client.change_password(session, current, new)
+
+    remember(args, trio.run(run))
+    print("password changed")
+
+
+# -- file commands ---------------------------------------------------------------------------
+
+
+def run_fs(args: argparse.Namespace, action: Callable[[FileSystem], Awaitable[Any]]) -> Any:
+    async def run() -> Any:
+        async with open_session(args) as session:
+            return await action(FileSystem(session))
+
+    return trio.run(run)
+
+
+async def _is_dir(fs: FileSystem, path: str) -> bool | None:
+    """True for a directory, False for a file, None when nothing is there."""
+    try:
+        return (await fs.stat(path)).is_dir
+    except NotFound:
+        return None
+
+
+def cmd_put(args: argparse.Namespace) -> None:
+    local = Path(args.local)
+    if not local.exists():
+        raise UsageError(f"{local} does not exist")
+    name = local.resolve().name
+    folder = local.is_dir()
+    total = sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) if folder else None
+
+    async def into(fs: FileSystem) -> str:
+        remote: str = args.remote
+        return f"{remote.rstrip('/')}/{name}" if await _is_dir(fs, remote) else remote
+
+    if folder:
+
+        async def put_folder(fs: FileSystem) -> None:
+            with progress_bar(total, f"put {name}") as progress:
+                await client.put_tree(fs, local, await into(fs), progress)
+
+        run_fs(args, put_folder)
+        return
+    with local.open("rb") as source:
+
+        async def put_file(fs: FileSystem) -> None:
+            with progress_bar(os.fstat(source.fileno()).st_size, f"put {name}") as progress:
+                await fs.write_file(await into(fs), source, progress=progress)
+
+        run_fs(args, put_file)
+
+
+def cmd_get(args: argparse.Namespace) -> None:
+    local = Path(args.local)
+    into_folder = local.is_dir()
+
+    async def action(fs: FileSystem) -> None:
+        props = await fs.stat(args.remote)
+        target = local / props.name if into_folder else local
+        if props.is_dir:
+            total = await client.tree_size(fs, args.remote)
+            with progress_bar(total, f"get {props.name}") as progress:
+                await client.get_tree(fs, args.remote, target, progress)
+            return
+        with progress_bar(props.size, f"get {props.name}") as progress:
+            await client.get_file(fs, args.remote, target, progress)
+
+    run_fs(args, action)
+
+
+def cmd_cat(args: argparse.Namespace) -> None:
+    if args.offset < 0 or (args.length is not None and args.length < 0):
+        raise UsageError("--offset and --length must not be negative")
+    out = sys.stdout.buffer
+
+    async def action(fs: FileSystem) -> None:
+        async for piece in fs.read(args.remote, args.offset, args.length):
+            out.write(piece)
+        out.flush()
+
+    run_fs(args, action)
+
+
+def _mode(is_dir: bool) -> str:
+    return "d" if is_dir else "-"
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    listing = run_fs(args, lambda fs: fs.listdir(args.remote, long=args.long))
+    for item in listing:
+        if not args.long:
+            print(item.name + ("/" if item.is_dir else ""))
+            continue
+        props = item.props
+        size = props.size if props is not None else 0
+        when = _format_time(props.modified) if props is not None else "-"
+        suffix = "/" if item.is_dir else ""
+        print(f"{_mode(item.is_dir)} {size:>14} {when} {item.name}{suffix}")
+
+
+def _format_time(millis: int) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(millis / 1000, tz=datetime.UTC).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_mkdir(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: fs.mkdir(args.remote, parents=args.parents))
+
+
+def cmd_rm(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: fs.remove(args.remote, recursive=args.recursive))
+
+
+def cmd_mv(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: fs.move(args.source, args.target))
+
+
+def cmd_space(args: argparse.Namespace) -> None:
+    used, quota = run_fs(args, lambda fs: fs.usage())
+    share = 100 * used / quota if quota else 0.0
+    print(f"used {_human(used)} of {_human(quota)} ({share:.1f}%)")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    raise AssertionError
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyrgos",
+        description="pyrgos: end-to-end encrypted peer-to-peer storage. Files are encrypted on "
+        "this machine; the node stores only padded ciphertext under random labels.",
+        epilog="environment: PYRGOS_HOME (node home, default ~/.pyrgos), PYRGOS_NODE (API URL), "
+        "PYRGOS_PROFILE (client state, default ~/.config/pyrgos), PYRGOS_PASSWORD, "
+        "PYRGOS_NEW_PASSWORD",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=client.default_profile(),
+        help="client state directory (default: $PYRGOS_PROFILE or ~/.config/pyrgos)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    node = commands.add_parser("node", help="run and manage a node").add_subparsers(
+        dest="node_command", metavar="NODE-COMMAND", required=True
+    )
+
+    def node_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = node.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--home",
+            type=Path,
+            default=default_home(),
+            help="node home directory (default: $PYRGOS_HOME or ~/.pyrgos)",
+        )
+        return sub
+
+    init = node_command("init", "create a node: its key, its settings, its database")
+    init.add_argument(
+        "--api",
+        default=DEFAULT_API,
+        metavar="HOST:PORT",
+        help=f"where the HTTP API listens (default {DEFAULT_API}; port 0 picks a free one)",
+    )
+    init.add_argument(
+        "--test-mode", action="store_true", help="accept the small KDF profile (tests only)"
+    )
+    init.add_argument(
+        "--quota",
+        default="1GiB",
+        metavar="SIZE",
+        help="storage quota per user, e.g. 500MiB (default 1GiB)",
+    )
+    init.add_argument("--exist-ok", action="store_true", help="do nothing if already initialised")
+    init.set_defaults(run=cmd_node_init)
+    node_command("run", "run the node in the foreground until Ctrl-C").set_defaults(
+        run=cmd_node_run
+    )
+    info = node_command("info", "show the node's id, API URL and settings")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(run=cmd_node_info)
+    node_command("gc", "delete blocks nothing points to any more").set_defaults(run=cmd_node_gc)
+
+    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text)
+
+    def with_password(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password(s) from standard input, one per line",
+        )
+        return sub
+
+    signup = with_password(client_command("signup", "create an account homed on the node"))
+    signup.add_argument("user", metavar="USER")
+    signup.set_defaults(run=cmd_signup)
+    login = with_password(client_command("login", "log in from this device"))
+    login.add_argument("user", metavar="USER")
+    login.set_defaults(run=cmd_login)
+    client_command("logout", "forget this device's session").set_defaults(run=cmd_logout)
+    client_command("whoami", "show who is logged in, and where").set_defaults(run=cmd_whoami)
+    with_password(client_command("passwd", "change the password (current, then new)")).set_defaults(
+        run=cmd_passwd
+    )
+
+    put = client_command("put", "upload a file or a folder")
+    put.add_argument("local", metavar="LOCAL")
+    put.add_argument("remote", metavar="REMOTE")
+    put.set_defaults(run=cmd_put)
+    get = client_command("get", "download a file or a folder")
+    get.add_argument("remote", metavar="REMOTE")
+    get.add_argument("local", metavar="LOCAL")
+    get.set_defaults(run=cmd_get)
+    cat = client_command("cat", "write a file (or a byte range of it) to standard output")
+    cat.add_argument("remote", metavar="REMOTE")
+    cat.add_argument("--offset", type=int, default=0, metavar="N", help="first byte (default 0)")
+    cat.add_argument("--length", type=int, default=None, metavar="N", help="bytes to write")
+    cat.set_defaults(run=cmd_cat)
+    ls = client_command("ls", "list a directory")
+    ls.add_argument("remote", metavar="REMOTE", nargs="?", default="")
+    ls.add_argument("-l", dest="long", action="store_true", help="show kind, size and time")
+    ls.set_defaults(run=cmd_ls)
+    mkdir = client_command("mkdir", "make a directory")
+    mkdir.add_argument("remote", metavar="REMOTE")
+    mkdir.add_argument("-p", dest="parents", action="store_true", help="make parents as needed")
+    mkdir.set_defaults(run=cmd_mkdir)
+    rm = client_command("rm", "remove a file or directory")
+    rm.add_argument("remote", metavar="REMOTE")
+    rm.add_argument("-r", dest="recursive", action="store_true", help="remove directories")
+    rm.set_defaults(run=cmd_rm)
+    mv = client_command("mv", "rename or move a file or directory")
+    mv.add_argument("source", metavar="SRC")
+    mv.add_argument("target", metavar="DST")
+    mv.set_defaults(run=cmd_mv)
+    client_command("space", "show usage and quota").set_defaults(run=cmd_space)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except UsageError as exc:
+        fail(str(exc), 2)
+    except PyrgosError as exc:
+        fail(exc.message, next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1))
+    except OSError as exc:
+        fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), 1)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)

@@ -1,0 +1,82 @@
+"""A client profile: where a device keeps its logged-in session (mode 0600).
+
+The session file holds the password-derived login keys, so commands need not ask for the
+password again; `logout` deletes it. It never holds the password itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from protocols import cbor
+from protocols.crypto import LoginKeys, SigningKey
+from protocols.errors import MalformedInput, NotFound
+
+SESSION_FILE: Final = "session.cbor"
+SESSION_VERSION: Final = 1
+
+
+def default_profile() -> Path:
+    return Path(os.environ.get("PYRGOS_PROFILE") or Path.home() / ".config" / "pyrgos")
+
+
+@dataclass(frozen=True)
+class SavedSession:
+    node: str
+    username: str
+    login: LoginKeys
+
+
+class Profile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def session_file(self) -> Path:
+        return self.path / SESSION_FILE
+
+    def save(self, saved: SavedSession) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        body = cbor.encode(
+            {
+                "v": SESSION_VERSION,
+                "node": saved.node,
+                "username": saved.username,
+                "login": saved.login.signing.seed,
+                "root": saved.login.root_key,
+            }
+        )
+        temporary = self.session_file.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(body)
+            out.flush()
+            os.fsync(out.fileno())
+        temporary.replace(self.session_file)
+
+    def load(self) -> SavedSession:
+        try:
+            value = cbor.decode(self.session_file.read_bytes(), limit=4096)
+        except FileNotFoundError:
+            raise NotFound(
+                "not logged in: run `pyrgos login USER` or `pyrgos signup USER`"
+            ) from None
+        except MalformedInput as exc:
+            raise MalformedInput(f"{self.session_file} is damaged: log in again") from exc
+        if not isinstance(value, dict) or value.get("v") != SESSION_VERSION:
+            raise MalformedInput(f"{self.session_file} is of an unknown version: log in again")
+        return SavedSession(
+            node=str(value["node"]),
+            username=str(value["username"]),
+            login=LoginKeys(SigningKey.from_seed(value["login"]), value["root"]),
+        )
+
+    def clear(self) -> bool:
+        try:
+            self.session_file.unlink()
+        except FileNotFoundError:
+            return False
+        return True

@@ -1,0 +1,146 @@
+"""A node's home directory: its settings, its persisted identity key, its database.
+
+Layout: `node.toml` (settings), `node.key` (Ed25519, libp2p format, mode 0600), `db/` (the
+LevelDB), `admin-token` (authorises maintenance calls, mode 0600), `api` (the API URL, present
+while the node runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.identity_utils import load_identity, save_identity
+from libp2p.peer.id import ID
+
+from protocols.errors import MalformedInput, NotFound, PyrgosError
+
+DEFAULT_API: Final = "127.0.0.1:8000"
+DEFAULT_QUOTA: Final = 1024**3  # 1 GiB per user
+DEFAULT_GC_INTERVAL: Final = 3600  # seconds between scheduled collections
+UNITS: Final = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("PYRGOS_HOME") or Path.home() / ".pyrgos")
+
+
+def parse_size(text: str) -> int:
+    """'1GiB', '500M', '1048576' -> bytes."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:].isalpha() else ""
+    number = value[: len(value) - len(unit)]
+    if unit not in UNITS or not number.isdigit():
+        raise MalformedInput(f"not a size: {text!r} (examples: 1GiB, 500MiB, 1048576)")
+    return int(number) * UNITS[unit]
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise MalformedInput(f"not HOST:PORT: {text!r} (example: 127.0.0.1:8000)")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    api: str = DEFAULT_API
+    test_mode: bool = False
+    quota: int = DEFAULT_QUOTA
+    gc_interval: int = DEFAULT_GC_INTERVAL
+
+
+class NodeHome:
+    """The files of one node."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "node.toml"
+
+    @property
+    def key_file(self) -> Path:
+        return self.path / "node.key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / "db"
+
+    @property
+    def api_file(self) -> Path:
+        return self.path / "api"
+
+    @property
+    def token_file(self) -> Path:
+        return self.path / "admin-token"
+
+    @property
+    def initialised(self) -> bool:
+        return self.config_file.exists() and self.key_file.exists()
+
+    def init(self, config: NodeConfig) -> str:
+        """Create the home; return the new node's id."""
+        if self.initialised:
+            raise PyrgosError(f"a node is already initialised in {self.path}")
+        parse_host_port(config.api)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        save_identity(create_new_key_pair(), self.key_file)
+        self.key_file.chmod(0o600)
+        self._write_private(self.token_file, secrets.token_hex(32))
+        lines = [
+            "# pyrgos node settings",
+            f"api = {json.dumps(config.api)}",
+            f"test_mode = {'true' if config.test_mode else 'false'}",
+            f"quota = {config.quota}",
+            f"gc_interval = {config.gc_interval}",
+        ]
+        self.config_file.write_text("\n".join(lines) + "\n")
+        return self.node_id()
+
+    @staticmethod
+    def _write_private(path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+
+    def require(self) -> None:
+        if not self.initialised:
+            raise NotFound(f"no node in {self.path}: run `pyrgos node init` first")
+
+    def config(self) -> NodeConfig:
+        self.require()
+        try:
+            raw = tomllib.loads(self.config_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise MalformedInput(f"{self.config_file} is not valid TOML: {exc}") from exc
+        config = NodeConfig(
+            api=str(raw.get("api", DEFAULT_API)),
+            test_mode=bool(raw.get("test_mode", False)),
+            quota=int(raw.get("quota", DEFAULT_QUOTA)),
+            gc_interval=int(raw.get("gc_interval", DEFAULT_GC_INTERVAL)),
+        )
+        parse_host_port(config.api)
+        return config
+
+    def node_id(self) -> str:
+        self.require()
+        key_pair = load_identity(self.key_file)
+        return str(ID.from_pubkey(key_pair.public_key).to_base58())
+
+    def admin_token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def running_api(self) -> str | None:
+        """The URL the running node wrote, if any."""
+        try:
+            return self.api_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
