@@ -108,7 +108,10 @@ class ReadAuth:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except ValueError as exc:
             raise MalformedInput("read auth must be base64url CBOR") from exc
-        return cls.from_cbor(cbor.decode(raw, limit=512))
+        auth = cls.from_cbor(cbor.decode(raw, limit=512))
+        if auth.to_text() != text:  # b64decode skips stray characters and ignores padding
+            raise MalformedInput("read auth must be unpadded base64url CBOR")
+        return auth
 
     @classmethod
     def from_cbor(cls, value: object) -> ReadAuth:

@@ -8,6 +8,7 @@ from protocols.cid import CID
 from protocols.crypto import SigningKey, VerifyKey
 
 PUT_CONTEXT: Final = b"pyrgos/block-put/1"
+MAX_BLOCKS_PER_PUT: Final = 64  # bounds the work of one signed put
 
 
 def sign_put(writer: SigningKey, cid: CID) -> bytes:

@@ -7,10 +7,12 @@ Pure: blocks come and go only through the `BlockSource` / `BlockSink` protocols.
   `KeyHashing.BLAKE2B` hashes a key of 1..64 bytes with BLAKE2b-256. The slot at depth d is
   bits [5d, 5d+5) of the hash read most-significant-bit first (32-way); the last level, depth
   51, has only the one remaining bit.
-- Node: the dag-cbor list `[datamap, nodemap, buckets, children]`. Bit i of datamap (nodemap)
+- Node: the dag-cbor list `[datamap, nodemap, buckets, children]`; the maps are 4-byte
+  big-endian bit sets. Bit i of datamap (nodemap)
   says slot i holds a bucket (a child); the two are disjoint. Buckets come in ascending slot
   order, each a list of 1..3 `[key, value CID]` pairs sorted by key bytes; children are
-  sha2-256 dag-cbor links in ascending slot order. The empty map is `[0, 0, [], []]`.
+  sha2-256 dag-cbor links in ascending slot order. The empty map has two zero bitmaps and no
+  buckets or children.
 - Canonical: a child node exists only when its subtree holds more than MAX_BUCKET entries. A
   4th entry in a bucket pushes the bucket down into a child (recursively while they collide);
   a removal that leaves a child's subtree with MAX_BUCKET entries or fewer folds it back into
@@ -72,7 +74,8 @@ class KeyHashing(enum.Enum):
     BLAKE2B = "blake2b"  # keys of 1..64 bytes that are not random (names, small ints)
 
 
-EMPTY_NODE: Final = cbor.encode([0, 0, [], []])
+BITMAP_BYTES: Final = 4  # fixed width: a node's length shows how much it holds, not where
+EMPTY_NODE: Final = cbor.encode([bytes(BITMAP_BYTES), bytes(BITMAP_BYTES), [], []])
 EMPTY_ROOT: Final = CID.of(CODEC_DAG_CBOR, EMPTY_NODE)
 
 
@@ -146,12 +149,14 @@ class _Node:
         return _Node(buckets, children)
 
 
+def _bitmap(slots: Iterable[int]) -> bytes:
+    return sum(1 << slot for slot in slots).to_bytes(BITMAP_BYTES, "big")
+
+
 def _encode_node(node: _Node) -> bytes:
-    datamap = sum(1 << slot for slot in node.buckets)
-    nodemap = sum(1 << slot for slot in node.children)
     buckets = [[[key, value] for key, value in node.buckets[slot]] for slot in sorted(node.buckets)]
     children = [node.children[slot] for slot in sorted(node.children)]
-    return cbor.encode([datamap, nodemap, buckets, children])
+    return cbor.encode([_bitmap(node.buckets), _bitmap(node.children), buckets, children])
 
 
 def _decode_node(data: bytes, at: _At | None) -> _Node:
@@ -161,11 +166,16 @@ def _decode_node(data: bytes, at: _At | None) -> _Node:
     value = cbor.decode(data, limit=MAX_NODE_SIZE)
     if not isinstance(value, list) or len(value) != 4:
         raise MalformedInput("CHAMP node must be a list [datamap, nodemap, buckets, children]")
-    datamap, nodemap, raw_buckets, raw_children = value
+    raw_datamap, raw_nodemap, raw_buckets, raw_children = value
     slot_count = 1 << (_width(at.depth) if at is not None else BIT_WIDTH)
+    for bitmap in (raw_datamap, raw_nodemap):
+        if type(bitmap) is not bytes or len(bitmap) != BITMAP_BYTES:
+            raise MalformedInput(f"CHAMP bitmap must be {BITMAP_BYTES} bytes")
+    datamap = int.from_bytes(raw_datamap, "big")
+    nodemap = int.from_bytes(raw_nodemap, "big")
     for bitmap in (datamap, nodemap):
-        if type(bitmap) is not int or not 0 <= bitmap < 1 << slot_count:
-            raise MalformedInput(f"CHAMP bitmap must be an integer below 2**{slot_count}")
+        if bitmap >= 1 << slot_count:
+            raise MalformedInput(f"CHAMP bitmap has bits at or above {slot_count}")
     if datamap & nodemap:
         raise MalformedInput("CHAMP slot marked as both a bucket and a child")
     if not isinstance(raw_buckets, list) or len(raw_buckets) != datamap.bit_count():

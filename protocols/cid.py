@@ -105,7 +105,10 @@ class CID:
             raw = base64.b32decode(body + "=" * (-len(body) % 8))
         except ValueError as exc:
             raise MalformedInput("CID text is not valid base32") from exc
-        return cls.from_bytes(raw)
+        cid = cls.from_bytes(raw)
+        if cid.text != text:  # upper case, padding or stray trailing bits: one CID, one text
+            raise MalformedInput("CID text must be base32 lower case without padding")
+        return cid
 
     @property
     def text(self) -> str:

@@ -40,7 +40,11 @@ def check_password(username: str, password: str) -> None:
     """The same strength rules at signup and at every password change."""
     if len(password) < MIN_PASSWORD_CHARS:
         raise WeakPassword(f"passwords need at least {MIN_PASSWORD_CHARS} characters")
-    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+    try:
+        encoded = password.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. undecodable terminal bytes
+        raise WeakPassword("passwords must be valid UTF-8 text") from None
+    if len(encoded) > MAX_PASSWORD_BYTES:
         raise WeakPassword(f"passwords are at most {MAX_PASSWORD_BYTES} bytes")
     if password.lower() == username.lower():
         raise WeakPassword("the password must not be the username")

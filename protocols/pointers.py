@@ -78,7 +78,8 @@ def check_update(
     """All the rules of a pointer write, in one place; raises unless `proposed` may be stored.
 
     1. The signature verifies with the writer's key.
-    2. Compare-and-swap: `previous` equals the stored target (null for a first write).
+    2. Compare-and-swap: `previous` equals the stored target (null for a first write); checked
+       before the sequence, so a writer that lost a race is told to re-read and retry.
     3. The sequence strictly increases (a replayed or reordered update is refused).
     4. The new target is a WriterData block already stored whose `controller` is the writer
        (`target_controller` is what the node read from it, None if it is not stored).
@@ -86,13 +87,13 @@ def check_update(
     writer.verify(proposed.signed_part, proposed.signature, CONTEXT)
     stored_target = current.new if current is not None else None
     stored_sequence = current.sequence if current is not None else 0
+    if proposed.previous != stored_target:
+        raise StaleRoot("pointer compare-and-swap failed: the pointer has moved on (stale root)")
     if proposed.sequence <= stored_sequence:
         raise Conflict(
             f"pointer update sequence {proposed.sequence} is not after {stored_sequence}: "
             "replayed or out of order"
         )
-    if proposed.previous != stored_target:
-        raise StaleRoot("pointer compare-and-swap failed: the pointer has moved on (stale root)")
     if target_controller is None:
         raise Conflict("the pointer target is not a stored WriterData block")
     if target_controller != writer.key_hash():

@@ -8,7 +8,7 @@ from typing import Any, Final
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR
 from protocols.crypto import BoxingPublicKey, KdfParams
-from protocols.errors import MalformedInput
+from protocols.errors import MalformedInput, TooLarge
 
 VERSION: Final = 1
 MAX_WRITER_DATA: Final = 16 * 1024
@@ -76,5 +76,5 @@ def controller_of(data: bytes) -> CID | None:
     """The controller of a WriterData block, or None when `data` is not one."""
     try:
         return WriterData.decode(data).controller
-    except MalformedInput:
+    except (MalformedInput, TooLarge):
         return None

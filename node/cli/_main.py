@@ -333,8 +333,9 @@ def cmd_cat(args: argparse.Namespace) -> None:
     out = sys.stdout.buffer
 
     async def action(fs: FileSystem) -> None:
-        async for piece in fs.read(args.remote, args.offset, args.length):
-            out.write(piece)
+        async with fs.read(args.remote, args.offset, args.length) as pieces:
+            async for piece in pieces:
+                out.write(piece)
         out.flush()
 
     run_fs(args, action)

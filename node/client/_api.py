@@ -56,11 +56,10 @@ class NodeApi:
             return
         try:
             value = cbor.decode(response.content, limit=64 * 1024)
-            raise error_from_code(str(value["error"]), str(value["message"]))
-        except (PyrgosError, KeyError, TypeError) as exc:
-            if isinstance(exc, PyrgosError) and not isinstance(exc, Corrupted):
-                raise
+            code, message = str(value["error"]), str(value["message"])
+        except (PyrgosError, KeyError, TypeError):  # not an error reply of the API
             raise PyrgosError(f"the node answered HTTP {response.status_code}") from None
+        raise error_from_code(code, message)  # typed, Corrupted included
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
         """Call one method of the node's table and return its CBOR result."""

@@ -4,15 +4,16 @@ new blocks staged in memory and written, signed, in the commit that makes them r
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Final
 
 import trio
 
 from node.client._api import NodeApi
 from protocols import cbor, champ
-from protocols.blocks import sign_put
+from protocols.blocks import MAX_BLOCKS_PER_PUT, sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import SigningKey
 from protocols.cryptree import (
@@ -24,10 +25,35 @@ from protocols.cryptree import (
     payload_data,
     seal_data,
 )
-from protocols.errors import Corrupted, MalformedInput
+from protocols.errors import Corrupted, MalformedInput, PyrgosError
 
 PUT_BATCH_BYTES: Final = 6 * 1024 * 1024  # one chunk's fragments and node per request
 MAX_KEYS_PER_LOOKUP: Final = 64
+
+
+@contextlib.asynccontextmanager
+async def open_tasks() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose failure surfaces as the first typed error, not an exception group,
+    so callers (and the CLI's one-line errors) see what went wrong."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        first = _first_error(group)
+        if first is None:
+            raise
+        raise first from None
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> PyrgosError | None:
+    for error in group.exceptions:
+        if isinstance(error, PyrgosError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            nested = _first_error(error)
+            if nested is not None:
+                return nested
+    return None
 
 
 def new_upload_id() -> bytes:
@@ -96,6 +122,10 @@ class Blocks:
         return order
 
 
+def _batch_full(batch: list[tuple[CID, bytes]], size: int, adding: int) -> bool:
+    return bool(batch) and (size + adding > PUT_BATCH_BYTES or len(batch) >= MAX_BLOCKS_PER_PUT)
+
+
 async def put_blocks(
     api: NodeApi,
     owner: CID,
@@ -107,7 +137,7 @@ async def put_blocks(
     batch: list[tuple[CID, bytes]] = []
     size = 0
     for cid, data in blocks:
-        if batch and size + len(data) > PUT_BATCH_BYTES:
+        if _batch_full(batch, size, len(data)):
             await _put_batch(api, owner, writer, batch, upload)
             batch, size = [], 0
         batch.append((cid, data))
@@ -186,7 +216,7 @@ class Uploader:
 
     async def add(self, blocks: list[tuple[CID, bytes]]) -> None:
         for cid, data in blocks:
-            if self._pending and self._size + len(data) > PUT_BATCH_BYTES:
+            if _batch_full(self._pending, self._size, len(data)):
                 await self._send.send(self._pending)
                 self._pending, self._size = [], 0
             self._pending.append((cid, data))

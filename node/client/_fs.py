@@ -19,7 +19,14 @@ from typing import BinaryIO, Final
 
 import trio
 
-from node.client._blocks import Blocks, Uploader, new_upload_id, put_blocks, stage_dir_chunk
+from node.client._blocks import (
+    Blocks,
+    Uploader,
+    new_upload_id,
+    open_tasks,
+    put_blocks,
+    stage_dir_chunk,
+)
 from node.client._session import Session, now_ms
 from protocols import accounts, cbor, champ, crypto
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
@@ -56,6 +63,7 @@ from protocols.writerdata import WriterData
 
 MAX_COMMIT_ATTEMPTS: Final = 8
 FRAGMENTS_IN_FLIGHT: Final = 8  # fragment reads kept in flight while downloading
+CHUNKS_AHEAD: Final = 3  # decrypted chunks held ahead of the reader: bounds memory
 FILES_PER_COMMIT: Final = 2000  # bounds a folder upload's staged state
 Progress = Callable[[int], None]
 Opener = Callable[[], contextlib.AbstractContextManager[BinaryIO]]  # opens a file's bytes
@@ -161,7 +169,7 @@ class FileSystem:
                 raise NotFound("a chunk of this file or directory is missing")
             results[slot] = (cid, await blocks.fetch(cid, bat))
 
-        async with trio.open_nursery() as nursery:
+        async with open_tasks() as nursery:
             for slot, (label, bat) in enumerate(locations):
                 nursery.start_soon(fetch, slot, label, bat)
         return results
@@ -180,7 +188,7 @@ class FileSystem:
             block = await blocks.fetch(fragments[i], bat)
             parts[i] = open_fragment(key, label, i, i == len(fragments) - 1, block)
 
-        async with trio.open_nursery() as nursery:
+        async with open_tasks() as nursery:
             for i in range(len(fragments)):
                 nursery.start_soon(fetch, i)
         return b"".join(parts)
@@ -270,7 +278,7 @@ class FileSystem:
                 raise NotFound("a directory entry points at a missing node")
             results[slot] = (cid, await blocks.fetch(cid, caps[slot].bat))
 
-        async with trio.open_nursery() as nursery:
+        async with open_tasks() as nursery:
             for slot in range(len(caps)):
                 nursery.start_soon(fetch, slot)
         return results
@@ -292,11 +300,15 @@ class FileSystem:
             return dirs[0].props
         return await self._props(blocks, writer_data.tree, dirs[-1].cap, entry)
 
+    @contextlib.asynccontextmanager
     async def read(
         self, path: str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
-        """Stream bytes [offset, offset + length) of a file: chunk i costs i local hashes and
-        one CHAMP lookup, never a read of the chunks before it."""
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
+        """Bytes [offset, offset + length) of a file, as a channel of pieces in order.
+
+        Chunk i is found with i local hashes and one CHAMP lookup: no chunk before the range is
+        read. Fragments of the next chunks are fetched while earlier ones are consumed.
+        """
         if offset < 0 or (length is not None and length < 0):
             raise MalformedInput("offset and length must not be negative")
         _, writer_data, blocks = await self._root()
@@ -304,71 +316,100 @@ class FileSystem:
         if entry is None or entry.is_dir:
             raise Conflict(f"{path} is a directory")
         cap = entry.capability(dirs[-1].cap)
-        end = None if length is None else offset + length
-        async for piece in self._read_file(blocks, writer_data.tree, cap, offset, end):
-            yield piece
+        if length is None:
+            props = await self._props(blocks, writer_data.tree, dirs[-1].cap, entry)
+            length = max(0, props.size - offset)
+        send, receive = trio.open_memory_channel[bytes](2)
+        async with open_tasks() as nursery:
+            nursery.start_soon(
+                self._produce, send, blocks, writer_data.tree, cap, offset, offset + length
+            )
+            async with receive:
+                yield receive
+            nursery.cancel_scope.cancel()  # the reader stopped early
 
-    async def _read_file(
-        self, blocks: Blocks, tree: CID, cap: Capability, offset: int, end: int | None
-    ) -> AsyncIterator[bytes]:
-        index = offset // CHUNK_BYTES
-        while end is None or index * CHUNK_BYTES < end:
-            label, bat = cap.chunk(index)
-            cid = (await blocks.lookup(tree, [label]))[label]
-            if cid is None:
-                return  # past the last chunk
-            opened = open_node(cap, index, False, await blocks.fetch(cid, bat))
-            start = max(0, offset - index * CHUNK_BYTES)
-            stop = CHUNK_BYTES if end is None else min(CHUNK_BYTES, end - index * CHUNK_BYTES)
-            async for piece, piece_start in self._chunk_pieces(
-                blocks, cap, index, opened, start, stop
-            ):
-                lo, hi = max(start - piece_start, 0), min(stop - piece_start, len(piece))
-                if lo < hi:
-                    yield piece[lo:hi]
-            index += 1
+    async def _produce(
+        self,
+        send: trio.MemorySendChannel[bytes],
+        blocks: Blocks,
+        tree: CID,
+        cap: Capability,
+        start: int,
+        end: int,
+    ) -> None:
+        async with send:
+            if end <= start:
+                return
+            indices = list(range(start // CHUNK_BYTES, (end - 1) // CHUNK_BYTES + 1))
+            labels = [cap.chunk(i)[0] for i in indices]
+            found = await blocks.lookup(tree, labels)
+            ready = [trio.Event() for _ in indices]
+            consumed = [trio.Event() for _ in indices]
+            pieces: list[list[bytes]] = [[] for _ in indices]
+            fragments = trio.Semaphore(FRAGMENTS_IN_FLIGHT)
 
-    async def _chunk_pieces(
+            async def fetch(slot: int) -> None:
+                if slot >= CHUNKS_AHEAD:  # hold at most CHUNKS_AHEAD chunks not yet consumed
+                    await consumed[slot - CHUNKS_AHEAD].wait()
+                index = indices[slot]
+                cid = found[labels[slot]]
+                if cid is not None:
+                    lo = max(start - index * CHUNK_BYTES, 0)
+                    hi = min(end - index * CHUNK_BYTES, CHUNK_BYTES)
+                    pieces[slot] = await self._chunk_range(
+                        blocks, cap, index, cid, lo, hi, fragments
+                    )
+                ready[slot].set()
+
+            async with open_tasks() as nursery:
+                for slot in range(len(indices)):
+                    nursery.start_soon(fetch, slot)
+                for slot in range(len(indices)):
+                    await ready[slot].wait()
+                    if found[labels[slot]] is None:
+                        nursery.cancel_scope.cancel()  # the file ends before the range does
+                        return
+                    for piece in pieces[slot]:
+                        await send.send(piece)
+                    pieces[slot] = []
+                    consumed[slot].set()
+
+    async def _chunk_range(
         self,
         blocks: Blocks,
         cap: Capability,
         index: int,
-        opened: OpenedNode,
-        start: int,
-        stop: int,
-    ) -> AsyncIterator[tuple[bytes, int]]:
-        """(plaintext, offset in chunk) of the fragments overlapping [start, stop), in order."""
+        cid: CID,
+        lo: int,
+        hi: int,
+        limit: trio.Semaphore,
+    ) -> list[bytes]:
+        """Plaintext bytes [lo, hi) of chunk `index`, fetching only the fragments they span."""
         label, bat = cap.chunk(index)
+        opened = open_node(cap, index, False, await blocks.fetch(cid, bat))
         key = opened.keys.key
         if isinstance(opened.data, bytes):
-            yield open_inline(key, label, opened.data), 0
-            return
-        fragments = opened.data
-        last = len(fragments) - 1
-        first = min(start // FRAGMENT_BYTES, last)
-        final = min(max(stop - 1, 0) // FRAGMENT_BYTES, last)
-        wanted = list(range(first, final + 1))
-        send, receive = trio.open_memory_channel[tuple[int, bytes]](0)
-        results: dict[int, bytes] = {}
-        limit = trio.Semaphore(FRAGMENTS_IN_FLIGHT)
+            return [open_inline(key, label, opened.data)[lo:hi]]
+        links = opened.data
+        last = len(links) - 1
+        wanted = range(min(lo // FRAGMENT_BYTES, last), min((hi - 1) // FRAGMENT_BYTES, last) + 1)
+        plain: dict[int, bytes] = {}
 
         async def fetch(i: int) -> None:
             async with limit:
-                block = await blocks.fetch(fragments[i], bat)
-                plain = await trio.to_thread.run_sync(
-                    open_fragment, key, label, i, i == last, block
-                )
-                await send.send((i, plain))
+                block = await blocks.fetch(links[i], bat)
+            plain[i] = await trio.to_thread.run_sync(open_fragment, key, label, i, i == last, block)
 
-        async with trio.open_nursery() as nursery:
+        async with open_tasks() as nursery:
             for i in wanted:
                 nursery.start_soon(fetch, i)
-            async with receive:
-                for i in wanted:
-                    while i not in results:
-                        got, plain = await receive.receive()
-                        results[got] = plain
-                    yield results.pop(i), i * FRAGMENT_BYTES
+        out = []
+        for i in wanted:
+            base = i * FRAGMENT_BYTES
+            piece = plain.pop(i)[max(lo - base, 0) : max(hi - base, 0)]
+            if piece:
+                out.append(piece)
+        return out
 
     # -- writing ------------------------------------------------------------------------
 
@@ -667,7 +708,7 @@ class FileSystem:
             if found is not None and found[1].is_dir:
                 raise Conflict(f"{'/'.join([*names, name])} is a directory")
         prepared: list[_Prepared] = []
-        async with trio.open_nursery() as nursery:
+        async with open_tasks() as nursery:
             uploader = Uploader(self.api, self.session.owner, self.session.identity, nursery)
             for name, opener in files:
                 with opener() as source:
@@ -793,10 +834,11 @@ async def get_file(fs: FileSystem, remote: str, local: Path, progress: Progress 
     partial = local.with_name(f".{local.name}.pyrgos-part")
     try:
         with partial.open("wb") as out:
-            async for piece in fs.read(remote):
-                await trio.to_thread.run_sync(out.write, piece)
-                if progress is not None:
-                    progress(len(piece))
+            async with fs.read(remote) as pieces:
+                async for piece in pieces:
+                    await trio.to_thread.run_sync(out.write, piece)
+                    if progress is not None:
+                        progress(len(piece))
         partial.replace(local)
     finally:
         partial.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ answers the block's bytes. Bodies over the limit are refused before they are rea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Final
 
@@ -14,6 +15,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +23,7 @@ from starlette.routing import Route
 from node.server import NodeService
 from protocols import bats, cbor
 from protocols.cid import CID
-from protocols.errors import PyrgosError, TooLarge
+from protocols.errors import MalformedInput, NotFound, PyrgosError, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,32 @@ def _error(exc: PyrgosError) -> Response:
     return Response(body, status_code=exc.http_status, media_type=CBOR_TYPE)
 
 
+def _internal_error() -> Response:
+    """A 500 that says nothing about the failure: the details go to the log only."""
+    body = cbor.encode({"error": "internal", "message": "internal error"})
+    return Response(body, status_code=500, media_type=CBOR_TYPE)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong verbs answer in the API's CBOR error form too."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 400
+    kind = NotFound if status == 404 else MalformedInput
+    body = cbor.encode({"error": kind.code, "message": f"no such API endpoint (HTTP {status})"})
+    return Response(body, status_code=status, media_type=CBOR_TYPE)
+
+
 async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise TooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > MAX_BODY_BYTES:
-            raise TooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
-        parts.append(part)
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for part in stream:
+            size += len(part)
+            if size > MAX_BODY_BYTES:
+                raise TooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
+            parts.append(part)
     return b"".join(parts)
 
 
@@ -63,11 +80,7 @@ def build_app(service: NodeService) -> Starlette:
             return _error(exc)
         except Exception:
             log.exception("internal error in %s", method[:64])
-            return Response(
-                cbor.encode({"error": "internal", "message": "internal error"}),
-                status_code=500,
-                media_type=CBOR_TYPE,
-            )
+            return _internal_error()
 
     async def get_block(request: Request) -> Response:
         try:
@@ -78,12 +91,16 @@ def build_app(service: NodeService) -> Starlette:
             return Response(data, media_type="application/octet-stream")
         except PyrgosError as exc:
             return _error(exc)
+        except Exception:
+            log.exception("internal error in a block read")
+            return _internal_error()
 
     return Starlette(
         routes=[
             Route(API_PREFIX + "/call/{method}", call, methods=["POST"]),
             Route(API_PREFIX + "/block/{cid}", get_block, methods=["GET"]),
-        ]
+        ],
+        exception_handlers={HTTPException: _http_error},
     )
 
 

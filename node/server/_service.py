@@ -20,12 +20,13 @@ import trio
 from node.server._gc import collect_garbage, reachable_bytes
 from node.store import Batch, Space, Store
 from protocols import accounts, bats, cbor, champ
-from protocols.blocks import verify_put
+from protocols.blocks import MAX_BLOCKS_PER_PUT, verify_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW, decode_varint, encode_varint
 from protocols.crypto import KdfParams, VerifyKey
 from protocols.cryptree import MAX_BLOCK_BYTES
 from protocols.errors import (
     Conflict,
+    Corrupted,
     Denied,
     InvalidName,
     InvalidSignature,
@@ -41,7 +42,6 @@ from protocols.writerdata import WriterData, controller_of
 
 log = logging.getLogger(__name__)
 
-MAX_BLOCKS_PER_PUT: Final = 64
 MAX_PUT_BYTES: Final = 8 * 1024 * 1024 + 64 * 1024
 MAX_CHAMP_KEYS: Final = 64
 UPLOAD_ID_BYTES: Final = 16
@@ -122,10 +122,17 @@ class NodeService:
 
     # -- blocks -------------------------------------------------------------------------
 
-    async def get_block(self, cid: CID, auth: bats.ReadAuth | None, requester: bytes) -> bytes:
-        data = await trio.to_thread.run_sync(self.store.get, Space.BLOCKS, cid.raw)
+    def _stored_block(self, cid: CID) -> bytes:
+        data = self.store.get(Space.BLOCKS, cid.raw)
         if data is None:
             raise NotFound(f"block {cid} is not stored here")
+        if not cid.matches(data):  # damaged on disk: never parse it, never serve it
+            log.error("block %s does not match its hash in the store", cid)
+            raise Corrupted(f"block {cid} is corrupt in this node's store")
+        return data
+
+    async def get_block(self, cid: CID, auth: bats.ReadAuth | None, requester: bytes) -> bytes:
+        data = await trio.to_thread.run_sync(self._stored_block, cid)
         bats.check_read_auth(
             cid,
             bats.block_bat_ids(cid, data),

@@ -27,7 +27,9 @@ class RunningNode:
 @pytest.fixture
 async def running_node(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[RunningNode]:
     store = Store(tmp_path / "db")
-    service = NodeService(store, NodeSettings(node_id="test-node", test_mode=True))
+    service = NodeService(
+        store, NodeSettings(node_id="test-node", test_mode=True, default_quota=4 * 1024**3)
+    )
     url = await nursery.start(serve_api, service, "127.0.0.1", 0)
     yield RunningNode(service, url, store)
     nursery.cancel_scope.cancel()

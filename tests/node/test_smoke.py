@@ -9,7 +9,8 @@ from tests.node.conftest import PASSWORD
 
 
 async def read_all(fs: FileSystem, path: str, offset: int = 0, length: int | None = None) -> bytes:
-    return b"".join([piece async for piece in fs.read(path, offset, length)])
+    async with fs.read(path, offset, length) as pieces:
+        return b"".join([piece async for piece in pieces])
 
 
 async def test_smoke(api: NodeApi, fs: FileSystem) -> None:

@@ -193,7 +193,7 @@ def test_same_contents_same_root_whatever_the_history(
 
 
 def test_empty_map() -> None:
-    assert bytes([0x84, 0x00, 0x00, 0x80, 0x80]) == EMPTY_NODE
+    assert bytes.fromhex("844400000000440000000080" + "80") == EMPTY_NODE
     assert CID.of(CODEC_DAG_CBOR, EMPTY_NODE) == EMPTY_ROOT
 
     async def scenario() -> None:
@@ -325,8 +325,15 @@ K1, K2 = b"\x01" * 32, b"\x02" * 32
 GOOD = [1, 2, [[[K1, VALUES[0]], [K2, VALUES[1]]]], [LINK]]
 
 
+def _bitmap(value: Any) -> Any:
+    """Integers become the 4-byte bit sets nodes carry; anything else is passed as it is."""
+    if type(value) is int and 0 <= value < 1 << 32:
+        return value.to_bytes(4, "big")
+    return value
+
+
 def _node(*parts: Any) -> bytes:
-    return cbor.encode(list(parts))
+    return cbor.encode([_bitmap(parts[0]), _bitmap(parts[1]), *parts[2:]])
 
 
 BAD_NODES = {
@@ -335,7 +342,8 @@ BAD_NODES = {
     "three fields": _node(0, 0, []),
     "bool bitmap": _node(True, 0, [[[K1, VALUES[0]]]], []),
     "negative bitmap": _node(-1, 0, [], []),
-    "bitmap too wide": _node(1 << 32, 0, [[[K1, VALUES[0]]]], []),
+    "bitmap too wide": _node(b"\x01" + bytes(4), 0, [[[K1, VALUES[0]]]], []),
+    "integer bitmap": cbor.encode([1, 0, [[[K1, VALUES[0]]]], []]),
     "maps overlap": _node(1, 1, [[[K1, VALUES[0]]]], [LINK]),
     "bucket count": _node(3, 0, [[[K1, VALUES[0]]]], []),
     "child count": _node(0, 3, [], [LINK]),

@@ -1,0 +1,201 @@
+"""The encrypted filesystem against a real in-process node: round trips, seeking, privacy,
+space accounting and large directories."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from node.client import FileSystem, NodeApi, login, signup
+from node.store import Space
+from protocols.cryptree import CHUNK_BYTES
+from protocols.errors import Conflict, NotFound
+from tests.node.conftest import PASSWORD, RunningNode
+
+MiB = 1024 * 1024
+
+
+async def read_all(fs: FileSystem, path: str, offset: int = 0, length: int | None = None) -> bytes:
+    async with fs.read(path, offset, length) as pieces:
+        return b"".join([piece async for piece in pieces])
+
+
+def block_lengths(node: RunningNode) -> Counter[int]:
+    return Counter(len(value) for _, value in node.store.items(Space.BLOCKS))
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 4095, 4096, 4097, CHUNK_BYTES - 1, CHUNK_BYTES, CHUNK_BYTES + 1, 3 * CHUNK_BYTES + 7],
+)
+async def test_file_round_trip(fs: FileSystem, size: int) -> None:
+    data = os.urandom(size)
+    with trio.fail_after(60):
+        await fs.write_file("f.bin", io.BytesIO(data))
+        assert await read_all(fs, "f.bin") == data
+        assert (await fs.stat("f.bin")).size == size
+
+
+async def test_random_offset_reads_equal_the_model(fs: FileSystem) -> None:
+    data = os.urandom(3 * CHUNK_BYTES + 7)
+    with trio.fail_after(60):
+        await fs.write_file("big.bin", io.BytesIO(data))
+    cases: list[tuple[int, int]] = []
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.integers(0, len(data) + 10), st.integers(0, 2 * CHUNK_BYTES))
+    def collect(offset: int, length: int) -> None:
+        cases.append((offset, length))
+
+    collect()
+    cases += [(CHUNK_BYTES - 3, 6), (len(data) - 1, 5), (0, len(data)), (1024 * 1024 - 1, 2)]
+    with trio.fail_after(120):
+        for offset, length in cases:
+            assert await read_all(fs, "big.bin", offset, length) == data[offset : offset + length]
+
+
+async def test_overwrite_replaces_the_file(fs: FileSystem) -> None:
+    with trio.fail_after(30):
+        await fs.write_file("a.txt", io.BytesIO(b"first version"))
+        await fs.write_file("a.txt", io.BytesIO(b"second"))
+        assert await read_all(fs, "a.txt") == b"second"
+        assert [item.name for item in await fs.listdir()] == ["a.txt"]
+
+
+async def test_mkdir_mv_rm(fs: FileSystem) -> None:
+    with trio.fail_after(30):
+        await fs.mkdir("a/b/c", parents=True)
+        await fs.write_file("a/b/c/x.txt", io.BytesIO(b"x"))
+        with pytest.raises(Conflict):
+            await fs.mkdir("a")
+        with pytest.raises(NotFound):
+            await fs.mkdir("nope/child")
+        await fs.move("a/b/c/x.txt", "a/y.txt")
+        assert await read_all(fs, "a/y.txt") == b"x"
+        await fs.move("a/b", "moved")
+        assert [i.name for i in await fs.listdir("moved")] == ["c"]
+        with pytest.raises(Conflict):
+            await fs.move("a", "a/inside")
+        with pytest.raises(Conflict):
+            await fs.remove("a")
+        await fs.remove("a/y.txt")
+        await fs.remove("a")
+        await fs.remove("moved", recursive=True)
+        assert await fs.listdir() == []
+
+
+async def test_second_device_sees_the_same_files(api: NodeApi, fs: FileSystem) -> None:
+    with trio.fail_after(30):
+        await fs.write_file("shared.txt", io.BytesIO(b"from device one"))
+        other = FileSystem(await login(api, "alice", PASSWORD))
+        assert await read_all(other, "/alice/shared.txt") == b"from device one"
+
+
+async def test_seek_costs_the_same_at_any_offset(running_node: RunningNode, api: NodeApi) -> None:
+    """Reading 4 KiB at the end of a 1 GiB file fetches as many blocks as at its start."""
+    size = 1024 * MiB
+    session = await signup(api, "seeker", PASSWORD)
+
+    class Zeros(io.RawIOBase):
+        def __init__(self) -> None:
+            self.left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            n = min(len(buffer), self.left)
+            buffer[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    with trio.fail_after(300):
+        await FileSystem(session).write_file("huge.bin", io.BufferedReader(Zeros(), CHUNK_BYTES))
+    stats = running_node.service.stats
+    counts = []
+    for offset in (0, size - 4096):
+        with trio.fail_after(60):
+            reader = FileSystem(await login(api, "seeker", PASSWORD))
+            before = Counter(stats)
+            trips = reader.api.round_trips
+            assert await read_all(reader, "huge.bin", offset, 4096) == bytes(4096)
+            counts.append(
+                (stats["blocks_served"] - before["blocks_served"],
+                 stats["champ_lookups"] - before["champ_lookups"],
+                 reader.api.round_trips - trips)
+            )  # fmt: skip
+    assert counts[0] == counts[1]
+    assert counts[0][0] <= 4  # the home directory's node, the file's node, one fragment
+
+
+async def test_blocks_do_not_reveal_sizes_or_kinds(running_node: RunningNode, api: NodeApi) -> None:
+    async def footprint(user: str, action: str) -> Counter[int]:
+        before = block_lengths(running_node)
+        fs = FileSystem(await signup(api, user, PASSWORD))
+        if action == "dir":
+            await fs.mkdir("n")
+        else:
+            await fs.write_file("n", io.BytesIO(os.urandom(int(action))))
+        return block_lengths(running_node) - before
+
+    with trio.fail_after(60):
+        one = await footprint("small", "1")
+        four_thousand = await footprint("medium", "4000")
+        directory = await footprint("folder", "dir")
+    assert one == four_thousand
+    assert one == directory
+
+
+async def test_the_database_never_holds_names_or_plaintext(
+    running_node: RunningNode, fs: FileSystem
+) -> None:
+    marker = b"PLAINTEXT-MARKER-7f3a9c"
+    name = "secret-file-name-QX81"
+    with trio.fail_after(30):
+        await fs.mkdir("folder-name-ZT42")
+        await fs.write_file(f"folder-name-ZT42/{name}", io.BytesIO(marker * 1000))
+        await fs.write_file("tiny", io.BytesIO(marker))
+    running_node.store.compact()
+    stored = b"".join(
+        path.read_bytes() for path in running_node.store.path.iterdir() if path.is_file()
+    )
+    for needle in (marker, name.encode(), b"folder-name-ZT42", b"tiny", PASSWORD.encode()):
+        assert needle not in stored
+
+
+async def test_usage_returns_after_remove_and_gc(running_node: RunningNode, fs: FileSystem) -> None:
+    store = running_node.store
+    with trio.fail_after(120):
+        start, _ = await fs.usage()
+        await fs.write_file("twenty.bin", io.BytesIO(os.urandom(20 * MiB)))
+        used, _ = await fs.usage()
+        assert used >= start + 20 * MiB
+        store.compact()
+        full_disk = store.disk_bytes()
+        await fs.remove("twenty.bin")
+        await running_node.service.collect_garbage()
+        end, _ = await fs.usage()
+    assert abs(end - start) <= 64 * 1024
+    assert store.disk_bytes() < full_disk - 18 * MiB
+
+
+async def test_directory_of_ten_thousand_entries(running_node: RunningNode, fs: FileSystem) -> None:
+    names = [f"file-{i:05d}.txt" for i in range(10_000)]
+    files = [(name, lambda: io.BytesIO(b"")) for name in names]
+    with trio.fail_after(300):
+        await fs.mkdir("many")
+        await fs.write_files("/alice/many", files)  # type: ignore[arg-type]
+        trips = fs.api.round_trips
+        listing = await fs.listdir("many")
+        assert [item.name for item in listing] == names
+        assert fs.api.round_trips - trips < 30  # 20 chunks: fetched in parallel, not per entry
+        await fs.write_file("many/one-more", io.BytesIO(b"1"))
+        await fs.remove("many/file-00000.txt")
+        names = sorted([*names[1:], "one-more"])
+        assert [item.name for item in await fs.listdir("many")] == names
