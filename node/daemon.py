@@ -29,7 +29,8 @@ async def _collect_periodically(service: NodeService, interval: int) -> None:
 
 async def _stop_on_signals(cancel: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
+        async for signum in signals:
+            log.info("stopping on %s", signal.Signals(signum).name)
             cancel.cancel()
             return
 
@@ -53,7 +54,9 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             url = await nursery.start(serve_api, service, host, port)
-            home.api_file.write_text(url + "\n")
+            written = home.api_file.with_name("api.tmp")  # clients must never read half a URL
+            written.write_text(url + "\n")
+            written.replace(home.api_file)
             try:
                 if config.gc_interval > 0:
                     nursery.start_soon(_collect_periodically, service, config.gc_interval)

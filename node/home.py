@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.identity_utils import load_identity, save_identity
-from libp2p.peer.id import ID
-
 from protocols.errors import MalformedInput, NotFound, PyrgosError
 
 DEFAULT_API: Final = "127.0.0.1:8000"
@@ -91,6 +87,9 @@ class NodeHome:
         if self.initialised:
             raise PyrgosError(f"a node is already initialised in {self.path}")
         parse_host_port(config.api)
+        from libp2p.crypto.ed25519 import create_new_key_pair  # slow to import: only here
+        from libp2p.identity_utils import save_identity
+
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         save_identity(create_new_key_pair(), self.key_file)
         self.key_file.chmod(0o600)
@@ -131,6 +130,9 @@ class NodeHome:
         return config
 
     def node_id(self) -> str:
+        from libp2p.identity_utils import load_identity  # slow to import: only here
+        from libp2p.peer.id import ID
+
         self.require()
         key_pair = load_identity(self.key_file)
         return str(ID.from_pubkey(key_pair.public_key).to_base58())

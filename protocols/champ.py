@@ -408,6 +408,49 @@ async def put(
     return root if new_root is None else new_root
 
 
+async def _insert_at(
+    sink: BlockSink, cid: CID, at: _At, hashing: KeyHashing, new: list[tuple[int, Entry]]
+) -> CID:
+    """Insert absent keys below the node `cid`, rewriting each node on their paths once."""
+    node = _decode_node(await _fetch(sink, cid), at)
+    groups: dict[int, list[tuple[int, Entry]]] = {}
+    for key_hash, entry in new:
+        groups.setdefault(_slot(key_hash, at.depth), []).append((key_hash, entry))
+    for slot, group in groups.items():
+        child = node.children.get(slot)
+        if child is not None:
+            node = node.with_child(
+                slot, await _insert_at(sink, child, at.child(slot), hashing, group)
+            )
+            continue
+        entries = [*node.buckets.get(slot, ()), *(entry for _, entry in group)]
+        if len(entries) > MAX_BUCKET:
+            hashed = [(_key_hash(k, hashing), (k, v)) for k, v in entries]
+            node = node.with_child(slot, await _write_subtree(sink, hashed, at.child(slot)))
+        else:
+            node = node.with_bucket(slot, tuple(sorted(entries, key=_entry_key)))
+    return await sink.put(_encode_node(node))
+
+
+async def put_many(
+    sink: BlockSink,
+    root: CID,
+    entries: Mapping[bytes, CID],
+    hashing: KeyHashing = KeyHashing.IDENTITY,
+) -> CID:
+    """Insert keys that must all be absent, in one pass; the root equals that of one-by-one puts.
+
+    Raises Conflict, writing nothing, when any key is present.
+    """
+    _check_root(root)
+    if not entries:
+        return root
+    hashed = [(_key_hash(key, hashing), (key, value)) for key, value in entries.items()]
+    for current in (await get_many(sink, root, entries, hashing)).values():
+        _check_expected(current, None, "put")
+    return await _insert_at(sink, root, _At(hashing), hashing, hashed)
+
+
 async def _remove_at(
     sink: BlockSink, cid: CID, at: _At, key: bytes, key_hash: int, expected: CID
 ) -> _Node:

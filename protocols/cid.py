@@ -19,6 +19,7 @@ MH_IDENTITY: Final = 0x00
 MH_SHA2_256: Final = 0x12
 MAX_IDENTITY_DIGEST: Final = 36  # longer keys are hashed; see DESIGN §1
 _CODECS: Final = frozenset({CODEC_RAW, CODEC_DAG_CBOR})
+_SHA256_PREFIXES: Final = frozenset(bytes([1, codec, MH_SHA2_256, 32]) for codec in _CODECS)
 
 
 def encode_varint(value: int) -> bytes:
@@ -86,6 +87,11 @@ class CID:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CID:
+        if len(raw) == 36 and raw[:4] in _SHA256_PREFIXES:  # the common case, parsed at a glance
+            cid = cls.__new__(cls)
+            cid.codec, cid.mh_code, cid.digest = raw[1], MH_SHA2_256, raw[4:]
+            cid.raw, cid._hash = raw, hash(raw)
+            return cid
         version, pos = decode_varint(raw)
         if version != 1:
             raise MalformedInput("only CIDv1 is supported")

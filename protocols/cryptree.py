@@ -16,7 +16,7 @@ from typing import Final
 
 from protocols import bats, cbor, crypto
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
-from protocols.errors import Corrupted, MalformedInput
+from protocols.errors import Corrupted, InvalidName, MalformedInput, TooLarge
 from protocols.names import check_file_name
 
 MiB: Final = 1024 * 1024
@@ -131,7 +131,10 @@ class Capability:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except ValueError as exc:
             raise MalformedInput("a capability is base64url after its prefix") from exc
-        return cls.from_cbor(cbor.decode(raw, limit=1024))
+        cap = cls.from_cbor(cbor.decode(raw, limit=1024))
+        if cap.to_text() != text:  # b64decode skips stray characters and ignores padding
+            raise MalformedInput("a capability is unpadded base64url after its prefix")
+        return cap
 
     def __repr__(self) -> str:
         return f"Capability(owner={self.owner}, writable={self.writable})"
@@ -300,10 +303,12 @@ def open_key_block(read_key: bytes, label: bytes, sealed: bytes) -> KeyBlock:
     value = _decode_padded_cbor(plain)
     if not isinstance(value, dict) or set(value) != {"k", "w"}:
         raise Corrupted("malformed key block")
-    writer_secret = value["w"]
+    node_key, writer_secret = value["k"], value["w"]
+    if not isinstance(node_key, bytes) or len(node_key) != 32:
+        raise Corrupted("malformed node key")
     if writer_secret is not None and not isinstance(writer_secret, bytes):
         raise Corrupted("malformed writer secret")
-    return KeyBlock(_bytes32(value["k"], "node key"), writer_secret)
+    return KeyBlock(node_key, writer_secret)
 
 
 def seal_writer_secret(write_key: bytes, label: bytes, seed: bytes) -> bytes:
@@ -327,7 +332,7 @@ def open_meta(key: bytes, label: bytes, sealed: bytes) -> Properties | None:
         return None
     try:
         return Properties.from_cbor(value)
-    except MalformedInput as exc:
+    except (MalformedInput, InvalidName) as exc:  # a hostile writer's name is checked on read
         raise Corrupted(f"malformed metadata: {exc.message}") from exc
 
 
@@ -344,6 +349,8 @@ def fragment_ranges(padded_length: int) -> list[tuple[int, int]]:
     So a full 5 MiB chunk (5 MiB + 4096 padded) is exactly 5 fragments.
     """
     starts = list(range(0, padded_length, FRAGMENT_BYTES))
+    if not starts:
+        return []
     if len(starts) > 1 and padded_length - starts[-1] <= crypto.PAD_CONTENT:
         starts.pop()
     ends = [*starts[1:], padded_length]
@@ -459,7 +466,7 @@ def open_node(cap: Capability, index: int, is_dir: bool, block: bytes) -> Opened
     label, _ = cap.chunk(index)
     try:
         node = Node.decode(block)
-    except MalformedInput as exc:
+    except (MalformedInput, TooLarge) as exc:
         raise Corrupted(f"a filesystem node is malformed: {exc.message}") from exc
     keys = open_key_block(cap.read_key, label, node.base)
     props = open_meta(meta_key(cap, keys, is_dir), label, node.meta)

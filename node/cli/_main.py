@@ -6,6 +6,8 @@ Every failure is one line on stderr and a non-zero exit status; no logic lives h
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import getpass
 import json
 import logging
@@ -44,6 +46,8 @@ EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
     WeakPassword: 9,
 }
 DEFAULT_NODE: Final = f"http://{DEFAULT_API}"
+M_MMAP_THRESHOLD: Final = -3  # glibc mallopt parameters
+M_ARENA_MAX: Final = -8
 
 
 class UsageError(Exception):
@@ -53,6 +57,13 @@ class UsageError(Exception):
 def fail(message: str, code: int = 1) -> NoReturn:
     print(f"pyrgos: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see `{self.prog} --help`)", 2)
 
 
 # -- passwords, nodes, sessions ----------------------------------------------------------
@@ -92,7 +103,14 @@ def node_url() -> str:
 async def open_session(args: argparse.Namespace) -> AsyncIterator[Session]:
     saved = Profile(args.profile).load()
     async with NodeApi(node_url()) as api:
-        yield await client.resume(api, saved.username, saved.login)
+        try:
+            session = await client.resume(api, saved.username, saved.login)
+        except AuthFailed as exc:
+            raise AuthFailed(
+                f"the node refused this device's saved login for {saved.username} ({exc.message});"
+                f" if the password was changed, run `pyrgos login {saved.username}`"
+            ) from None
+        yield session
 
 
 def remember(args: argparse.Namespace, session: Session) -> None:
@@ -148,6 +166,8 @@ def cmd_node_run(args: argparse.Namespace) -> None:
     from node.daemon import run_node
 
     home = NodeHome(args.home)
+    if args.init_if_needed and not home.initialised:
+        print(f"initialised node {home.init(NodeConfig())} in {home.path}")
 
     def ready(node_id: str, url: str) -> None:
         print(f"pyrgos node {node_id}")
@@ -396,7 +416,7 @@ def _human(size: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pyrgos",
         description="pyrgos: end-to-end encrypted peer-to-peer storage. Files are encrypted on "
         "this machine; the node stores only padded ciphertext under random labels.",
@@ -444,9 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--exist-ok", action="store_true", help="do nothing if already initialised")
     init.set_defaults(run=cmd_node_init)
-    node_command("run", "run the node in the foreground until Ctrl-C").set_defaults(
-        run=cmd_node_run
+    run = node_command("run", "run the node in the foreground until Ctrl-C")
+    run.add_argument(
+        "--init-if-needed",
+        action="store_true",
+        help="first initialise the home with default settings if it holds no node",
     )
+    run.set_defaults(run=cmd_node_run)
     info = node_command("info", "show the node's id, API URL and settings")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=cmd_node_info)
@@ -508,7 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bound_heap() -> None:
+    """Keep freed megabyte buffers from piling up in glibc's per-thread arenas.
+
+    Transfers allocate and free many 1-5 MiB buffers from worker threads; glibc's adaptive
+    mmap threshold would otherwise serve them from growing arenas, so the resident size would
+    follow the file size instead of staying flat.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+        libc.mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main(argv: list[str] | None = None) -> None:
+    _bound_heap()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -74,7 +74,7 @@ class DirChunk:
     """One chunk of a directory as read: where it is and the entries it holds."""
 
     index: int
-    node: CID
+    node: CID | None  # None until first written
     keys: KeyBlock
     props: Properties | None
     entries: list[Entry]
@@ -201,8 +201,10 @@ class FileSystem:
         nodes = first
         if opened.props.chunks > 1:
             nodes = first + await self._nodes(blocks, tree, cap, range(1, opened.props.chunks))
-        chunks: list[DirChunk] = []
-        for index, (cid, block) in enumerate(nodes):
+        chunks: list[DirChunk | None] = [None] * len(nodes)
+
+        async def open_chunk(index: int) -> None:
+            cid, block = nodes[index]
             node = opened if index == 0 else open_node(cap, index, True, block)
             plain = await self._payload(blocks, cap, index, node, True)
             try:
@@ -212,8 +214,12 @@ class FileSystem:
                 entries = [Entry.from_cbor(item) for item in listed]
             except (MalformedInput, InvalidName) as exc:
                 raise Corrupted(f"a directory chunk is malformed: {exc.message}") from exc
-            chunks.append(DirChunk(index, cid, node.keys, node.props, entries))
-        return Directory(cap, chunks)
+            chunks[index] = DirChunk(index, cid, node.keys, node.props, entries)
+
+        async with open_tasks() as nursery:
+            for index in range(len(nodes)):
+                nursery.start_soon(open_chunk, index)
+        return Directory(cap, [chunk for chunk in chunks if chunk is not None])
 
     def _split(self, path: str) -> list[str]:
         """Names from the home directory down; absolute paths start with the username."""
@@ -450,15 +456,16 @@ class FileSystem:
         chunks = directory.chunks
         while len(chunks) > 1 and not chunks[-1].entries:
             gone = chunks.pop()
-            tree = await champ.remove(blocks, tree, directory.cap.chunk(gone.index)[0], gone.node)
-        for chunk in list(chunks):
-            while len(chunk.entries) > MAX_CHILDREN_PER_CHUNK:
-                spill = chunk.entries[MAX_CHILDREN_PER_CHUNK:]
+            if gone.node is not None:
+                label = directory.cap.chunk(gone.index)[0]
+                tree = await champ.remove(blocks, tree, label, gone.node)
+        for index, chunk in enumerate(chunks):  # `chunks` may grow while this runs
+            if len(chunk.entries) > MAX_CHILDREN_PER_CHUNK:
+                if index == len(chunks) - 1:
+                    chunks.append(DirChunk(index + 1, None, chunk.keys, None, []))
+                chunks[index + 1].entries[:0] = chunk.entries[MAX_CHILDREN_PER_CHUNK:]
                 del chunk.entries[MAX_CHILDREN_PER_CHUNK:]
-                if chunk is chunks[-1]:
-                    chunks.append(DirChunk(len(chunks), None, chunk.keys, None, []))  # type: ignore[arg-type]
-                chunks[chunk.index + 1].entries[:0] = spill
-                dirty.update({chunk.index, chunk.index + 1})
+                dirty.update({index, index + 1})
         props = replace(
             directory.props,
             size=sum(len(c.entries) for c in chunks),
@@ -720,10 +727,11 @@ class FileSystem:
         async def change(blocks: Blocks, tree: CID) -> CID:
             target = await self._dir_at(blocks, tree, names)
             labels = [label for item in prepared for label in item.nodes]
-            await blocks.lookup(tree, labels)  # fetch the CHAMP paths in one round trip
+            await blocks.lookup(tree, labels)  # fetch the CHAMP paths in few round trips
+            existing = {e.name: (chunk, e) for chunk in target.chunks for e in chunk.entries}
             dirty: set[int] = set()
             for item in prepared:
-                found = target.find(item.entry.name)
+                found = existing.get(item.entry.name)
                 if found is not None:
                     chunk, old = found
                     if old.is_dir:
@@ -733,10 +741,10 @@ class FileSystem:
                     )
                     chunk.entries.remove(old)
                     dirty.add(chunk.index)
-                for label, cid in item.nodes.items():
-                    tree = await champ.put(blocks, tree, label, None, cid)
                 target.chunks[-1].entries.append(item.entry)
                 dirty.add(target.chunks[-1].index)
+            new_nodes = {label: cid for item in prepared for label, cid in item.nodes.items()}
+            tree = await champ.put_many(blocks, tree, new_nodes)
             return await self._save_dir(blocks, tree, target, dirty)
 
         await self._commit(change, uploads=[uploader.upload])

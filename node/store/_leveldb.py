@@ -15,7 +15,7 @@ from typing import Any
 
 import plyvel
 
-from protocols.errors import Unavailable
+from protocols.errors import Corrupted, Unavailable
 
 MiB = 1024 * 1024
 
@@ -63,6 +63,12 @@ class Batch:
         self._batch.__exit__(exc_type, exc, tb)
 
 
+def _reason(exc: Exception) -> str:
+    """LevelDB's message: plyvel carries it as bytes, which str() would show as b'...'."""
+    raw = exc.args[0] if exc.args else ""
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
 class Store:
     """One node's LevelDB."""
 
@@ -75,15 +81,18 @@ class Store:
                 str(path),
                 create_if_missing=True,
                 compression=None,
-                write_buffer_size=64 * MiB,
-                max_file_size=64 * MiB,
-                lru_cache_size=32 * MiB,
+                write_buffer_size=16 * MiB,  # two memtables at most: bounds the node's memory
+                max_file_size=32 * MiB,
+                lru_cache_size=8 * MiB,
                 paranoid_checks=True,
             )
         except plyvel.IOError as exc:
             raise Unavailable(
-                f"cannot open the node database at {path}: {exc} (is another node running here?)"
+                f"cannot open the node database at {path}: {_reason(exc)} "
+                "(is another node running here?)"
             ) from exc
+        except plyvel.Error as exc:  # CorruptionError: damaged files, not a busy database
+            raise Corrupted(f"the node database at {path} is damaged: {_reason(exc)}") from exc
 
     def close(self) -> None:
         if not self._db.closed:

@@ -194,8 +194,19 @@ async def test_directory_of_ten_thousand_entries(running_node: RunningNode, fs: 
         trips = fs.api.round_trips
         listing = await fs.listdir("many")
         assert [item.name for item in listing] == names
-        assert fs.api.round_trips - trips < 30  # 20 chunks: fetched in parallel, not per entry
+        assert fs.api.round_trips - trips < 80  # a few requests per chunk of 500, not per entry
         await fs.write_file("many/one-more", io.BytesIO(b"1"))
         await fs.remove("many/file-00000.txt")
         names = sorted([*names[1:], "one-more"])
         assert [item.name for item in await fs.listdir("many")] == names
+
+
+async def test_directory_chunks_hold_at_most_500_entries(fs: FileSystem) -> None:
+    files = [(f"f{i:04d}", lambda: io.BytesIO(b"")) for i in range(1201)]
+    with trio.fail_after(120):
+        await fs.write_files("/alice", files)  # type: ignore[arg-type]
+        _, writer_data, blocks = await fs._root()
+        home = await fs._read_dir(blocks, writer_data.tree, fs.session.home)
+    assert [len(chunk.entries) for chunk in home.chunks] == [500, 500, 201]
+    assert home.props.chunks == 3
+    assert home.props.size == 1201

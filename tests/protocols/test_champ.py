@@ -527,3 +527,27 @@ async def test_ten_thousand_entries() -> None:
     assert await champ.get_many(store, root, keys[140:160]) == {
         k: entries.get(k) for k in keys[140:160]
     }
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.dictionaries(st.binary(min_size=32, max_size=32), st.sampled_from(VALUES), max_size=60),
+    st.dictionaries(st.binary(min_size=32, max_size=32), st.sampled_from(VALUES), max_size=60),
+)
+def test_put_many_equals_puts_one_by_one(before: dict[bytes, CID], added: dict[bytes, CID]) -> None:
+    added = {k: v for k, v in added.items() if k not in before}
+
+    async def check() -> None:
+        blocks = MemoryBlocks()
+        root = await champ.build(blocks, before)
+        one_by_one = root
+        for key, value in added.items():
+            one_by_one = await champ.put(blocks, one_by_one, key, None, value)
+        assert await champ.put_many(blocks, root, added) == one_by_one
+        if before:
+            written = len(blocks.blocks)
+            with pytest.raises(Conflict):
+                await champ.put_many(blocks, root, {**added, next(iter(before)): VALUES[0]})
+            assert len(blocks.blocks) == written
+
+    trio.run(check)

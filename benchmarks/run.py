@@ -1,0 +1,331 @@
+"""pyrgos benchmarks: the CLI and a node process on this machine, as a user would run them.
+
+Prints one table: each figure beside a reference measured in the same run (the raw primitive,
+or the same operation at a smaller size) and its target. Run with `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+PASSWORD = "measured with care 42"
+USER = "runner"
+BIN = Path(sys.executable).parent / "pyrgos"
+PEERGOS_UP = 8.0  # MiB/s, Peergos measured on this kind of machine (the issue's figures)
+PEERGOS_DOWN = 35.0
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    reference: str
+    ratio: float | None
+    target: str
+    ok: bool | None
+
+
+def measure_crypto() -> float:
+    from protocols import crypto
+
+    key, data = crypto.random_key(), os.urandom(MiB)
+    start = time.perf_counter()
+    rounds = 200
+    for _ in range(rounds):
+        crypto.seal(key, data, b"bench")
+    return rounds / (time.perf_counter() - start)
+
+
+def measure_leveldb(work: Path) -> float:
+    from node.store import Space, Store
+
+    store = Store(work / "raw-leveldb")
+    blocks = [os.urandom(MiB) for _ in range(8)]
+    start = time.perf_counter()
+    total = 256
+    for i in range(total):
+        store.put(Space.BLOCKS, hashlib.sha256(i.to_bytes(4, "big")).digest(), blocks[i % 8])
+    rate = total / (time.perf_counter() - start)
+    store.close()
+    shutil.rmtree(work / "raw-leveldb")
+    return rate
+
+
+class Node:
+    """A node process started through the CLI, and the client environment that reaches it."""
+
+    def __init__(self, work: Path, *, test_mode: bool) -> None:
+        self.home = work / "node"
+        self.env = dict(
+            os.environ,
+            PYRGOS_HOME=str(self.home),
+            PYRGOS_PROFILE=str(work / "profile"),
+            PYRGOS_PASSWORD=PASSWORD,
+        )
+        self.env.pop("PYRGOS_NODE", None)
+        args = ["node", "init", "--api", "127.0.0.1:0", "--quota", "16GiB"]
+        self.cli(*args, *(["--test-mode"] if test_mode else []))
+        self.process = subprocess.Popen(
+            [str(BIN), "node", "run"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not (self.home / "api").exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("the node did not start")
+            time.sleep(0.05)
+
+    def cli(self, *args: str, stdout: int | None = subprocess.DEVNULL) -> tuple[float, int]:
+        """Run one CLI command; return (seconds, peak RSS in bytes)."""
+        start = time.perf_counter()
+        process = subprocess.Popen([str(BIN), *args], env=self.env, stdout=stdout)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"pyrgos {' '.join(args)} failed")
+        return elapsed, usage.ru_maxrss * 1024
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+    def peak(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def write_random(path: Path, size: int) -> None:
+    block = os.urandom(MiB)
+    with path.open("wb") as out:
+        for i in range(size // MiB):
+            out.write(hashlib.sha256(i.to_bytes(8, "big")).digest() + block[32:])
+
+
+def transfer(
+    node: Node,
+    work: Path,
+    size: int,
+    rows: list[Row],
+    rss: dict[str, list[int]],
+    crypto_rate: float,
+    leveldb_rate: float,
+) -> None:
+    label = f"{size // MiB} MiB" if size < GiB else f"{size // GiB} GiB"
+    local = work / f"file-{size}"
+    write_random(local, size)
+    node.reset_peak()
+    up, up_rss = node.cli("put", str(local), f"file-{size}")
+    up_node = node.peak()
+    local_back = work / f"back-{size}"
+    node.reset_peak()
+    down, down_rss = node.cli("get", f"file-{size}", str(local_back))
+    down_node = node.peak()
+    if local.read_bytes() != local_back.read_bytes() if size <= 128 * MiB else False:
+        raise RuntimeError("the download differs from the upload")
+    local_back.unlink()
+    up_rate, down_rate = size / MiB / up, size / MiB / down
+    big = size >= GiB
+    rows.append(
+        Row(
+            f"upload {label} (CLI+HTTP)",
+            up_rate,
+            "MiB/s",
+            f"XChaCha20 {crypto_rate:.0f}",
+            up_rate / crypto_rate,
+            ">= 60 MiB/s" if big else f"Peergos {PEERGOS_UP:.0f}",
+            up_rate >= 60 if big else None,
+        )
+    )
+    rows.append(
+        Row(
+            f"download {label} (CLI+HTTP)",
+            down_rate,
+            "MiB/s",
+            f"LevelDB put {leveldb_rate:.0f}",
+            down_rate / leveldb_rate,
+            ">= 150 MiB/s" if big else f"Peergos {PEERGOS_DOWN:.0f}",
+            down_rate >= 150 if big else None,
+        )
+    )
+    rss["client"].append(max(up_rss, down_rss))
+    rss["node"].append(max(up_node, down_node))
+
+
+def run(sizes: list[int], work: Path) -> list[Row]:
+    rows: list[Row] = []
+    crypto_rate = measure_crypto()
+    leveldb_rate = measure_leveldb(work)
+    rows.append(
+        Row("raw XChaCha20-Poly1305 seal (1 MiB)", crypto_rate, "MiB/s", "-", None, "-", None)
+    )
+    rows.append(Row("raw LevelDB put (1 MiB values)", leveldb_rate, "MiB/s", "-", None, "-", None))
+    node = Node(work, test_mode=False)
+    try:
+        kdf_alone = kdf_time()
+        node.cli("signup", USER)
+        login, _ = node.cli("login", USER)
+        process_start, _ = node.cli("whoami")
+        in_process = login_overhead(node)
+        rows.append(
+            Row(
+                "login (in-process) minus the KDF alone",
+                in_process * 1000,
+                "ms",
+                f"KDF {kdf_alone * 1000:.0f} ms",
+                None,
+                "<= 150 ms",
+                in_process <= 0.150,
+            )
+        )
+        rows.append(
+            Row(
+                "login through the CLI",
+                login * 1000,
+                "ms",
+                f"KDF {kdf_alone * 1000:.0f} ms + start {process_start * 1000:.0f} ms",
+                login / (kdf_alone + process_start),
+                "-",
+                None,
+            )
+        )
+        rss: dict[str, list[int]] = {"client": [], "node": []}
+        for size in sizes:
+            transfer(node, work, size, rows, rss, crypto_rate, leveldb_rate)
+        for who in ("client", "node"):
+            peaks = rss[who]
+            same = max(peaks) <= 1.1 * min(peaks)
+            rows.append(
+                Row(
+                    f"peak RSS of the {who}, largest transfer",
+                    peaks[-1] / MiB,
+                    "MiB",
+                    f"smallest {peaks[0] / MiB:.0f} MiB",
+                    peaks[-1] / peaks[0],
+                    "<= 200 MiB, within 10 %",
+                    peaks[-1] <= 200 * MiB and same,
+                )
+            )
+        largest = f"file-{sizes[-1]}"
+        start, _ = node.cli("cat", largest, "--offset", "0", "--length", "4096")
+        end, _ = node.cli("cat", largest, "--offset", str(sizes[-1] - 4096), "--length", "4096")
+        rows.append(
+            Row(
+                "read 4 KiB at the end vs at offset 0",
+                end * 1000,
+                "ms",
+                f"offset 0: {start * 1000:.0f} ms",
+                end / start,
+                "ratio <= 1.5",
+                end / start <= 1.5,
+            )
+        )
+        folder = work / "many"
+        folder.mkdir()
+        for i in range(10_000):
+            (folder / f"entry-{i:05d}").touch()
+        node.cli("put", str(folder), "many")
+        listing, _ = node.cli("ls", "many")
+        rows.append(
+            Row(
+                "ls of a 10,000-entry directory (CLI)",
+                listing * 1000,
+                "ms",
+                f"process start {process_start * 1000:.0f} ms",
+                listing / process_start,
+                "<= 1000 ms",
+                listing <= 1.0,
+            )
+        )
+    finally:
+        node.stop()
+    return rows
+
+
+def kdf_time() -> float:
+    from protocols import crypto
+
+    params = crypto.KdfParams.production()
+    start = time.perf_counter()
+    crypto.derive_login_keys(USER, PASSWORD, params)
+    return time.perf_counter() - start
+
+
+def login_overhead(node: Node) -> float:
+    """Login through the client library minus the KDF alone, best of three."""
+    from node.client import NodeApi, login_keys, resume
+    from protocols import crypto
+
+    url = (node.home / "api").read_text().strip()
+    best = float("inf")
+
+    async def once() -> None:
+        nonlocal best
+        async with NodeApi(url) as api:
+            start = time.perf_counter()
+            keys = await login_keys(api, USER, PASSWORD)
+            await resume(api, USER, keys)
+            total = time.perf_counter() - start
+        kdf_start = time.perf_counter()
+        crypto.derive_login_keys(USER, PASSWORD, crypto.KdfParams.production())
+        best = min(best, total - (time.perf_counter() - kdf_start))
+
+    for _ in range(3):
+        trio.run(once)
+    return best
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (
+        f"{'figure':44} {'value':>10} {'unit':6} {'reference (same run)':34} {'ratio':>7}"
+        f"  {'target':24} ok"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
+        ok = {True: "yes", False: "NO", None: ""}[row.ok]
+        print(
+            f"{row.name:44} {row.value:10.1f} {row.unit:6} {row.reference:34} {ratio:>7}"
+            f"  {row.target:24} {ok}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="32 MiB and 100 MiB only")
+    args = parser.parse_args()
+    sizes = [32 * MiB, 100 * MiB] if args.quick else [100 * MiB, GiB]
+    work = Path(tempfile.mkdtemp(prefix="pyrgos-bench-"))
+    try:
+        print_table(run(sizes, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
