@@ -543,10 +543,13 @@ class LoginKeys:
 
 def derive_login_keys(username: str, password: str, params: KdfParams) -> LoginKeys:
     """Argon2id over a domain-separated username and password, split into two keys."""
-    name = username.encode("utf-8")
+    try:
+        name, phrase = username.encode("utf-8"), password.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates from undecodable terminal input
+        raise MalformedInput("usernames and passwords must be valid text") from exc
     if _LOGIN_SEPARATOR in name:
         raise InvalidName("a username must not contain NUL")
-    secret = b"".join((LOGIN_CONTEXT, name, _LOGIN_SEPARATOR, password.encode("utf-8")))
+    secret = b"".join((LOGIN_CONTEXT, name, _LOGIN_SEPARATOR, phrase))
     out = sodium.crypto_pwhash_alg(
         KDF_OUTPUT_BYTES, secret, params.salt, params.opslimit, params.memlimit, KDF_ALG
     )

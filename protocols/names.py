@@ -71,7 +71,13 @@ def check_file_name(name: str) -> str:
 
 
 def split_path(path: str) -> list[str]:
-    """Split an absolute or relative path into checked names ('' and '.' parts are skipped)."""
+    """Split an absolute or relative path into checked names.
+
+    Empty parts (doubled or trailing slashes) are skipped; a path of just "." is the starting
+    directory; any other "." or ".." part is refused rather than interpreted.
+    """
     if len(path.encode("utf-8", errors="surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidName(f"paths are at most {MAX_PATH_BYTES} bytes")
-    return [check_file_name(part) for part in path.split("/") if part not in ("", ".")]
+    if path.strip("/") == ".":
+        return []
+    return [check_file_name(part) for part in path.split("/") if part]

@@ -355,7 +355,9 @@ def cmd_cat(args: argparse.Namespace) -> None:
     async def action(fs: FileSystem) -> None:
         async with fs.read(args.remote, args.offset, args.length) as pieces:
             async for piece in pieces:
-                out.write(piece)
+                view = memoryview(piece)
+                while view:  # under PYTHONUNBUFFERED stdout is raw: a write may be short
+                    view = view[out.write(view) :]
         out.flush()
 
     run_fs(args, action)
@@ -547,16 +549,36 @@ def _bound_heap() -> None:
         pass  # not glibc: nothing to tune
 
 
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in a (nested) exception group that pyrgos reports, else its first."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = error.exceptions
+        else:
+            leaves.append(error)
+    reported = (PyrgosError, UsageError, OSError, KeyboardInterrupt)
+    return next((e for e in leaves if isinstance(e, reported)), leaves[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     _bound_heap()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        try:
+            args.run(args)
+        except BaseExceptionGroup as group:  # from a trio nursery: report what it stands for
+            raise _first_leaf(group) from None
     except UsageError as exc:
         fail(str(exc), 2)
     except PyrgosError as exc:
         fail(exc.message, next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1))
+    except BrokenPipeError:  # the reader went away (`pyrgos cat F | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None  # as a shell reports a command killed by SIGPIPE
     except OSError as exc:
         fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), 1)
     except KeyboardInterrupt:

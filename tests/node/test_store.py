@@ -1,0 +1,307 @@
+"""The node's LevelDB store: atomic batches, isolated keyspaces, prefix scans, durable writes,
+compaction and the one-process lock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.store import Space, Store
+from protocols.errors import Corrupted, Unavailable
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = Store(tmp_path / "db")
+    yield db
+    db.close()
+
+
+def everything(store: Store) -> dict[Space, list[tuple[bytes, bytes]]]:
+    return {space: list(store.items(space)) for space in Space}
+
+
+class Interrupted(BaseException):
+    """Stands for a cancellation or KeyboardInterrupt: not an Exception."""
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync", [False, True])
+@pytest.mark.parametrize("error", [RuntimeError, Interrupted])
+def test_a_failed_batch_writes_nothing(
+    store: Store, sync: bool, error: type[BaseException]
+) -> None:
+    store.put(Space.POINTERS, b"writer", b"old root")
+    store.put(Space.USAGE, b"owner", b"10")
+    before = everything(store)
+
+    def half_way() -> None:
+        with store.batch(sync=sync) as batch:
+            batch.put(Space.BLOCKS, b"cid", b"block")
+            batch.put(Space.POINTERS, b"writer", b"new root")
+            batch.delete(Space.USAGE, b"owner")
+            raise error("failed half way")
+
+    with pytest.raises(error, match="half way"):
+        half_way()
+    assert everything(store) == before
+    assert store.get(Space.BLOCKS, b"cid") is None
+    assert store.get(Space.POINTERS, b"writer") == b"old root"
+
+
+def test_a_batch_that_ends_well_writes_everything_at_once(store: Store) -> None:
+    store.put(Space.USAGE, b"owner", b"10")
+    with store.batch() as batch:
+        batch.put(Space.BLOCKS, b"cid", b"block")
+        batch.put(Space.SIZES, b"cid", b"\x05")
+        batch.delete(Space.USAGE, b"owner")
+        assert store.get(Space.BLOCKS, b"cid") is None  # nothing is visible before the end
+    assert store.get(Space.BLOCKS, b"cid") == b"block"
+    assert store.get(Space.SIZES, b"cid") == b"\x05"
+    assert not store.has(Space.USAGE, b"owner")
+
+
+def test_a_batch_applies_its_writes_in_order(store: Store) -> None:
+    store.put(Space.META, b"kept", b"1")
+    with store.batch() as batch:
+        batch.put(Space.META, b"gone", b"1")
+        batch.delete(Space.META, b"gone")
+        batch.delete(Space.META, b"kept")
+        batch.put(Space.META, b"kept", b"2")
+        batch.put(Space.META, b"twice", b"a")
+        batch.put(Space.META, b"twice", b"b")
+    assert dict(store.items(Space.META)) == {b"kept": b"2", b"twice": b"b"}
+
+
+def test_an_empty_batch_is_harmless(store: Store) -> None:
+    store.put(Space.META, b"k", b"v")
+    with store.batch(sync=True):
+        pass
+    assert dict(store.items(Space.META)) == {b"k": b"v"}
+
+
+# -- keyspaces ----------------------------------------------------------------------------------
+
+
+def test_every_space_has_its_own_one_byte_prefix() -> None:
+    prefixes = [space.value for space in Space]
+    assert all(len(prefix) == 1 for prefix in prefixes)
+    assert len(set(prefixes)) == len(prefixes)
+
+
+def test_spaces_are_isolated(store: Store) -> None:
+    for space in Space:
+        store.put(space, b"same-key", space.name.encode())
+    for space in Space:
+        assert store.get(space, b"same-key") == space.name.encode()
+        assert list(store.items(space)) == [(b"same-key", space.name.encode())]
+        assert list(store.keys(space)) == [b"same-key"]
+    store.delete(Space.BLOCKS, b"same-key")
+    assert not store.has(Space.BLOCKS, b"same-key")
+    assert all(store.has(space, b"same-key") for space in Space if space is not Space.BLOCKS)
+
+
+def test_keys_that_look_like_another_space_stay_in_their_own(store: Store) -> None:
+    # BLOCKS is b"b" and SIZES b"z": a BLOCKS key starting with "z", or an empty key, or keys of
+    # 0x00 and 0xff bytes at the edges of the space must not leak into a neighbour.
+    odd = [b"", b"z", b"zz-looks-like-sizes", b"\x00", b"\xff", b"\xff\xff\xff"]
+    for key in odd:
+        store.put(Space.BLOCKS, key, b"block:" + key)
+    assert dict(store.items(Space.BLOCKS)) == {key: b"block:" + key for key in odd}
+    for space in Space:
+        if space is not Space.BLOCKS:
+            assert list(store.items(space)) == []
+            assert store.get(space, b"z") is None
+    assert store.get(Space.SIZES, b"z-looks-like-sizes"[1:]) is None
+
+
+def test_items_and_keys_with_a_prefix(store: Store) -> None:
+    keys = [b"a", b"ab", b"abc", b"ab\xff", b"ab\xff\xff", b"ac", b"b", b"\x00", b"\xffa"]
+    for key in keys:
+        store.put(Space.UPLOADS, key, key.hex().encode())
+    store.put(Space.USAGE, b"ab-elsewhere", b"x")  # a neighbouring space with the same prefix
+    every = sorted(keys)  # bytewise order
+    assert list(store.keys(Space.UPLOADS)) == every
+    assert list(store.items(Space.UPLOADS)) == [(k, k.hex().encode()) for k in every]
+    assert list(store.keys(Space.UPLOADS, b"ab")) == [b"ab", b"abc", b"ab\xff", b"ab\xff\xff"]
+    assert list(store.keys(Space.UPLOADS, b"ab\xff")) == [b"ab\xff", b"ab\xff\xff"]
+    assert list(store.keys(Space.UPLOADS, b"\xff")) == [b"\xffa"]
+    assert list(store.keys(Space.UPLOADS, b"\x00")) == [b"\x00"]
+    assert list(store.keys(Space.UPLOADS, b"abcd")) == []
+    assert list(store.keys(Space.UPLOADS, b"q")) == []
+    assert dict(store.items(Space.UPLOADS, b"a")) == {
+        k: k.hex().encode() for k in keys if k.startswith(b"a")
+    }
+    assert list(store.items(Space.USAGE, b"ab")) == [(b"ab-elsewhere", b"x")]
+
+
+def test_a_scan_sees_the_store_as_it_was_when_it_started(store: Store) -> None:
+    for i in range(5):
+        store.put(Space.UPLOADS, bytes([i]), b"v")
+    seen = []
+    for key in store.keys(Space.UPLOADS):
+        seen.append(key)
+        store.delete(Space.UPLOADS, key)  # the GC sweeps while it scans
+        store.put(Space.UPLOADS, b"\x09" + key, b"new")
+    assert seen == [bytes([i]) for i in range(5)]
+    assert list(store.keys(Space.UPLOADS)) == [b"\x09" + bytes([i]) for i in range(5)]
+
+
+def test_get_has_and_delete_of_missing_keys(store: Store) -> None:
+    assert store.get(Space.PKI, b"nobody") is None
+    assert not store.has(Space.PKI, b"nobody")
+    store.delete(Space.PKI, b"nobody")  # no error
+    store.put(Space.PKI, b"empty", b"")
+    assert store.get(Space.PKI, b"empty") == b""
+    assert store.has(Space.PKI, b"empty")  # an empty value is still a value
+
+
+# -- durability ---------------------------------------------------------------------------------
+
+
+def test_synced_writes_are_there_after_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = Store(path)
+    store.put(Space.POINTERS, b"a", b"1", sync=True)
+    store.put(Space.POINTERS, b"b", b"2")
+    store.put(Space.POINTERS, b"gone", b"3")
+    with store.batch(sync=True) as batch:
+        batch.put(Space.ACCOUNTS, b"alice", b"record")
+        batch.put(Space.PKI, b"alice", b"claim")
+        batch.delete(Space.POINTERS, b"gone")
+    store.delete(Space.POINTERS, b"b", sync=True)
+    before = everything(store)
+    store.close()
+    store.close()  # closing twice is harmless
+    again = Store(path)
+    try:
+        assert everything(again) == before
+        assert dict(again.items(Space.POINTERS)) == {b"a": b"1"}
+        assert again.get(Space.ACCOUNTS, b"alice") == b"record"
+    finally:
+        again.close()
+
+
+def test_unsynced_writes_survive_a_clean_close(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    with store.batch() as batch:
+        batch.put(Space.BLOCKS, b"cid", b"data")
+    store.put(Space.SIZES, b"cid", b"\x04")
+    store.close()
+    again = Store(tmp_path / "db")
+    try:
+        assert again.get(Space.BLOCKS, b"cid") == b"data"
+        assert again.get(Space.SIZES, b"cid") == b"\x04"
+    finally:
+        again.close()
+
+
+# -- compaction and size ------------------------------------------------------------------------
+
+
+def _fill(store: Store, start: int, count: int, size: int = 32 * 1024) -> None:
+    for i in range(start, start + count):
+        store.put(Space.BLOCKS, i.to_bytes(4, "big"), os.urandom(size))
+
+
+def _drop(store: Store, start: int, count: int) -> None:
+    with store.batch() as batch:
+        for i in range(start, start + count):
+            batch.delete(Space.BLOCKS, i.to_bytes(4, "big"))
+
+
+def test_compact_gives_back_the_space_of_deleted_blocks(store: Store) -> None:
+    empty = store.disk_bytes()
+    _fill(store, 0, 256)  # 8 MiB of incompressible blocks
+    store.compact()
+    full = store.disk_bytes()
+    assert full >= 8 * MiB
+    _drop(store, 0, 192)
+    assert store.disk_bytes() >= full  # a delete only adds a tombstone
+    store.compact()
+    after = store.disk_bytes()
+    assert after < full - 5 * MiB
+    assert after >= 2 * MiB  # the quarter that is left
+    assert len(list(store.keys(Space.BLOCKS))) == 64
+    assert all(len(value) == 32 * 1024 for _, value in store.items(Space.BLOCKS))
+    _drop(store, 192, 64)
+    store.compact()
+    assert store.disk_bytes() < empty + 256 * 1024
+
+
+def test_compact_keeps_every_live_value(store: Store) -> None:
+    expected = {i.to_bytes(4, "big"): os.urandom(1000) for i in range(500)}
+    for key, value in expected.items():
+        store.put(Space.BLOCKS, key, value)
+    store.put(Space.META, b"setting", b"on")
+    store.compact()
+    store.compact()  # twice in a row is harmless
+    assert dict(store.items(Space.BLOCKS)) == expected
+    assert store.get(Space.META, b"setting") == b"on"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LevelDB's CompactRange never rewrites the deepest level it finds: blocks written and "
+    "deleted within one memtable on a fresh database are flushed to that level and stay on disk "
+    "until later writes overlap them",
+)
+def test_compact_gives_back_space_written_and_deleted_since_the_last_flush(store: Store) -> None:
+    _fill(store, 0, 256)
+    full = store.disk_bytes()
+    _drop(store, 0, 256)
+    store.compact()
+    assert store.disk_bytes() < full // 4
+
+
+def test_disk_bytes_counts_the_files_of_the_database(store: Store) -> None:
+    listed = sum(path.stat().st_size for path in store.path.iterdir() if path.is_file())
+    assert store.disk_bytes() == listed
+    _fill(store, 0, 32)
+    assert store.disk_bytes() >= 32 * 32 * 1024
+
+
+# -- opening ------------------------------------------------------------------------------------
+
+
+def test_a_locked_database_is_unavailable(tmp_path: Path) -> None:
+    first = Store(tmp_path / "db")
+    try:
+        first.put(Space.META, b"k", b"v", sync=True)
+        with pytest.raises(Unavailable, match="another node running") as caught:
+            Store(tmp_path / "db")
+        assert str(tmp_path / "db") in caught.value.message
+        assert "b'" not in caught.value.message  # LevelDB's reason as text, not bytes
+        assert first.get(Space.META, b"k") == b"v"  # the holder is unaffected
+    finally:
+        first.close()
+    second = Store(tmp_path / "db")  # free again once the holder closes
+    try:
+        assert second.get(Space.META, b"k") == b"v"
+    finally:
+        second.close()
+
+
+def test_a_damaged_database_is_corrupted(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.put(Space.META, b"k", b"v", sync=True)
+    store.close()
+    (tmp_path / "db" / "CURRENT").write_bytes(b"MANIFEST-999999\n")
+    with pytest.raises(Corrupted, match="damaged"):
+        Store(tmp_path / "db")
+
+
+def test_opening_creates_missing_directories(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a" / "b" / "db")
+    try:
+        store.put(Space.META, b"k", b"v")
+        assert store.get(Space.META, b"k") == b"v"
+    finally:
+        store.close()
