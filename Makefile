@@ -4,11 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench lint sim clean
+.PHONY: test run bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
@@ -21,13 +20,12 @@ test: lint
 	$(PY) -X dev -b -m pytest -q
 
 run: $(STAMP)
-	$(VENV)/bin/pyrgos node run --init-if-needed
+	$(VENV)/bin/pyrgos node init --exist-ok
+	$(VENV)/bin/pyrgos node run
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
-sim: $(STAMP)
-	@echo "no simulation scenarios yet"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

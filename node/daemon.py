@@ -15,6 +15,7 @@ from node.server import NodeService, NodeSettings, collect_garbage
 from node.store import Store
 
 log = logging.getLogger(__name__)
+MAPPED_PAGES_INTERVAL = 0.25  # seconds: bounds what LevelDB's read mmaps add to the node's RSS
 
 
 async def _collect_periodically(service: NodeService, interval: int) -> None:
@@ -25,6 +26,12 @@ async def _collect_periodically(service: NodeService, interval: int) -> None:
             log.info("scheduled garbage collection: %s", stats)
         except Exception:
             log.exception("scheduled garbage collection failed")
+
+
+async def _release_mapped_pages(store: Store) -> None:
+    while True:
+        await trio.sleep(MAPPED_PAGES_INTERVAL)
+        store.release_mapped_pages()
 
 
 async def _stop_on_signals(cancel: trio.CancelScope) -> None:
@@ -58,6 +65,7 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
             written.write_text(url + "\n")
             written.replace(home.api_file)
             try:
+                nursery.start_soon(_release_mapped_pages, store)
                 if config.gc_interval > 0:
                     nursery.start_soon(_collect_periodically, service, config.gc_interval)
                 on_ready(node_id, url)

@@ -27,7 +27,7 @@ from protocols.cryptree import (
 )
 from protocols.errors import Corrupted, MalformedInput, PyrgosError
 
-PUT_BATCH_BYTES: Final = 6 * 1024 * 1024  # one chunk's fragments and node per request
+PUT_BATCH_BYTES: Final = 2 * 1024 * 1024  # per request: bounds what the node buffers per put
 MAX_KEYS_PER_LOOKUP: Final = 64
 
 

@@ -62,8 +62,8 @@ from protocols.pointers import PointerUpdate
 from protocols.writerdata import WriterData
 
 MAX_COMMIT_ATTEMPTS: Final = 8
-FRAGMENTS_IN_FLIGHT: Final = 8  # fragment reads kept in flight while downloading
-CHUNKS_AHEAD: Final = 3  # decrypted chunks held ahead of the reader: bounds memory
+FRAGMENTS_IN_FLIGHT: Final = 4  # fragment reads kept in flight while downloading
+CHUNKS_AHEAD: Final = 2  # decrypted chunks held ahead of the reader: bounds memory
 FILES_PER_COMMIT: Final = 2000  # bounds a folder upload's staged state
 Progress = Callable[[int], None]
 Opener = Callable[[], contextlib.AbstractContextManager[BinaryIO]]  # opens a file's bytes

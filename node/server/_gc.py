@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from node.store import Space, Store
 from protocols import cbor
-from protocols.cid import CID, CODEC_DAG_CBOR, decode_varint
+from protocols.cid import CID, CODEC_DAG_CBOR
 from protocols.errors import MalformedInput
 from protocols.pointers import PointerUpdate
 
@@ -21,7 +21,7 @@ _SWEEP_BATCH = 1000
 def _links(store: Store, cid: CID) -> list[CID]:
     if cid.codec != CODEC_DAG_CBOR:
         return []
-    data = store.get(Space.BLOCKS, cid.raw)
+    data = store.get_block(cid.raw)
     if data is None:
         return []
     try:
@@ -37,16 +37,11 @@ def mark(store: Store, roots: Iterable[CID]) -> set[bytes]:
     stack = [cid for cid in roots if not cid.is_identity]
     while stack:
         cid = stack.pop()
-        if cid.raw in seen or not store.has(Space.SIZES, cid.raw):
+        if cid.raw in seen or not store.has_block(cid.raw):
             continue
         seen.add(cid.raw)
         stack.extend(link for link in _links(store, cid) if not link.is_identity)
     return seen
-
-
-def _size(store: Store, raw_cid: bytes) -> int:
-    value = store.get(Space.SIZES, raw_cid)
-    return 0 if value is None else decode_varint(value)[0]
 
 
 def _pointer_roots(store: Store, owner: CID | None) -> list[CID]:
@@ -83,7 +78,7 @@ def reachable_bytes(store: Store, owner: CID, now: int) -> int:
     """Bytes of the blocks one user's pointers and open uploads reach."""
     pinned, _ = _upload_roots(store, owner, now)
     live = mark(store, _pointer_roots(store, owner)) | {cid.raw for cid in pinned}
-    return sum(_size(store, raw) for raw in live)
+    return sum(store.block_size(raw) for raw in live)
 
 
 def collect_garbage(store: Store, now: int) -> dict[str, int]:
@@ -93,13 +88,12 @@ def collect_garbage(store: Store, now: int) -> dict[str, int]:
     # keep a whole stale tree alive.
     live = mark(store, _pointer_roots(store, None)) | {cid.raw for cid in pinned}
     deleted = freed = 0
-    doomed = [raw for raw in store.keys(Space.SIZES) if raw not in live]
+    doomed = [raw for raw in store.block_cids() if raw not in live]
     for start in range(0, len(doomed), _SWEEP_BATCH):
         with store.batch() as batch:
             for raw in doomed[start : start + _SWEEP_BATCH]:
-                freed += _size(store, raw)
-                batch.delete(Space.BLOCKS, raw)
-                batch.delete(Space.SIZES, raw)
+                freed += store.block_size(raw)
+                store.delete_block(batch, raw)
                 deleted += 1
     with store.batch(sync=True) as batch:
         for key in expired:

@@ -21,7 +21,7 @@ from node.server._gc import collect_garbage, reachable_bytes
 from node.store import Batch, Space, Store
 from protocols import accounts, bats, cbor, champ
 from protocols.blocks import MAX_BLOCKS_PER_PUT, verify_put
-from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW, decode_varint, encode_varint
+from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import KdfParams, VerifyKey
 from protocols.cryptree import MAX_BLOCK_BYTES
 from protocols.errors import (
@@ -90,7 +90,7 @@ class StoreBlocks:
     async def get(self, cid: CID) -> bytes:
         if cid == champ.EMPTY_ROOT:
             return champ.EMPTY_NODE
-        data = self._store.get(Space.BLOCKS, cid.raw)
+        data = self._store.get_block(cid.raw)
         if data is None:
             raise NotFound(f"block {cid} is not stored here")
         return data
@@ -123,7 +123,7 @@ class NodeService:
     # -- blocks -------------------------------------------------------------------------
 
     def _stored_block(self, cid: CID) -> bytes:
-        data = self.store.get(Space.BLOCKS, cid.raw)
+        data = self.store.get_block(cid.raw)
         if data is None:
             raise NotFound(f"block {cid} is not stored here")
         if not cid.matches(data):  # damaged on disk: never parse it, never serve it
@@ -205,13 +205,12 @@ class NodeService:
     def _put_blocks_sync(
         self, owner: CID, blocks: list[tuple[CID, bytes]], upload: bytes | None
     ) -> None:
-        fresh = [(c, d) for c, d in blocks if not self.store.has(Space.SIZES, c.raw)]
+        fresh = [(c, d) for c, d in blocks if not self.store.has_block(c.raw)]
         usage = self._charge(owner, sum(len(d) for _, d in fresh))
         now = int(time.time())
         with self.store.batch() as batch:
             for cid, data in fresh:
-                batch.put(Space.BLOCKS, cid.raw, data)
-                batch.put(Space.SIZES, cid.raw, encode_varint(len(data)))
+                self.store.put_block(batch, cid.raw, data)
             if upload is not None:
                 batch.put(Space.UPLOADS, upload, cbor.encode([owner, now + UPLOAD_TTL]))
                 for cid, _ in blocks:
@@ -243,7 +242,7 @@ class NodeService:
     def _check_pointer(
         self, writer: CID, update: PointerUpdate, staged: dict[CID, bytes] | None = None
     ) -> None:
-        target = (staged or {}).get(update.new) or self.store.get(Space.BLOCKS, update.new.raw)
+        target = (staged or {}).get(update.new) or self.store.get_block(update.new.raw)
         check_update(
             VerifyKey.from_key_hash(writer),
             self._pointer(writer),
@@ -342,8 +341,7 @@ class NodeService:
             check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
             with self.store.batch(sync=True) as batch:
                 for cid, data in blocks:
-                    batch.put(Space.BLOCKS, cid.raw, data)
-                    batch.put(Space.SIZES, cid.raw, encode_varint(len(data)))
+                    self.store.put_block(batch, cid.raw, data)
                 batch.put(Space.PKI, claim.username.encode(), cbor.encode(claim.to_cbor()))
                 batch.put(Space.ACCOUNTS, claim.username.encode(), account)
                 batch.put(Space.WRITERS, owner.raw, owner.raw)
@@ -400,7 +398,7 @@ class NodeService:
             int(time.time() * 1000),
         )
         async with self._write_lock:
-            target = self.store.get(Space.BLOCKS, update.new.raw)
+            target = self.store.get_block(update.new.raw)
             params = WriterData.decode(target).login if target is not None else None
             if params is None:
                 raise MalformedInput("the new identity root must publish the new login parameters")
@@ -521,10 +519,3 @@ METHODS: Final[dict[str, Handler]] = {
     "usage.get": _usage,
     "pki.lookup": _pki_lookup,
 }
-
-
-def new_upload_id() -> bytes:
-    return secrets.token_bytes(UPLOAD_ID_BYTES)
-
-
-__all__ = ["METHODS", "NodeService", "NodeSettings", "decode_varint", "new_upload_id"]

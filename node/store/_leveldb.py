@@ -6,8 +6,10 @@ put with `sync=True` is on disk (and so is everything written before it) when it
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -15,16 +17,18 @@ from typing import Any
 
 import plyvel
 
+from protocols.cid import decode_varint, encode_varint
 from protocols.errors import Corrupted, Unavailable
 
 MiB = 1024 * 1024
+MADV_PAGEOUT = 21  # Linux ≥ 5.4: reclaim these pages now (clean file pages just drop)
 
 
 class Space(enum.Enum):
     """The keyspaces of DESIGN §9, one byte prefix each."""
 
-    BLOCKS = b"b"  # CID bytes -> block bytes
-    SIZES = b"z"  # CID bytes -> varint size, so accounting never reads a block
+    BLOCKS = b"b"  # 8-byte sequence number -> block bytes
+    BLOCK_INDEX = b"z"  # CID bytes -> sequence number ‖ varint size
     POINTERS = b"p"  # writer key hash -> signed pointer update
     PKI = b"k"  # username -> claim
     ACCOUNTS = b"a"  # username -> login record
@@ -94,6 +98,53 @@ class Store:
         except plyvel.Error as exc:  # CorruptionError: damaged files, not a busy database
             raise Corrupted(f"the node database at {path} is damaged: {_reason(exc)}") from exc
 
+        self._sequence_lock = threading.Lock()
+        self._next_sequence = self._last_sequence() + 1
+
+    # Blocks are stored under the order they arrived in, not under their (random) CIDs: new data
+    # then always lands at the end of the key space, so LevelDB's compactions mostly move
+    # files instead of rewriting every level each time a large file is uploaded.
+
+    def _last_sequence(self) -> int:
+        with self._db.iterator(prefix=Space.BLOCKS.value, reverse=True, include_value=False) as it:
+            for key in it:
+                return int.from_bytes(key[len(Space.BLOCKS.value) :], "big")
+        return 0
+
+    def put_block(self, batch: Batch, cid: bytes, data: bytes) -> None:
+        """Add a block (by its raw CID) to `batch`."""
+        with self._sequence_lock:
+            sequence = self._next_sequence.to_bytes(8, "big")
+            self._next_sequence += 1
+        batch.put(Space.BLOCKS, sequence, data)
+        batch.put(Space.BLOCK_INDEX, cid, sequence + encode_varint(len(data)))
+
+    def block_key(self, cid: bytes) -> bytes | None:
+        """Where a block lives in the BLOCKS keyspace, or None when it is not stored."""
+        entry = self.get(Space.BLOCK_INDEX, cid)
+        return None if entry is None else entry[:8]
+
+    def get_block(self, cid: bytes) -> bytes | None:
+        key = self.block_key(cid)
+        return None if key is None else self.get(Space.BLOCKS, key)
+
+    def has_block(self, cid: bytes) -> bool:
+        return self.get(Space.BLOCK_INDEX, cid) is not None
+
+    def block_size(self, cid: bytes) -> int:
+        """The stored size of a block, 0 when it is not stored; never reads the block."""
+        entry = self.get(Space.BLOCK_INDEX, cid)
+        return 0 if entry is None else decode_varint(entry, 8)[0]
+
+    def block_cids(self) -> Iterator[bytes]:
+        return self.keys(Space.BLOCK_INDEX)
+
+    def delete_block(self, batch: Batch, cid: bytes) -> None:
+        key = self.block_key(cid)
+        if key is not None:
+            batch.delete(Space.BLOCKS, key)
+            batch.delete(Space.BLOCK_INDEX, cid)
+
     def close(self) -> None:
         if not self._db.closed:
             self._db.close()
@@ -134,3 +185,43 @@ class Store:
     def disk_bytes(self) -> int:
         """Bytes the database occupies on disk now."""
         return sum(entry.stat().st_size for entry in os.scandir(self.path) if entry.is_file())
+
+    def release_mapped_pages(self) -> int:
+        """Hand back the pages of table files that LevelDB read through its mmaps.
+
+        LevelDB maps table files to read them, so every page a read touched would count in the
+        node's resident size for as long as the table stays open: serving a 1 GiB file would
+        show as 1 GiB. Paging them out keeps them in the page cache's care instead. MADV_PAGEOUT
+        cannot lose data (clean file pages are re-read; anonymous pages are left alone or
+        swapped), so a mapping that changed since /proc/self/maps was read is no hazard.
+        Returns the bytes advised; 0 where this is not Linux.
+        """
+        if _madvise is None:
+            return 0
+        prefix = os.path.realpath(self.path) + os.sep
+        advised = 0
+        try:
+            with open("/proc/self/maps") as maps:
+                lines = maps.readlines()
+        except OSError:
+            return 0
+        for line in lines:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or not fields[5].startswith(prefix):
+                continue
+            if not fields[5].rstrip().endswith(".ldb"):
+                continue
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            if _madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT) == 0:
+                advised += end - start
+        return advised
+
+
+def _find_madvise() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+
+
+_madvise = _find_madvise()

@@ -180,7 +180,7 @@ async def cas(api: NodeApi, session: Session, update: PointerUpdate, **extra: An
 async def home_node(node: RunningNode, session: Session) -> CID:
     """The CID of the user's home directory node: a private block (it names BATs)."""
     pointer = PointerUpdate.decode(node.store.get(Space.POINTERS, session.owner.raw) or b"")
-    tree = WriterData.decode(node.store.get(Space.BLOCKS, pointer.new.raw) or b"").tree
+    tree = WriterData.decode(node.store.get_block(pointer.new.raw) or b"").tree
     cid = await champ.get(StoreBlocks(node.store), tree, session.home.label)
     assert cid is not None
     return cid
@@ -649,7 +649,7 @@ async def test_private_block_reads_need_a_valid_bat(
             with pytest.raises(Denied, match=match):
                 await service.get_block(cid, auth, b"")
             response = await get_block_raw(http, cid, None if auth is None else auth.to_text())
-            assert response.content != running_node.store.get(Space.BLOCKS, cid.raw), what
+            assert response.content != running_node.store.get_block(cid.raw), what
             wire_error(response, 403, "denied")
             args: dict[str, Any] = {"cid": cid}
             if auth is not None:
@@ -677,15 +677,16 @@ async def test_tampered_fragment_is_corrupted_never_data(
 ) -> None:
     with trio.fail_after(TIMEOUT):
         await fs.write_file("big.bin", io.BytesIO(b"secret " * 2000))
+    store = running_node.store
     fragments = [
-        (raw, data)
-        for raw, data in running_node.store.items(Space.BLOCKS)
+        (raw, store.get_block(raw) or b"")
+        for raw in store.block_cids()
         if CID.from_bytes(raw).codec == CODEC_RAW
     ]
     assert fragments
     for raw, data in fragments:
         flipped = data[:-1] + bytes([data[-1] ^ 1])  # inside the AEAD tag
-        running_node.store.put(Space.BLOCKS, raw, flipped)
+        store.put(Space.BLOCKS, store.block_key(raw) or b"", flipped)
     with trio.fail_after(TIMEOUT), unchanged(running_node.store):
         pieces: list[bytes] = []
         with pytest.raises(Corrupted, match="corrupt"):
@@ -704,21 +705,22 @@ async def test_tampered_structured_blocks_are_corrupted(
     """The home directory node, the WriterData root and the CHAMP root, each damaged on disk."""
     store = running_node.store
     pointer = PointerUpdate.decode(store.get(Space.POINTERS, alice.owner.raw) or b"")
-    tree = WriterData.decode(store.get(Space.BLOCKS, pointer.new.raw) or b"").tree
+    tree = WriterData.decode(store.get_block(pointer.new.raw) or b"").tree
     targets = {"home": await home_node(running_node, alice), "root": pointer.new, "tree": tree}
     for which, cid in targets.items():
-        data = store.get(Space.BLOCKS, cid.raw) or b""
+        data = store.get_block(cid.raw) or b""
+        key = store.block_key(cid.raw) or b""
         damaged = {
             "flip": data[:-1] + bytes([data[-1] ^ 1]),
             "truncate": data[:-1],
             "append": data + b"\0",
-            "swap": store.get(Space.BLOCKS, targets["root" if which != "root" else "tree"].raw),
+            "swap": store.get_block(targets["root" if which != "root" else "tree"].raw),
         }
         for damage, bad in damaged.items():
-            store.put(Space.BLOCKS, cid.raw, bad or b"")
+            store.put(Space.BLOCKS, key, bad or b"")
             with trio.fail_after(TIMEOUT), unchanged(store), pytest.raises(Corrupted):
                 await fs.listdir("")
-            store.put(Space.BLOCKS, cid.raw, data)
+            store.put(Space.BLOCKS, key, data)
             assert await fs.listdir("") == [], f"{which} {damage}: restored"
 
 

@@ -60,11 +60,11 @@ def test_a_batch_that_ends_well_writes_everything_at_once(store: Store) -> None:
     store.put(Space.USAGE, b"owner", b"10")
     with store.batch() as batch:
         batch.put(Space.BLOCKS, b"cid", b"block")
-        batch.put(Space.SIZES, b"cid", b"\x05")
+        batch.put(Space.BLOCK_INDEX, b"cid", b"\x05")
         batch.delete(Space.USAGE, b"owner")
         assert store.get(Space.BLOCKS, b"cid") is None  # nothing is visible before the end
     assert store.get(Space.BLOCKS, b"cid") == b"block"
-    assert store.get(Space.SIZES, b"cid") == b"\x05"
+    assert store.get(Space.BLOCK_INDEX, b"cid") == b"\x05"
     assert not store.has(Space.USAGE, b"owner")
 
 
@@ -119,7 +119,7 @@ def test_keys_that_look_like_another_space_stay_in_their_own(store: Store) -> No
         if space is not Space.BLOCKS:
             assert list(store.items(space)) == []
             assert store.get(space, b"z") is None
-    assert store.get(Space.SIZES, b"z-looks-like-sizes"[1:]) is None
+    assert store.get(Space.BLOCK_INDEX, b"z-looks-like-an-index"[1:]) is None
 
 
 def test_items_and_keys_with_a_prefix(store: Store) -> None:
@@ -193,12 +193,12 @@ def test_unsynced_writes_survive_a_clean_close(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     with store.batch() as batch:
         batch.put(Space.BLOCKS, b"cid", b"data")
-    store.put(Space.SIZES, b"cid", b"\x04")
+    store.put(Space.BLOCK_INDEX, b"cid", b"\x04")
     store.close()
     again = Store(tmp_path / "db")
     try:
         assert again.get(Space.BLOCKS, b"cid") == b"data"
-        assert again.get(Space.SIZES, b"cid") == b"\x04"
+        assert again.get(Space.BLOCK_INDEX, b"cid") == b"\x04"
     finally:
         again.close()
 
@@ -305,3 +305,28 @@ def test_opening_creates_missing_directories(tmp_path: Path) -> None:
         assert store.get(Space.META, b"k") == b"v"
     finally:
         store.close()
+
+
+def test_blocks_are_stored_in_arrival_order_and_indexed_by_cid(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    with store.batch() as batch:
+        for i in range(3):
+            store.put_block(batch, b"cid-%d" % i, b"x" * (i + 1))
+    assert [store.get_block(b"cid-%d" % i) for i in range(3)] == [b"x", b"xx", b"xxx"]
+    assert [store.block_size(b"cid-%d" % i) for i in range(3)] == [1, 2, 3]
+    assert sorted(store.block_cids()) == [b"cid-0", b"cid-1", b"cid-2"]
+    keys = list(store.keys(Space.BLOCKS))
+    assert keys == sorted(keys)
+    assert len(keys) == 3
+    with store.batch() as batch:
+        store.delete_block(batch, b"cid-1")
+    assert store.get_block(b"cid-1") is None
+    assert store.block_size(b"cid-1") == 0
+    assert not store.has_block(b"cid-1")
+    store.close()
+    again = Store(tmp_path / "db")  # numbering resumes after the last stored block
+    with again.batch() as batch:
+        again.put_block(batch, b"cid-3", b"y")
+    assert max(again.keys(Space.BLOCKS)) == (4).to_bytes(8, "big")
+    assert again.get_block(b"cid-3") == b"y"
+    again.close()

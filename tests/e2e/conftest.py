@@ -1,0 +1,249 @@
+"""Real processes: the `pyrgos` console script next to this Python, and real nodes.
+
+A node is `pyrgos node init --api 127.0.0.1:0 --test-mode` then `pyrgos node run` in its own
+process; clients find it through PYRGOS_HOME/api, as a user's shell would. Every wait is
+bounded: a node that does not come up, a command that hangs or a node that ignores SIGTERM fails
+the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+PYRGOS: Final = Path(sys.executable).with_name("pyrgos")
+PASSWORD: Final = "correct horse battery"
+START_TIMEOUT: Final = 20.0  # seconds for a node to write its api file
+STOP_TIMEOUT: Final = 10.0  # seconds for a node to exit after SIGTERM
+CALL_TIMEOUT: Final = 60.0  # seconds for any one CLI command
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any PYRGOS_* a developer may have set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRGOS_")}
+    env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: bytes
+    stderr: str
+    argv: tuple[str, ...]
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode()
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+    def __str__(self) -> str:
+        return (
+            f"$ pyrgos {' '.join(self.argv)}\nexit status {self.code}\n"
+            f"stdout: {self.stdout[:2000]!r}\nstderr: {self.stderr[:4000]}"
+        )
+
+
+def pyrgos(
+    *argv: str | Path,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+    timeout: float = CALL_TIMEOUT,
+) -> Result:
+    """Run the real CLI once; standard input is empty (not a terminal) unless given."""
+    args = tuple(str(a) for a in argv)
+    done = subprocess.run(
+        [str(PYRGOS), *args],
+        env=dict(env),
+        cwd=cwd,
+        input=stdin if stdin is not None else b"",
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr.decode(errors="replace"), args)
+
+
+@dataclass
+class Cli:
+    """One client device: a profile, a password, and the node home to find the node through."""
+
+    env: dict[str, str]
+    cwd: Path
+
+    def with_env(self, **changes: str | None) -> Cli:
+        env = dict(self.env)
+        for key, value in changes.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return Cli(env, self.cwd)
+
+    def run(self, *argv: str | Path, stdin: bytes | None = None) -> Result:
+        return pyrgos(*argv, env=self.env, cwd=self.cwd, stdin=stdin)
+
+    def ok(self, *argv: str | Path, stdin: bytes | None = None) -> Result:
+        result = self.run(*argv, stdin=stdin)
+        assert result.code == 0, str(result)
+        assert "Traceback" not in result.stderr, str(result)
+        return result
+
+    def fails(self, *argv: str | Path, code: int | None = None, stdin: bytes | None = None) -> str:
+        """Run a command that must fail: non-zero status, one line on stderr; return that line."""
+        result = self.run(*argv, stdin=stdin)
+        assert result.code != 0, str(result)
+        if code is not None:
+            assert result.code == code, str(result)
+        assert "Traceback" not in result.stderr, str(result)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, str(result)
+        assert lines[0].startswith("pyrgos: error: "), str(result)
+        return lines[0]
+
+
+class NodeProcess:
+    """`pyrgos node run --home HOME` as a child process, its output in a log file."""
+
+    def __init__(self, home: Path, log: Path) -> None:
+        self.home = home
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    @property
+    def api_file(self) -> Path:
+        return self.home / "api"
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    def start(self, *options: str) -> str:
+        """Run the node; return its URL once it has written its api file and said so."""
+        assert self.process is None, "already running"
+        with self.log.open("ab") as log:
+            since = log.tell()  # a restart appends: only this run's lines count
+            self.process = subprocess.Popen(
+                [str(PYRGOS), "node", "run", "--home", str(self.home), *options],
+                env=base_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            text = self.api_file.read_text() if self.api_file.exists() else ""
+            if text.endswith("\n"):
+                self.url = text.strip()
+                said = self.log.read_bytes()[since:].decode(errors="replace")
+                if f"API listening at {self.url}\n" in said:
+                    return self.url
+            if self.process.poll() is not None:
+                self.process = None
+                pytest.fail(f"the node exited before listening:\n{self._log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(
+                    f"the node did not listen within {START_TIMEOUT} s:\n{self._log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, wait (bounded), SIGKILL if it did not exit; return its exit status."""
+        process, self.process = self.process, None
+        assert process is not None, "not running"
+        if process.poll() is not None:
+            pytest.fail(
+                f"the node had exited by itself (status {process.returncode}):\n{self._log_tail()}"
+            )
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
+            pytest.fail(f"the node ignored SIGTERM for {STOP_TIMEOUT} s:\n{self._log_tail()}")
+
+    def stop_cleanly(self) -> None:
+        code = self.stop()
+        assert code == 0, f"the node exited with {code}:\n{self._log_tail()}"
+        assert not self.api_file.exists(), "a stopped node left its api file behind"
+
+
+def init_node(home: Path) -> None:
+    result = pyrgos(
+        "node", "init", "--home", home, "--api", "127.0.0.1:0", "--test-mode", env=base_env()
+    )
+    assert result.code == 0, str(result)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A running node (initialised in tmp_path/node); its URL is `node.url`."""
+    home = tmp_path / "node"
+    init_node(home)
+    running = NodeProcess(home, tmp_path / "node.log")
+    try:
+        running.start()
+        yield running
+    finally:
+        if running.process is not None:
+            running.stop_cleanly()
+
+
+def client(node: NodeProcess, root: Path, profile: str) -> Cli:
+    """A client device whose state lives in root/profile; HOME is sandboxed too."""
+    (root / "user-home").mkdir(exist_ok=True)
+    env = base_env(
+        HOME=str(root / "user-home"),
+        PYRGOS_HOME=str(node.home),
+        PYRGOS_PROFILE=str(root / profile),
+        PYRGOS_PASSWORD=PASSWORD,
+    )
+    return Cli(env, root)
+
+
+@pytest.fixture
+def cli(node: NodeProcess, tmp_path: Path) -> Cli:
+    return client(node, tmp_path, "profile-a")
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for many short tests that do not change it much (bad-input checks)."""
+    root = tmp_path_factory.mktemp("shared")
+    init_node(root / "node")
+    running = NodeProcess(root / "node", root / "node.log")
+    try:
+        running.start()
+        yield running
+    finally:
+        if running.process is not None:
+            running.stop_cleanly()
+
+
+@pytest.fixture(scope="module")
+def alice(shared_node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """alice, signed up on the shared node, with a small file `note.txt`."""
+    root = tmp_path_factory.mktemp("alice")
+    cli = client(shared_node, root, "profile")
+    cli.ok("signup", "alice")
+    (root / "note.txt").write_bytes(b"hello\n")
+    cli.ok("put", root / "note.txt", "note.txt")
+    return cli
