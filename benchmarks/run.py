@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ GiB = 1024 * MiB
 PASSWORD = "measured with care 42"
 USER = "runner"
 BIN = Path(sys.executable).parent / "pyrgos"
+RUNS = 3  # each transfer; the table shows medians
 PEERGOS_UP = 8.0  # MiB/s, Peergos measured on this kind of machine (the issue's figures)
 PEERGOS_DOWN = 35.0
 
@@ -93,23 +95,27 @@ class Node:
             time.sleep(0.05)
 
     def cli(self, *args: str, stdout: int | None = subprocess.DEVNULL) -> tuple[float, int]:
-        """Run one CLI command; return (seconds, peak RSS in bytes)."""
+        """Run one CLI command; return (seconds, its peak RSS in bytes).
+
+        The peak is read from the child's own VmHWM while it runs: rusage's maxrss would count
+        this (larger) process's memory, which a forked child inherits until it execs.
+        """
         start = time.perf_counter()
         process = subprocess.Popen([str(BIN), *args], env=self.env, stdout=stdout)
-        _, status, usage = os.wait4(process.pid, 0)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, vm_hwm(process.pid))
+            time.sleep(0.01)
         elapsed = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
+        if process.returncode != 0:
             raise RuntimeError(f"pyrgos {' '.join(args)} failed")
-        return elapsed, usage.ru_maxrss * 1024
+        return elapsed, peak
 
     def reset_peak(self) -> None:
         Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
 
     def peak(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return vm_hwm(self.process.pid)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -119,11 +125,31 @@ class Node:
             self.process.kill()
 
 
+def vm_hwm(pid: int) -> int:
+    """A process's peak resident size in bytes (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def write_random(path: Path, size: int) -> None:
     block = os.urandom(MiB)
     with path.open("wb") as out:
         for i in range(size // MiB):
             out.write(hashlib.sha256(i.to_bytes(8, "big")).digest() + block[32:])
+
+
+def file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(MiB):
+            digest.update(block)
+    return digest.digest()
 
 
 def transfer(
@@ -135,20 +161,27 @@ def transfer(
     crypto_rate: float,
     leveldb_rate: float,
 ) -> None:
+    """Upload and download `size` bytes RUNS times; rates are the medians, memory the peaks."""
     label = f"{size // MiB} MiB" if size < GiB else f"{size // GiB} GiB"
     local = work / f"file-{size}"
     write_random(local, size)
-    node.reset_peak()
-    up, up_rss = node.cli("put", str(local), f"file-{size}")
-    up_node = node.peak()
-    local_back = work / f"back-{size}"
-    node.reset_peak()
-    down, down_rss = node.cli("get", f"file-{size}", str(local_back))
-    down_node = node.peak()
-    if local.read_bytes() != local_back.read_bytes() if size <= 128 * MiB else False:
-        raise RuntimeError("the download differs from the upload")
-    local_back.unlink()
-    up_rate, down_rate = size / MiB / up, size / MiB / down
+    ups, downs, client_peaks, node_peaks = [], [], [], []
+    for run in range(RUNS):
+        node.reset_peak()
+        seconds, peak = node.cli("put", str(local), f"file-{size}")
+        ups.append(seconds)
+        client_peaks.append(peak)
+        node_peaks.append(node.peak())
+        back = work / f"back-{size}-{run}"  # a fresh file: replacing one costs page-cache work
+        node.reset_peak()
+        seconds, peak = node.cli("get", f"file-{size}", str(back))
+        downs.append(seconds)
+        client_peaks.append(peak)
+        node_peaks.append(node.peak())
+        if file_digest(back) != file_digest(local):
+            raise RuntimeError("the download differs from the upload")
+        back.unlink()
+    up_rate, down_rate = size / MiB / statistics.median(ups), size / MiB / statistics.median(downs)
     big = size >= GiB
     rows.append(
         Row(
@@ -172,8 +205,8 @@ def transfer(
             down_rate >= 150 if big else None,
         )
     )
-    rss["client"].append(max(up_rss, down_rss))
-    rss["node"].append(max(up_node, down_node))
+    rss["client"].append(max(client_peaks))
+    rss["node"].append(max(node_peaks))
 
 
 def run(sizes: list[int], work: Path) -> list[Row]:
@@ -186,11 +219,10 @@ def run(sizes: list[int], work: Path) -> list[Row]:
     rows.append(Row("raw LevelDB put (1 MiB values)", leveldb_rate, "MiB/s", "-", None, "-", None))
     node = Node(work, test_mode=False)
     try:
-        kdf_alone = kdf_time()
         node.cli("signup", USER)
         login, _ = node.cli("login", USER)
         process_start, _ = node.cli("whoami")
-        in_process = login_overhead(node)
+        in_process, kdf_alone = login_overhead(node)
         rows.append(
             Row(
                 "login (in-process) minus the KDF alone",
@@ -231,8 +263,13 @@ def run(sizes: list[int], work: Path) -> list[Row]:
                 )
             )
         largest = f"file-{sizes[-1]}"
-        start, _ = node.cli("cat", largest, "--offset", "0", "--length", "4096")
-        end, _ = node.cli("cat", largest, "--offset", str(sizes[-1] - 4096), "--length", "4096")
+        start = statistics.median(
+            node.cli("cat", largest, "--offset", "0", "--length", "4096")[0] for _ in range(5)
+        )
+        end = statistics.median(
+            node.cli("cat", largest, "--offset", str(sizes[-1] - 4096), "--length", "4096")[0]
+            for _ in range(5)
+        )
         rows.append(
             Row(
                 "read 4 KiB at the end vs at offset 0",
@@ -249,7 +286,7 @@ def run(sizes: list[int], work: Path) -> list[Row]:
         for i in range(10_000):
             (folder / f"entry-{i:05d}").touch()
         node.cli("put", str(folder), "many")
-        listing, _ = node.cli("ls", "many")
+        listing = statistics.median(node.cli("ls", "many")[0] for _ in range(3))
         rows.append(
             Row(
                 "ls of a 10,000-entry directory (CLI)",
@@ -266,37 +303,31 @@ def run(sizes: list[int], work: Path) -> list[Row]:
     return rows
 
 
-def kdf_time() -> float:
-    from protocols import crypto
-
-    params = crypto.KdfParams.production()
-    start = time.perf_counter()
-    crypto.derive_login_keys(USER, PASSWORD, params)
-    return time.perf_counter() - start
-
-
-def login_overhead(node: Node) -> float:
-    """Login through the client library minus the KDF alone, best of three."""
-    from node.client import NodeApi, login_keys, resume
+def login_overhead(node: Node) -> tuple[float, float]:
+    """(login time minus the KDF inside it, the KDF alone), each the median of five logins."""
+    from node.client import NodeApi, resume
     from protocols import crypto
 
     url = (node.home / "api").read_text().strip()
-    best = float("inf")
+    overheads: list[float] = []
+    kdfs: list[float] = []
 
     async def once() -> None:
-        nonlocal best
         async with NodeApi(url) as api:
             start = time.perf_counter()
-            keys = await login_keys(api, USER, PASSWORD)
+            reply = await api.call("account.params", {"username": USER})
+            params = crypto.KdfParams.from_cbor(reply["params"])
+            kdf_start = time.perf_counter()
+            keys = crypto.derive_login_keys(USER, PASSWORD, params)
+            kdf_end = time.perf_counter()
             await resume(api, USER, keys)
-            total = time.perf_counter() - start
-        kdf_start = time.perf_counter()
-        crypto.derive_login_keys(USER, PASSWORD, crypto.KdfParams.production())
-        best = min(best, total - (time.perf_counter() - kdf_start))
+            end = time.perf_counter()
+        overheads.append((end - start) - (kdf_end - kdf_start))
+        kdfs.append(kdf_end - kdf_start)
 
-    for _ in range(3):
+    for _ in range(5):
         trio.run(once)
-    return best
+    return statistics.median(overheads), statistics.median(kdfs)
 
 
 def print_table(rows: list[Row]) -> None:

@@ -15,7 +15,7 @@ from node.server import NodeService, NodeSettings, collect_garbage
 from node.store import Store
 
 log = logging.getLogger(__name__)
-MAPPED_PAGES_INTERVAL = 0.25  # seconds: bounds what LevelDB's read mmaps add to the node's RSS
+MAPPED_PAGES_INTERVAL = 0.1  # seconds: bounds what LevelDB's read mmaps add to the node's RSS
 
 
 async def _collect_periodically(service: NodeService, interval: int) -> None:

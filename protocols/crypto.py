@@ -128,17 +128,18 @@ def _check_key(key: bytes) -> None:
         raise MalformedInput(f"a symmetric key must be {KEY_BYTES} bytes")
 
 
-def seal(key: bytes, plaintext: Data, context: bytes) -> bytes:
+def seal(key: bytes, plaintext: Data, context: bytes, *, prefix: bytes = b"") -> bytes:
     """XChaCha20-Poly1305 under `key` with a random nonce; `context` is the associated data.
 
-    Returns nonce ‖ ciphertext ‖ tag.
+    Returns prefix ‖ nonce ‖ ciphertext ‖ tag (the prefix, e.g. a block header, is joined in
+    the same copy rather than in another one).
     """
     _check_key(key)
     nonce = sodium.randombytes(NONCE_BYTES)
     body = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         _as_bytes(plaintext), context, nonce, key
     )
-    return nonce + body
+    return b"".join((prefix, nonce, body))
 
 
 def open_sealed(key: bytes, sealed: Data, context: bytes) -> bytes:

@@ -373,15 +373,22 @@ def seal_payload(
     key: bytes, label: bytes, plaintext: bytes | memoryview, bat_ids: list[bytes]
 ) -> SealedPayload:
     """Pad to a multiple of 4096, then seal inline (≤ 4096) or as fragments of ≤ 1 MiB."""
-    padded = crypto.pad(plaintext, crypto.PAD_CONTENT)
-    if len(padded) <= INLINE_BYTES:
+    size = memoryview(plaintext).nbytes
+    padded_size = crypto.padded_length(size, crypto.PAD_CONTENT)
+    if padded_size <= INLINE_BYTES:
+        padded = crypto.pad(plaintext, crypto.PAD_CONTENT)
         return SealedPayload(crypto.seal(key, padded, _CTX_INLINE + label), [])
+    # Only the last fragment holds padding: pad just that piece instead of copying the chunk.
     prefix = bats.raw_prefix(bat_ids)
-    view = memoryview(padded)
-    blocks = [
-        prefix + crypto.seal(key, view[start:end], fragment_context(label, index))
-        for index, (start, end) in enumerate(fragment_ranges(len(padded)))
-    ]
+    view = memoryview(plaintext)
+    ranges = fragment_ranges(padded_size)
+    blocks = []
+    for index, (start, end) in enumerate(ranges):
+        if index < len(ranges) - 1:
+            piece: bytes | memoryview = view[start:end]
+        else:
+            piece = crypto.pad_to(view[start:], end - start)
+        blocks.append(crypto.seal(key, piece, fragment_context(label, index), prefix=prefix))
     return SealedPayload(None, blocks)
 
 

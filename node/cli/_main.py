@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import gc
 import getpass
 import json
 import logging
@@ -568,6 +569,7 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def main(argv: list[str] | None = None) -> None:
     _bound_heap()
+    gc.freeze()  # what the imports made lives for the whole run: keep collections cheap
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Final
 
@@ -18,6 +19,10 @@ CBOR_TYPE: Final = "application/cbor"
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
 MAX_CONNECTIONS: Final = 16
 THREADED_HASH_BYTES: Final = 64 * 1024
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class NodeApi:
@@ -68,10 +73,15 @@ class NodeApi:
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
         """Call one method of the node's table and return its CBOR result."""
         body = cbor.encode(args or {})
+        headers = {"content-type": CBOR_TYPE, "content-length": str(len(body))}
         try:
+            # The body goes through a one-shot generator: httpx requests sit in reference
+            # cycles that only the cyclic collector frees, and a request holding its bytes
+            # would keep megabytes alive until then; a spent generator holds nothing.
             response = await self._client.post(
-                f"{API_PREFIX}/call/{method}", content=body, headers={"content-type": CBOR_TYPE}
+                f"{API_PREFIX}/call/{method}", content=_once(body), headers=headers
             )
+            del body
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         self.round_trips += 1
@@ -91,12 +101,19 @@ class NodeApi:
             auth = bats.make_read_auth(bat, cid, b"", await self.node_id(), int(time.time()))
             params["auth"] = auth.to_text()
         try:
-            response = await self._client.get(f"{API_PREFIX}/block/{cid.text}", params=params)
+            # Streamed into our own buffer: a Response keeps its body alive for as long as
+            # the response object lives, and httpx responses sit in reference cycles that
+            # only the cyclic collector frees, so megabyte bodies would pile up in between.
+            async with self._client.stream(
+                "GET", f"{API_PREFIX}/block/{cid.text}", params=params
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    self._check(response)
+                data = b"".join([part async for part in response.aiter_raw()])
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         self.round_trips += 1
-        self._check(response)
-        data = response.content
         # Hashing a fragment takes about a millisecond: off the event loop, hashlib runs in
         # parallel with the next transfers (it releases the GIL).
         large = len(data) >= THREADED_HASH_BYTES

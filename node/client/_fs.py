@@ -8,6 +8,7 @@ loses a race re-reads the root and redoes its change; uploaded file data is neve
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import math
 import mimetypes
@@ -63,6 +64,7 @@ from protocols.writerdata import WriterData
 
 MAX_COMMIT_ATTEMPTS: Final = 8
 FRAGMENTS_IN_FLIGHT: Final = 4  # fragment reads kept in flight while downloading
+GC_EVERY_CHUNKS: Final = 16  # collect young cyclic garbage this often in long transfers
 CHUNKS_AHEAD: Final = 2  # decrypted chunks held ahead of the reader: bounds memory
 FILES_PER_COMMIT: Final = 2000  # bounds a folder upload's staged state
 Progress = Callable[[int], None]
@@ -350,13 +352,10 @@ class FileSystem:
             labels = [cap.chunk(i)[0] for i in indices]
             found = await blocks.lookup(tree, labels)
             ready = [trio.Event() for _ in indices]
-            consumed = [trio.Event() for _ in indices]
             pieces: list[list[bytes]] = [[] for _ in indices]
             fragments = trio.Semaphore(FRAGMENTS_IN_FLIGHT)
 
             async def fetch(slot: int) -> None:
-                if slot >= CHUNKS_AHEAD:  # hold at most CHUNKS_AHEAD chunks not yet consumed
-                    await consumed[slot - CHUNKS_AHEAD].wait()
                 index = indices[slot]
                 cid = found[labels[slot]]
                 if cid is not None:
@@ -368,7 +367,9 @@ class FileSystem:
                 ready[slot].set()
 
             async with open_tasks() as nursery:
-                for slot in range(len(indices)):
+                # A sliding window: chunk i + CHUNKS_AHEAD starts when chunk i is handed on,
+                # so neither buffers nor tasks grow with the file.
+                for slot in range(min(CHUNKS_AHEAD, len(indices))):
                     nursery.start_soon(fetch, slot)
                 for slot in range(len(indices)):
                     await ready[slot].wait()
@@ -378,7 +379,10 @@ class FileSystem:
                     for piece in pieces[slot]:
                         await send.send(piece)
                     pieces[slot] = []
-                    consumed[slot].set()
+                    if slot % GC_EVERY_CHUNKS == GC_EVERY_CHUNKS - 1:
+                        gc.collect()  # task and stream cycles would otherwise pile up
+                    if slot + CHUNKS_AHEAD < len(indices):
+                        nursery.start_soon(fetch, slot + CHUNKS_AHEAD)
 
     async def _chunk_range(
         self,

@@ -85,7 +85,7 @@ class Store:
                 str(path),
                 create_if_missing=True,
                 compression=None,
-                write_buffer_size=16 * MiB,  # two memtables at most: bounds the node's memory
+                write_buffer_size=8 * MiB,  # two memtables at most: bounds the node's memory
                 max_file_size=32 * MiB,
                 lru_cache_size=8 * MiB,
                 paranoid_checks=True,
