@@ -167,12 +167,14 @@ def transfer(
     write_random(local, size)
     ups, downs, client_peaks, node_peaks = [], [], [], []
     for run in range(RUNS):
+        os.sync()  # earlier runs' dirty pages must not throttle this one's writes
         node.reset_peak()
         seconds, peak = node.cli("put", str(local), f"file-{size}")
         ups.append(seconds)
         client_peaks.append(peak)
         node_peaks.append(node.peak())
         back = work / f"back-{size}-{run}"  # a fresh file: replacing one costs page-cache work
+        os.sync()
         node.reset_peak()
         seconds, peak = node.cli("get", f"file-{size}", str(back))
         downs.append(seconds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import itertools
 import logging
 import signal
 import time
@@ -15,6 +17,7 @@ from node.server import NodeService, NodeSettings, collect_garbage
 from node.store import Store
 
 log = logging.getLogger(__name__)
+GC_EVERY_TICKS = 10
 MAPPED_PAGES_INTERVAL = 0.1  # seconds: bounds what LevelDB's read mmaps add to the node's RSS
 
 
@@ -28,10 +31,13 @@ async def _collect_periodically(service: NodeService, interval: int) -> None:
             log.exception("scheduled garbage collection failed")
 
 
-async def _release_mapped_pages(store: Store) -> None:
-    while True:
+async def _keep_memory_flat(store: Store) -> None:
+    """Page out what LevelDB's read mmaps touched, and free cyclic garbage, continually."""
+    for tick in itertools.count():
         await trio.sleep(MAPPED_PAGES_INTERVAL)
         store.release_mapped_pages()
+        if tick % GC_EVERY_TICKS == 0:
+            gc.collect()  # request cycles would otherwise hold bodies until a rare full pass
 
 
 async def _stop_on_signals(cancel: trio.CancelScope) -> None:
@@ -65,7 +71,7 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
             written.write_text(url + "\n")
             written.replace(home.api_file)
             try:
-                nursery.start_soon(_release_mapped_pages, store)
+                nursery.start_soon(_keep_memory_flat, store)
                 if config.gc_interval > 0:
                     nursery.start_soon(_collect_periodically, service, config.gc_interval)
                 on_ready(node_id, url)

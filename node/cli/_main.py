@@ -47,6 +47,7 @@ EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
     WeakPassword: 9,
 }
 DEFAULT_NODE: Final = f"http://{DEFAULT_API}"
+MiB: Final = 1024 * 1024
 M_MMAP_THRESHOLD: Final = -3  # glibc mallopt parameters
 M_TRIM_THRESHOLD: Final = -1
 M_ARENA_MAX: Final = -8
@@ -167,6 +168,7 @@ def cmd_node_init(args: argparse.Namespace) -> None:
 def cmd_node_run(args: argparse.Namespace) -> None:
     from node.daemon import run_node
 
+    _tune_heap(mmap_threshold=MiB, trim_threshold=MiB)
     home = NodeHome(args.home)
     if args.init_if_needed and not home.initialised:
         print(f"initialised node {home.init(NodeConfig())} in {home.path}")
@@ -344,7 +346,7 @@ def cmd_get(args: argparse.Namespace) -> None:
                 await client.get_tree(fs, args.remote, target, progress)
             return
         with progress_bar(props.size, f"get {props.name}") as progress:
-            await client.get_file(fs, args.remote, target, progress)
+            await client.get_file(fs, args.remote, target, progress, props.size)
 
     run_fs(args, action)
 
@@ -536,18 +538,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bound_heap() -> None:
-    """Make glibc reuse transfer buffers instead of growing or refaulting them.
+def _tune_heap(mmap_threshold: int, trim_threshold: int) -> None:
+    """Make glibc reuse (client) or return (node) transfer buffers, with fixed thresholds.
 
     Transfers allocate and free many 1-6 MiB buffers from worker threads. Left adaptive,
     glibc's mmap threshold serves them from per-thread arenas that fragment and grow with the
-    file size; set too low, every buffer is freshly mapped and page-faulted. Fixed values keep
-    the resident size flat and the system time low.
+    file size; set too low, every buffer is freshly mapped and page-faulted. A client keeps a
+    pool for speed; a long-running node maps its megabyte bodies and hands them straight back.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 2 * 1024 * 1024)  # chunks mapped, fragments pooled
-        libc.mallopt(M_TRIM_THRESHOLD, 32 * 1024 * 1024)  # keep the pool instead of refaulting
+        libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+        libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
         libc.mallopt(M_ARENA_MAX, 2)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
@@ -568,7 +570,7 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _bound_heap()
+    _tune_heap(mmap_threshold=2 * MiB, trim_threshold=32 * MiB)
     gc.freeze()  # what the imports made lives for the whole run: keep collections cheap
     parser = build_parser()
     args = parser.parse_args(argv)

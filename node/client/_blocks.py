@@ -86,9 +86,9 @@ class Blocks:
         self.staged[cid] = data
         return cid
 
-    async def fetch(self, cid: CID, bat: bytes) -> bytes:
-        """A private block, proving knowledge of its BAT to the node."""
-        return self.staged.get(cid) or await self.api.get_block(cid, bat)
+    async def fetch(self, cid: CID, bat: bytes, *, verify: bool = True) -> bytes:
+        """A private block, proving knowledge of its BAT to the node (see NodeApi.get_block)."""
+        return self.staged.get(cid) or await self.api.get_block(cid, bat, verify=verify)
 
     async def lookup(self, root: CID, keys: Iterable[bytes]) -> dict[bytes, CID | None]:
         """Values of `keys` in the CHAMP at `root`: one round trip per 64 keys."""
