@@ -18,7 +18,7 @@ from node.store import Store
 
 log = logging.getLogger(__name__)
 GC_EVERY_TICKS = 10
-MAPPED_PAGES_INTERVAL = 0.1  # seconds: bounds what LevelDB's read mmaps add to the node's RSS
+MAPPED_PAGES_INTERVAL = 0.25  # seconds: bounds what LevelDB's read mmaps add to the node's RSS
 
 
 async def _collect_periodically(service: NodeService, interval: int) -> None:

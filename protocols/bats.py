@@ -6,7 +6,6 @@ in the block) or sha2-256 of it (a mirror BAT, whose secret the node keeps in a 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import struct
@@ -16,7 +15,7 @@ from typing import Final
 
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW, decode_varint, encode_varint
-from protocols.errors import Denied, MalformedInput
+from protocols.errors import Denied, MalformedInput, TooLarge
 
 BAT_BYTES: Final = 32
 BAT_ID_BYTES: Final = 34  # multihash code, length, 32-byte digest
@@ -98,20 +97,16 @@ class ReadAuth:
 
     def to_text(self) -> str:
         """The form an HTTP block GET carries in its `auth` parameter: base64url of the CBOR."""
-        return base64.urlsafe_b64encode(cbor.encode(self.to_cbor())).rstrip(b"=").decode()
+        return cbor.encode_text(self.to_cbor())
 
     @classmethod
     def from_text(cls, text: str) -> ReadAuth:
         if len(text) > 512:
             raise MalformedInput("read auth too long")
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except ValueError as exc:
-            raise MalformedInput("read auth must be base64url CBOR") from exc
-        auth = cls.from_cbor(cbor.decode(raw, limit=512))
-        if auth.to_text() != text:  # b64decode skips stray characters and ignores padding
-            raise MalformedInput("read auth must be unpadded base64url CBOR")
-        return auth
+            return cls.from_cbor(cbor.decode_text(text, limit=384))
+        except TooLarge as exc:
+            raise MalformedInput("read auth too long") from exc
 
     @classmethod
     def from_cbor(cls, value: object) -> ReadAuth:

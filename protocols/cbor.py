@@ -7,6 +7,8 @@ floats, no other tags, text keys only, no duplicates, no trailing bytes, within 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, Final, TypeAlias
 
 import cbor2
@@ -101,3 +103,22 @@ def iter_links(value: CBORValue) -> list[CID]:
         elif isinstance(item, dict):
             stack.extend(reversed(list(item.values())))
     return found
+
+
+def encode_text(value: CBORValue) -> str:
+    """Unpadded base64url of the canonical CBOR: a form for URLs and pasting."""
+    return base64.urlsafe_b64encode(encode(value)).rstrip(b"=").decode("ascii")
+
+
+def decode_text(text: str, limit: int) -> CBORValue:
+    """Undo `encode_text`, accepting exactly one spelling of each value."""
+    if len(text) > (limit * 4 + 2) // 3:
+        raise TooLarge(f"text of {len(text)} characters is over the limit")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error) as exc:
+        raise MalformedInput("not base64url") from exc
+    value = decode(raw, limit=limit)
+    if encode_text(value) != text:  # b64decode skips stray characters and ignores padding
+        raise MalformedInput("not unpadded base64url of canonical CBOR")
+    return value

@@ -162,15 +162,20 @@ class FileSystem:
     async def _nodes(
         self, blocks: Blocks, tree: CID, cap: Capability, indices: Sequence[int]
     ) -> list[tuple[CID, bytes]]:
-        """The node CIDs and blocks of chunks `indices` of `cap`: one lookup, parallel fetches."""
-        locations = [cap.chunk(i) for i in indices]
+        """The node CIDs and blocks of chunks `indices` of `cap`."""
+        return await self._fetch_nodes(blocks, tree, [cap.chunk(i) for i in indices])
+
+    async def _fetch_nodes(
+        self, blocks: Blocks, tree: CID, locations: Sequence[tuple[bytes, bytes]]
+    ) -> list[tuple[CID, bytes]]:
+        """The nodes at (label, BAT) `locations`: one CHAMP lookup, then parallel fetches."""
         found = await blocks.lookup(tree, [label for label, _ in locations])
-        results: list[tuple[CID, bytes]] = [None] * len(indices)  # type: ignore[list-item]
+        results: list[tuple[CID, bytes]] = [None] * len(locations)  # type: ignore[list-item]
 
         async def fetch(slot: int, label: bytes, bat: bytes) -> None:
             cid = found[label]
             if cid is None:
-                raise NotFound("a chunk of this file or directory is missing")
+                raise NotFound("a file or directory node is missing")
             results[slot] = (cid, await blocks.fetch(cid, bat))
 
         async with open_tasks() as nursery:
@@ -270,28 +275,12 @@ class FileSystem:
         caps = [e.capability(directory.cap) for e in entries]
         nodes: list[tuple[CID, bytes]] = []
         for start in range(0, len(caps), 64):
-            nodes += await self._first_nodes(blocks, writer_data.tree, caps[start : start + 64])
+            batch = [(cap.label, cap.bat) for cap in caps[start : start + 64]]
+            nodes += await self._fetch_nodes(blocks, writer_data.tree, batch)
         return [
             Listing(e.name, e.is_dir, open_node(cap, 0, e.is_dir, block).props)
             for e, cap, (_, block) in zip(entries, caps, nodes, strict=True)
         ]
-
-    async def _first_nodes(
-        self, blocks: Blocks, tree: CID, caps: list[Capability]
-    ) -> list[tuple[CID, bytes]]:
-        found = await blocks.lookup(tree, [cap.label for cap in caps])
-        results: list[tuple[CID, bytes]] = [None] * len(caps)  # type: ignore[list-item]
-
-        async def fetch(slot: int) -> None:
-            cid = found[caps[slot].label]
-            if cid is None:
-                raise NotFound("a directory entry points at a missing node")
-            results[slot] = (cid, await blocks.fetch(cid, caps[slot].bat))
-
-        async with open_tasks() as nursery:
-            for slot in range(len(caps)):
-                nursery.start_soon(fetch, slot)
-        return results
 
     async def _props(
         self, blocks: Blocks, tree: CID, parent: Capability, entry: Entry
@@ -567,17 +556,23 @@ class FileSystem:
             tree = await champ.remove(blocks, tree, label, cid)
         return tree
 
+    async def _locate(
+        self, blocks: Blocks, tree: CID, names: list[str], path: str
+    ) -> tuple[Directory, DirChunk, Entry]:
+        """The parent directory of `names`, and the chunk and entry that name it."""
+        parent = await self._dir_at(blocks, tree, names[:-1])
+        found = parent.find(names[-1])
+        if found is None:
+            raise NotFound(f"no such file or directory: {path}")
+        return parent, *found
+
     async def remove(self, path: str, *, recursive: bool = False) -> None:
         names = self._split(path)
         if not names:
             raise Conflict("the home directory cannot be removed")
 
         async def change(blocks: Blocks, tree: CID) -> CID:
-            parent = await self._dir_at(blocks, tree, names[:-1])
-            found = parent.find(names[-1])
-            if found is None:
-                raise NotFound(f"no such file or directory: {path}")
-            chunk, entry = found
+            parent, chunk, entry = await self._locate(blocks, tree, names, path)
             if entry.is_dir and not recursive:
                 child = await self._read_dir(blocks, tree, entry.capability(parent.cap))
                 if child.entries():
@@ -597,11 +592,7 @@ class FileSystem:
             raise Conflict("the home directory cannot be moved")
 
         async def change(blocks: Blocks, tree: CID) -> CID:
-            src_parent = await self._dir_at(blocks, tree, src[:-1])
-            found = src_parent.find(src[-1])
-            if found is None:
-                raise NotFound(f"no such file or directory: {source}")
-            src_chunk, entry = found
+            src_parent, src_chunk, entry = await self._locate(blocks, tree, src, source)
             dst_names, name = await self._destination(blocks, tree, dst, src[-1])
             if entry.is_dir and dst_names[: len(src)] == src:
                 raise Conflict("a directory cannot be moved into itself")

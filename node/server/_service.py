@@ -218,7 +218,7 @@ class NodeService:
             batch.put(Space.USAGE, owner.raw, usage)
         self.stats["blocks_stored"] += len(fresh)
 
-    async def put_blocks(self, args: Args) -> list[CID]:
+    async def block_put(self, args: Args, requester: bytes) -> list[CID]:
         owner = _key_hash_arg(args, "owner")
         writer = _key_hash_arg(args, "writer")
         upload = args.get("upload")
@@ -250,7 +250,7 @@ class NodeService:
             None if target is None else controller_of(target),
         )
 
-    async def cas_pointers(self, args: Args) -> bool:
+    async def pointer_cas(self, args: Args, requester: bytes) -> bool:
         owner = _key_hash_arg(args, "owner")
         updates = _arg(args, "updates", list)
         uploads = args.get("uploads", [])
@@ -310,7 +310,7 @@ class NodeService:
             raise MalformedInput("login data must be at most 16 KiB of bytes")
         return data
 
-    async def signup(self, args: Args) -> bool:
+    async def signup(self, args: Args, requester: bytes) -> bool:
         claim = Claim.from_cbor(args.get("claim"))
         claim.verify()
         if claim.home != self.settings.node_id:
@@ -355,7 +355,7 @@ class NodeService:
         log.info("signed up a user")
         return True
 
-    async def login_params(self, args: Args) -> dict[str, Any]:
+    async def login_params(self, args: Args, requester: bytes) -> dict[str, Any]:
         username = _username_arg(args)
         claim = self._claim(username)
         pointer = self._pointer(claim.identity)
@@ -366,7 +366,7 @@ class NodeService:
             raise NotFound(f"user {username!r} publishes no login parameters")
         return {"identity": claim.identity, "params": writer_data.login.to_cbor()}
 
-    async def login(self, args: Args) -> bytes:
+    async def login(self, args: Args, requester: bytes) -> bytes:
         username = _username_arg(args)
         account = self._account(username)
         accounts.check_timed(
@@ -380,7 +380,7 @@ class NodeService:
         data: bytes = account["data"]
         return data
 
-    async def update_login(self, args: Args) -> bool:
+    async def update_login(self, args: Args, requester: bytes) -> bool:
         """Password change: new login key and data, and the identity root naming the new salt."""
         username = _username_arg(args)
         account = self._account(username)
@@ -412,7 +412,7 @@ class NodeService:
                 self._close_uploads(batch, args.get("uploads", []))
         return True
 
-    async def usage(self, args: Args) -> dict[str, int]:
+    async def usage(self, args: Args, requester: bytes) -> dict[str, int]:
         owner = _key_hash_arg(args, "owner")
         accounts.check_timed(
             VerifyKey.from_key_hash(owner),
@@ -431,91 +431,57 @@ class NodeService:
         async with self._write_lock:
             return await trio.to_thread.run_sync(collect_garbage, self.store, int(time.time()))
 
+    # -- the rest of the method table -------------------------------------------------------
 
-async def _node_info(node: NodeService, args: Args, requester: bytes) -> dict[str, Any]:
-    return {
-        "node": node.settings.node_id,
-        "test_mode": node.settings.test_mode,
-        "stats": dict(node.stats),
-    }
+    async def node_info(self, args: Args, requester: bytes) -> dict[str, Any]:
+        return {
+            "node": self.settings.node_id,
+            "test_mode": self.settings.test_mode,
+            "stats": dict(self.stats),
+        }
 
+    async def block_get(self, args: Args, requester: bytes) -> bytes:
+        auth = args.get("auth")
+        cid: CID = _arg(args, "cid", CID)
+        return await self.get_block(
+            cid, None if auth is None else bats.ReadAuth.from_cbor(auth), requester
+        )
 
-async def _block_get(node: NodeService, args: Args, requester: bytes) -> bytes:
-    auth = args.get("auth")
-    cid: CID = _arg(args, "cid", CID)
-    return await node.get_block(
-        cid, None if auth is None else bats.ReadAuth.from_cbor(auth), requester
-    )
+    async def champ_get(self, args: Args, requester: bytes) -> list[bytes]:
+        root: CID = _arg(args, "root", CID)
+        keys = _arg(args, "keys", list)
+        if not 1 <= len(keys) <= MAX_CHAMP_KEYS or not all(isinstance(k, bytes) for k in keys):
+            raise MalformedInput(f"keys must be a list of 1-{MAX_CHAMP_KEYS} byte strings")
+        self.stats["champ_lookups"] += 1
+        return await champ.lookup_blocks(self._blocks, root, keys)
 
+    async def pointer_get(self, args: Args, requester: bytes) -> bytes | None:
+        update = self._pointer(_key_hash_arg(args, "writer"))
+        return None if update is None else update.encode()
 
-async def _block_put(node: NodeService, args: Args, requester: bytes) -> list[CID]:
-    return await node.put_blocks(args)
+    async def pki_lookup(self, args: Args, requester: bytes) -> dict[str, Any]:
+        return self._claim(check_username(_username_arg(args))).to_cbor()
 
-
-async def _champ_get(node: NodeService, args: Args, requester: bytes) -> list[bytes]:
-    root: CID = _arg(args, "root", CID)
-    keys = _arg(args, "keys", list)
-    if not 1 <= len(keys) <= MAX_CHAMP_KEYS or not all(isinstance(k, bytes) for k in keys):
-        raise MalformedInput(f"keys must be a list of 1-{MAX_CHAMP_KEYS} byte strings")
-    node.stats["champ_lookups"] += 1
-    return await champ.lookup_blocks(node._blocks, root, keys)
-
-
-async def _pointer_get(node: NodeService, args: Args, requester: bytes) -> bytes | None:
-    update = node._pointer(_key_hash_arg(args, "writer"))
-    return None if update is None else update.encode()
-
-
-async def _pointer_cas(node: NodeService, args: Args, requester: bytes) -> bool:
-    return await node.cas_pointers(args)
-
-
-async def _signup(node: NodeService, args: Args, requester: bytes) -> bool:
-    return await node.signup(args)
-
-
-async def _login_params(node: NodeService, args: Args, requester: bytes) -> dict[str, Any]:
-    return await node.login_params(args)
-
-
-async def _login(node: NodeService, args: Args, requester: bytes) -> bytes:
-    return await node.login(args)
-
-
-async def _update_login(node: NodeService, args: Args, requester: bytes) -> bool:
-    return await node.update_login(args)
-
-
-async def _usage(node: NodeService, args: Args, requester: bytes) -> dict[str, int]:
-    return await node.usage(args)
-
-
-async def _pki_lookup(node: NodeService, args: Args, requester: bytes) -> dict[str, Any]:
-    username = _username_arg(args)
-    check_username(username)
-    return node._claim(username).to_cbor()
-
-
-async def _admin_gc(node: NodeService, args: Args, requester: bytes) -> dict[str, int]:
-    token = _arg(args, "token", str)
-    expected = node.settings.admin_token
-    if not expected or not secrets.compare_digest(token.encode(), expected.encode()):
-        raise Denied("maintenance calls need this node's admin token")
-    return await node.collect_garbage()
+    async def admin_gc(self, args: Args, requester: bytes) -> dict[str, int]:
+        token = _arg(args, "token", str)
+        expected = self.settings.admin_token
+        if not expected or not secrets.compare_digest(token.encode(), expected.encode()):
+            raise Denied("maintenance calls need this node's admin token")
+        return await self.collect_garbage()
 
 
 METHODS: Final[dict[str, Handler]] = {
-    "admin.gc": _admin_gc,
-    "node.info": _node_info,
-    "block.get": _block_get,
-    "block.put": _block_put,
-    "champ.get": _champ_get,
-    "pointer.get": _pointer_get,
-    "pointer.cas": _pointer_cas,
-    "account.signup": _signup,
-    "account.params": _login_params,
-    "account.login": _login,
-    "account.update": _update_login,
-    "usage.get": _usage,
-    "pki.lookup": _pki_lookup,
+    "node.info": NodeService.node_info,
+    "block.get": NodeService.block_get,
+    "block.put": NodeService.block_put,
+    "champ.get": NodeService.champ_get,
+    "pointer.get": NodeService.pointer_get,
+    "pointer.cas": NodeService.pointer_cas,
+    "account.signup": NodeService.signup,
+    "account.params": NodeService.login_params,
+    "account.login": NodeService.login,
+    "account.update": NodeService.update_login,
+    "usage.get": NodeService.usage,
+    "pki.lookup": NodeService.pki_lookup,
+    "admin.gc": NodeService.admin_gc,
 }
