@@ -238,28 +238,32 @@ def cmd_node_gc(args: argparse.Namespace) -> None:
 # -- account commands ------------------------------------------------------------------------
 
 
-def cmd_signup(args: argparse.Namespace) -> None:
-    passwords = Passwords(args.password_stdin)
-    password = passwords.get("PYRGOS_PASSWORD", f"Password for {args.user}: ", confirm=True)
+def _enter_account(
+    args: argparse.Namespace,
+    action: Callable[[NodeApi, str, str], Awaitable[Session]],
+    *,
+    confirm: bool,
+) -> Session:
+    """Ask for the password, run `action` (signup or login) and remember the session."""
+    prompt = f"Password for {args.user}: "
+    password = Passwords(args.password_stdin).get("PYRGOS_PASSWORD", prompt, confirm=confirm)
 
     async def run() -> Session:
         async with NodeApi(node_url()) as api:
-            return await client.signup(api, args.user, password)
+            return await action(api, args.user, password)
 
     session = trio.run(run)
     remember(args, session)
+    return session
+
+
+def cmd_signup(args: argparse.Namespace) -> None:
+    session = _enter_account(args, client.signup, confirm=True)
     print(f"signed up {session.username} at {session.api.url}; logged in")
 
 
 def cmd_login(args: argparse.Namespace) -> None:
-    password = Passwords(args.password_stdin).get("PYRGOS_PASSWORD", f"Password for {args.user}: ")
-
-    async def run() -> Session:
-        async with NodeApi(node_url()) as api:
-            return await client.login(api, args.user, password)
-
-    session = trio.run(run)
-    remember(args, session)
+    session = _enter_account(args, client.login, confirm=False)
     print(f"logged in as {session.username} at {session.api.url}")
 
 
