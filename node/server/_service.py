@@ -90,10 +90,18 @@ class StoreBlocks:
     async def get(self, cid: CID) -> bytes:
         if cid == champ.EMPTY_ROOT:
             return champ.EMPTY_NODE
-        data = self._store.get_block(cid.raw)
-        if data is None:
-            raise NotFound(f"block {cid} is not stored here")
-        return data
+        return stored_block(self._store, cid)
+
+
+def stored_block(store: Store, cid: CID) -> bytes:
+    """A stored block, checked against its CID: a block damaged on disk is never parsed."""
+    data = store.get_block(cid.raw)
+    if data is None:
+        raise NotFound(f"block {cid} is not stored here")
+    if not cid.matches(data):
+        log.error("block %s does not match its hash in the store", cid)
+        raise Corrupted(f"block {cid} is corrupt in this node's store")
+    return data
 
 
 class NodeService:
@@ -122,17 +130,8 @@ class NodeService:
 
     # -- blocks -------------------------------------------------------------------------
 
-    def _stored_block(self, cid: CID) -> bytes:
-        data = self.store.get_block(cid.raw)
-        if data is None:
-            raise NotFound(f"block {cid} is not stored here")
-        if not cid.matches(data):  # damaged on disk: never parse it, never serve it
-            log.error("block %s does not match its hash in the store", cid)
-            raise Corrupted(f"block {cid} is corrupt in this node's store")
-        return data
-
     async def get_block(self, cid: CID, auth: bats.ReadAuth | None, requester: bytes) -> bytes:
-        data = await trio.to_thread.run_sync(self._stored_block, cid)
+        data = await trio.to_thread.run_sync(stored_block, self.store, cid)
         bats.check_read_auth(
             cid,
             bats.block_bat_ids(cid, data),
@@ -239,10 +238,8 @@ class NodeService:
         raw = self.store.get(Space.POINTERS, writer.raw)
         return None if raw is None else PointerUpdate.decode(raw)
 
-    def _check_pointer(
-        self, writer: CID, update: PointerUpdate, staged: dict[CID, bytes] | None = None
-    ) -> None:
-        target = (staged or {}).get(update.new) or self.store.get_block(update.new.raw)
+    def _check_pointer(self, writer: CID, update: PointerUpdate) -> None:
+        target = self.store.get_block(update.new.raw)
         check_update(
             VerifyKey.from_key_hash(writer),
             self._pointer(writer),
