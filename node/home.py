@@ -19,7 +19,8 @@ from protocols.errors import MalformedInput, NotFound, PyrgosError
 
 DEFAULT_API: Final = "127.0.0.1:8000"
 DEFAULT_QUOTA: Final = 1024**3  # 1 GiB per user
-DEFAULT_GC_INTERVAL: Final = 3600  # seconds between scheduled collections
+DEFAULT_GC_INTERVAL: Final = 3600
+DEFAULT_LISTEN: Final = "/ip4/0.0.0.0/tcp/4001"  # seconds between scheduled collections
 UNITS: Final = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -44,12 +45,33 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_multiaddr(text: str, *, peer: bool = False) -> str:
+    """Refuse what is not a TCP multiaddr (with `/p2p/ID` when `peer`), with an example."""
+    from multiaddr import Multiaddr
+
+    example = "/ip4/127.0.0.1/tcp/4001" + ("/p2p/12D3KooW…" if peer else "")
+    try:
+        parsed = Multiaddr(text)
+        parsed.value_for_protocol("tcp")
+        if peer:
+            parsed.value_for_protocol("p2p")
+    except Exception as exc:  # multiaddr raises several unrelated types
+        raise MalformedInput(f"not a multiaddr: {text!r} (example: {example})") from exc
+    return text
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     api: str = DEFAULT_API
     test_mode: bool = False
     quota: int = DEFAULT_QUOTA
     gc_interval: int = DEFAULT_GC_INTERVAL
+    listen: str = DEFAULT_LISTEN
+    pki: str = ""  # the PKI node's full multiaddr (…/p2p/ID); empty: this node is the PKI root
+
+    @property
+    def pki_root(self) -> bool:
+        return not self.pki
 
 
 class NodeHome:
@@ -87,6 +109,9 @@ class NodeHome:
         if self.initialised:
             raise PyrgosError(f"a node is already initialised in {self.path}")
         parse_host_port(config.api)
+        check_multiaddr(config.listen)
+        if config.pki:
+            check_multiaddr(config.pki, peer=True)
         from libp2p.crypto.ed25519 import create_new_key_pair  # slow to import: only here
         from libp2p.identity_utils import save_identity
 
@@ -100,6 +125,8 @@ class NodeHome:
             f"test_mode = {'true' if config.test_mode else 'false'}",
             f"quota = {config.quota}",
             f"gc_interval = {config.gc_interval}",
+            f"listen = {json.dumps(config.listen)}",
+            f"pki = {json.dumps(config.pki)}",
         ]
         self.config_file.write_text("\n".join(lines) + "\n")
         return self.node_id()
@@ -125,6 +152,8 @@ class NodeHome:
             test_mode=bool(raw.get("test_mode", False)),
             quota=int(raw.get("quota", DEFAULT_QUOTA)),
             gc_interval=int(raw.get("gc_interval", DEFAULT_GC_INTERVAL)),
+            listen=str(raw.get("listen", DEFAULT_LISTEN)),
+            pki=str(raw.get("pki", "")),
         )
         parse_host_port(config.api)
         return config

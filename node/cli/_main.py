@@ -23,7 +23,7 @@ import trio
 
 from node import client
 from node.client import FileSystem, NodeApi, Profile, SavedSession, Session
-from node.home import DEFAULT_API, NodeConfig, NodeHome, default_home, parse_size
+from node.home import DEFAULT_API, DEFAULT_LISTEN, NodeConfig, NodeHome, default_home, parse_size
 from protocols.errors import (
     AuthFailed,
     Conflict,
@@ -158,7 +158,13 @@ def cmd_node_init(args: argparse.Namespace) -> None:
     if args.exist_ok and home.initialised:
         return
     node_id = home.init(
-        NodeConfig(api=args.api, test_mode=args.test_mode, quota=parse_size(args.quota))
+        NodeConfig(
+            api=args.api,
+            test_mode=args.test_mode,
+            quota=parse_size(args.quota),
+            listen=args.listen,
+            pki=args.pki,
+        )
     )
     print(f"initialised node {node_id} in {home.path}")
     if args.test_mode:
@@ -170,8 +176,6 @@ def cmd_node_run(args: argparse.Namespace) -> None:
 
     _tune_heap(mmap_threshold=MiB, trim_threshold=MiB)
     home = NodeHome(args.home)
-    if args.init_if_needed and not home.initialised:
-        print(f"initialised node {home.init(NodeConfig())} in {home.path}")
 
     def ready(node_id: str, url: str) -> None:
         print(f"pyrgos node {node_id}")
@@ -472,15 +476,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="storage quota per user, e.g. 500MiB (default 1GiB)",
     )
+    init.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="MULTIADDR",
+        help=f"where the node listens for other nodes (default {DEFAULT_LISTEN})",
+    )
+    role = init.add_mutually_exclusive_group()
+    role.add_argument(
+        "--pki-root",
+        action="store_true",
+        help="this node orders the PKI log (the default for a lone node)",
+    )
+    role.add_argument(
+        "--pki",
+        default="",
+        metavar="MULTIADDR",
+        help="mirror the PKI of the node at this full multiaddr (/ip4/…/tcp/…/p2p/ID)",
+    )
     init.add_argument("--exist-ok", action="store_true", help="do nothing if already initialised")
     init.set_defaults(run=cmd_node_init)
-    run = node_command("run", "run the node in the foreground until Ctrl-C")
-    run.add_argument(
-        "--init-if-needed",
-        action="store_true",
-        help="first initialise the home with default settings if it holds no node",
+    node_command("run", "run the node in the foreground until Ctrl-C").set_defaults(
+        run=cmd_node_run
     )
-    run.set_defaults(run=cmd_node_run)
     info = node_command("info", "show the node's id, API URL and settings")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=cmd_node_info)

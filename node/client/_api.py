@@ -45,6 +45,10 @@ class NodeApi:
         )
         self._node_id: bytes | None = None
         self.round_trips = 0
+        # Whose data this client reads, and the node that is their home: when that is not the
+        # node at `url`, read auths are made out to the home, with this node as requester.
+        self.owner: CID | None = None
+        self.home: bytes | None = None
 
     async def __aenter__(self) -> NodeApi:
         return self
@@ -92,6 +96,10 @@ class NodeApi:
         self._check(response)
         return cbor.decode(response.content, limit=MAX_REPLY_BYTES)
 
+    def route(self, owner: CID, home: str) -> None:
+        """Read `owner`'s data, homed on node `home`, through this node."""
+        self.owner, self.home = owner, home.encode()
+
     async def node_id(self) -> bytes:
         if self._node_id is None:
             info = await self.call("node.info")
@@ -106,8 +114,12 @@ class NodeApi:
         there too, in the same hop.
         """
         params = {}
+        if self.owner is not None:
+            params["owner"] = self.owner.text
         if bat is not None:
-            auth = bats.make_read_auth(bat, cid, b"", await self.node_id(), int(time.time()))
+            here = await self.node_id()
+            requester, server = (b"", here) if self.home in (None, here) else (here, self.home)
+            auth = bats.make_read_auth(bat, cid, requester, server or here, int(time.time()))
             params["auth"] = auth.to_text()
         try:
             # Streamed into our own buffer: a Response keeps its body alive for as long as

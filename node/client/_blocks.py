@@ -96,7 +96,10 @@ class Blocks:
         if root not in self.staged:
             for start in range(0, len(wanted), MAX_KEYS_PER_LOOKUP):
                 batch = wanted[start : start + MAX_KEYS_PER_LOOKUP]
-                proof = await self.api.call("champ.get", {"root": root, "keys": batch})
+                args: dict[str, object] = {"root": root, "keys": batch}
+                if self.api.owner is not None:
+                    args["owner"] = self.api.owner
+                proof = await self.api.call("champ.get", args)
                 if not isinstance(proof, list) or not all(isinstance(b, bytes) for b in proof):
                     raise Corrupted("the node returned a malformed CHAMP proof")
                 for block in proof:

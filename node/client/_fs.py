@@ -147,7 +147,8 @@ class FileSystem:
     # -- reading ------------------------------------------------------------------------
 
     async def _root(self) -> tuple[PointerUpdate, WriterData, Blocks]:
-        raw = await self.api.call("pointer.get", {"writer": self.session.owner})
+        owner = self.session.owner
+        raw = await self.api.call("pointer.get", {"writer": owner, "owner": owner})
         if not isinstance(raw, bytes):
             raise NotFound("this account has no root: was the signup completed?")
         pointer = PointerUpdate.decode(raw)

@@ -115,6 +115,7 @@ async def signup(api: NodeApi, username: str, password: str) -> Session:
             "sigs": [sign_put(identity, cid) for cid, _ in staged],
         },
     )
+    api.route(owner, node_id)
     return Session(api, username, login, data)
 
 
@@ -141,7 +142,12 @@ async def resume(api: NodeApi, username: str, login: LoginKeys) -> Session:
     )
     if not isinstance(sealed, bytes):
         raise Corrupted("the node returned malformed login data")
-    return Session(api, username, login, LoginData.open(login.root_key, username, sealed))
+    data = LoginData.open(login.root_key, username, sealed)
+    claim = Claim.from_cbor(await api.call("pki.lookup", {"username": username}))
+    if claim.identity != data.home.owner:
+        raise Corrupted("the PKI names another identity for this user than their login data")
+    api.route(data.home.owner, claim.home)
+    return Session(api, username, login, data)
 
 
 async def login(api: NodeApi, username: str, password: str) -> Session:
@@ -156,7 +162,7 @@ async def change_password(session: Session, current: str, new: str) -> Session:
     old_keys = await login_keys(api, username, current)
     if old_keys.signing.public != session.login.signing.public:
         raise AuthFailed("the current password is wrong")
-    pointer_raw = await api.call("pointer.get", {"writer": session.owner})
+    pointer_raw = await api.call("pointer.get", {"writer": session.owner, "owner": session.owner})
     if not isinstance(pointer_raw, bytes):
         raise Corrupted("the account has no root pointer")
     pointer = PointerUpdate.decode(pointer_raw)

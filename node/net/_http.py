@@ -87,7 +87,11 @@ def build_app(service: NodeService) -> Starlette:
             cid = CID.from_text(request.path_params["cid"])
             auth_text = request.query_params.get("auth")
             auth = bats.ReadAuth.from_text(auth_text) if auth_text else None
-            data = await service.get_block(cid, auth, b"")
+            owner_text = request.query_params.get("owner")
+            owner = CID.from_text(owner_text) if owner_text else None
+            if owner is not None and not owner.is_identity:
+                raise MalformedInput("owner must be a public-key hash")
+            data = await service.get_block(cid, auth, b"", owner)
             return Response(data, media_type="application/octet-stream")
         except PyrgosError as exc:
             return _error(exc)

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -50,6 +50,33 @@ GiB: Final = 1024**3
 
 Args = dict[str, Any]
 Handler = Callable[["NodeService", Args, bytes], Awaitable[Any]]
+
+
+class Network(Protocol):
+    """How a node reaches the others: libp2p in a running node, anything in tests."""
+
+    async def call(self, node_id: str, method: str, args: dict[str, Any]) -> Any:
+        """Call `method` on node `node_id` (requester: this node) and return its result."""
+        ...
+
+    async def fetch_block(self, node_id: str, cid: CID, auth: bats.ReadAuth | None) -> bytes:
+        """A block from node `node_id`, checked against `cid`."""
+        ...
+
+
+# The calls that belong to a user's home node, and the argument that names the user: a node
+# that receives one for a user homed elsewhere forwards it there and relays the answer.
+IDENTITY_INDEX: Final = b"\x00identity:"  # PKI keyspace: identity key hash -> username
+HOME_ARGUMENT: Final = {
+    "block.put": "owner",
+    "pointer.get": "owner",
+    "pointer.cas": "owner",
+    "champ.get": "owner",
+    "usage.get": "owner",
+    "account.params": "username",
+    "account.login": "username",
+    "account.update": "username",
+}
 
 
 @dataclass(frozen=True)
@@ -107,9 +134,12 @@ def stored_block(store: Store, cid: CID) -> bytes:
 class NodeService:
     """One node's state and rules; transports call `call`."""
 
-    def __init__(self, store: Store, settings: NodeSettings) -> None:
+    def __init__(
+        self, store: Store, settings: NodeSettings, network: Network | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.network = network
         self.stats: Counter[str] = Counter()
         self._write_lock = trio.Lock()
         self._blocks = StoreBlocks(store)
@@ -126,23 +156,81 @@ class NodeService:
         if not isinstance(args, dict):
             raise MalformedInput("call arguments must be a CBOR map")
         self.stats["calls"] += 1
+        home = self._foreign_home(method, args, requester)
+        if home is not None and self.network is not None:
+            self.stats["forwarded"] += 1
+            return await self.network.call(home, method, args)
         return await entry(self, args, requester)
+
+    def _foreign_home(self, method: str, args: Args, requester: bytes) -> str | None:
+        """The home node of the user a call belongs to, when that is another node.
+
+        Calls that came from another node are never forwarded again, so a stale PKI view
+        cannot bounce a call between nodes.
+        """
+        name = HOME_ARGUMENT.get(method)
+        if name is None or requester or self.network is None:
+            return None
+        return self._home_elsewhere(args.get(name))
+
+    def _home_elsewhere(self, user: object) -> str | None:
+        """The home of a user (owner key hash or username) when it is not this node."""
+        if isinstance(user, CID) and user.is_identity:
+            if self.store.has(Space.WRITERS, user.raw):
+                return None
+            home = self.home_of_identity(user)
+        elif isinstance(user, str) and len(user) <= 64:
+            if self.store.has(Space.ACCOUNTS, user.encode()):
+                return None
+            home = self.home_of_username(user)
+        else:
+            return None
+        return None if home in (None, self.settings.node_id) else home
 
     # -- blocks -------------------------------------------------------------------------
 
-    async def get_block(self, cid: CID, auth: bats.ReadAuth | None, requester: bytes) -> bytes:
+    async def get_block(
+        self,
+        cid: CID,
+        auth: bats.ReadAuth | None,
+        requester: bytes,
+        owner: CID | None = None,
+    ) -> bytes:
+        """A block, if the auth allows it.
+
+        A client reading data of a user homed elsewhere (`owner`) makes its auth out to that
+        home, with this node as the requester. This node fetches such a block from the home
+        (which checks the auth) and keeps it as a cached block no pointer here reaches, so GC
+        may drop it; served again from the cache, the auth is checked as the home would.
+        """
+        server, as_requester = self.node_id_bytes, requester
+        home = self._relay_home(owner, requester)
+        if home is not None:
+            server, as_requester = home.encode(), self.node_id_bytes
+            if not self.store.has_block(cid.raw) and self.network is not None:
+                data = await self.network.fetch_block(home, cid, auth)
+                with self.store.batch() as batch:
+                    self.store.put_block(batch, cid.raw, data)
+                self.stats["blocks_relayed"] += 1
+                return data
         data = await trio.to_thread.run_sync(stored_block, self.store, cid)
         bats.check_read_auth(
             cid,
             bats.block_bat_ids(cid, data),
             auth,
-            requester=requester,
-            server=self.node_id_bytes,
+            requester=as_requester,
+            server=server,
             now=int(time.time()),
             mirror_secret=lambda bat_id: self.store.get(Space.BATS, bat_id),
         )
         self.stats["blocks_served"] += 1
         return data
+
+    def _relay_home(self, owner: CID | None, requester: bytes) -> str | None:
+        """The home of `owner` when this node reads on a client's behalf for a foreign user."""
+        if owner is None or requester or self.network is None:
+            return None
+        return self._home_elsewhere(owner)
 
     def _owner_of(self, writer: CID) -> CID:
         owner = self.store.get(Space.WRITERS, writer.raw)
@@ -340,6 +428,7 @@ class NodeService:
                 for cid, data in blocks:
                     self.store.put_block(batch, cid.raw, data)
                 batch.put(Space.PKI, claim.username.encode(), cbor.encode(claim.to_cbor()))
+                batch.put(Space.PKI, IDENTITY_INDEX + owner.raw, claim.username.encode())
                 batch.put(Space.ACCOUNTS, claim.username.encode(), account)
                 batch.put(Space.WRITERS, owner.raw, owner.raw)
                 batch.put(Space.BATS, bats.hashed_id(mirror_bat), mirror_bat)
@@ -428,6 +517,20 @@ class NodeService:
         async with self._write_lock:
             return await trio.to_thread.run_sync(collect_garbage, self.store, int(time.time()))
 
+    # -- routing ----------------------------------------------------------------------------
+
+    def home_of_username(self, username: str) -> str | None:
+        """The home node id the PKI names for `username`, None when it names none."""
+        try:
+            return self._claim(username).home
+        except NotFound:
+            return None
+
+    def home_of_identity(self, identity: CID) -> str | None:
+        """The home node id of the user whose identity key hash is `identity`."""
+        raw = self.store.get(Space.PKI, IDENTITY_INDEX + identity.raw)
+        return None if raw is None else self.home_of_username(raw.decode())
+
     # -- the rest of the method table -------------------------------------------------------
 
     async def node_info(self, args: Args, requester: bytes) -> dict[str, Any]:
@@ -440,8 +543,12 @@ class NodeService:
     async def block_get(self, args: Args, requester: bytes) -> bytes:
         auth = args.get("auth")
         cid: CID = _arg(args, "cid", CID)
+        owner = args.get("owner")
         return await self.get_block(
-            cid, None if auth is None else bats.ReadAuth.from_cbor(auth), requester
+            cid,
+            None if auth is None else bats.ReadAuth.from_cbor(auth),
+            requester,
+            _key_hash_arg(args, "owner") if owner is not None else None,
         )
 
     async def champ_get(self, args: Args, requester: bytes) -> list[bytes]:

@@ -736,8 +736,10 @@ async def test_node_returning_a_block_that_does_not_match_its_cid(
     honest = running_node.service.get_block
     pointer = PointerUpdate.decode(running_node.store.get(Space.POINTERS, alice.owner.raw) or b"")
 
-    async def lying(asked: CID, auth: bats.ReadAuth | None, requester: bytes) -> bytes:
-        data = await honest(asked, auth, requester)
+    async def lying(
+        asked: CID, auth: bats.ReadAuth | None, requester: bytes, owner: CID | None = None
+    ) -> bytes:
+        data = await honest(asked, auth, requester, owner)
         return data + b"\0" if asked in (cid, pointer.new) else data
 
     monkeypatch.setattr(running_node.service, "get_block", lying)
