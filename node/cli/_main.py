@@ -24,6 +24,7 @@ import trio
 from node import client
 from node.client import FileSystem, NodeApi, Profile, SavedSession, Session
 from node.home import DEFAULT_API, DEFAULT_LISTEN, NodeConfig, NodeHome, default_home, parse_size
+from protocols.cid import CID
 from protocols.errors import (
     AuthFailed,
     Conflict,
@@ -196,6 +197,9 @@ def cmd_node_info(args: argparse.Namespace) -> None:
         "api": home.running_api(),
         "running": False,
         "configured_api": config.api,
+        "listen": [config.listen],
+        "pki_role": "root" if config.pki_root else "mirror",
+        "pki": config.pki or None,
         "test_mode": config.test_mode,
         "quota": config.quota,
     }
@@ -208,6 +212,8 @@ def cmd_node_info(args: argparse.Namespace) -> None:
         try:
             live = trio.run(ask)
             info["running"] = True
+            info["listen"] = live.get("addrs") or info["listen"]
+            info["pki_head"] = live.get("pki_head")
             info["stats"] = live.get("stats", {})
         except Unavailable:
             info["api"] = None
@@ -216,6 +222,38 @@ def cmd_node_info(args: argparse.Namespace) -> None:
         return
     for key, value in info.items():
         print(f"{key:15} {value}")
+
+
+def _ask_node(method: str, args: dict[str, Any]) -> Any:
+    async def ask() -> Any:
+        async with NodeApi(node_url(), timeout=30) as api:
+            return await api.call(method, args)
+
+    return trio.run(ask)
+
+
+def _print_record(record: dict[str, Any], as_json: bool) -> None:
+    shown = {key: value.text if isinstance(value, CID) else value for key, value in record.items()}
+    if as_json:
+        print(json.dumps(shown, indent=2, default=lambda value: value.hex()))
+        return
+    for key, value in shown.items():
+        print(f"{key:15} {value.hex() if isinstance(value, bytes) else value}")
+
+
+def cmd_pki_lookup(args: argparse.Namespace) -> None:
+    claim = _ask_node("pki.lookup", {"username": args.user})
+    record = {
+        "username": claim["username"],
+        "identity": claim["identity"],
+        "home": claim["home"],
+        "expiry": claim["expiry"],
+    }
+    _print_record(record, args.json)
+
+
+def cmd_pki_status(args: argparse.Namespace) -> None:
+    _print_record(_ask_node("pki.status", {}), args.json)
 
 
 def cmd_node_gc(args: argparse.Namespace) -> None:
@@ -503,6 +541,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=cmd_node_info)
     node_command("gc", "delete blocks nothing points to any more").set_defaults(run=cmd_node_gc)
+
+    pki = commands.add_parser("pki", help="look at the PKI: who is who, and where").add_subparsers(
+        dest="pki_command", metavar="PKI-COMMAND", required=True
+    )
+    lookup = pki.add_parser("lookup", help="a user's identity key hash, home node and expiry")
+    lookup.add_argument("user", metavar="USER")
+    lookup.add_argument("--json", action="store_true", help="print JSON")
+    lookup.set_defaults(run=cmd_pki_lookup)
+    status = pki.add_parser("status", help="the node's PKI head, source, last sync, refusals")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=cmd_pki_status)
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text)
