@@ -80,7 +80,8 @@ class Node:
             PYRGOS_PASSWORD=PASSWORD,
         )
         self.env.pop("PYRGOS_NODE", None)
-        args = ["node", "init", "--api", "127.0.0.1:0", "--quota", "16GiB"]
+        args = ["node", "init", "--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0"]
+        args += ["--quota", "16GiB"]
         self.cli(*args, *(["--test-mode"] if test_mode else []))
         self.process = subprocess.Popen(
             [str(BIN), "node", "run"],

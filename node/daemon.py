@@ -13,11 +13,15 @@ import trio
 
 from node.home import NodeHome, parse_host_port
 from node.net import serve_api
-from node.server import NodeService, NodeSettings, collect_garbage
+from node.server import NodeService, NodeSettings, PkiLog, collect_garbage
 from node.store import Store
+from protocols.crypto import SigningKey
+from protocols.errors import PyrgosError
+from protocols.pki import NodeRecord
 
 log = logging.getLogger(__name__)
 GC_EVERY_TICKS = 10
+PKI_SYNC_INTERVAL = 2.0  # seconds between a mirror's pulls of new PKI entries
 MAPPED_PAGES_INTERVAL = 0.25  # seconds: bounds what LevelDB's read mmaps add to the node's RSS
 
 
@@ -48,36 +52,97 @@ async def _stop_on_signals(cancel: trio.CancelScope) -> None:
             return
 
 
+def _node_key(home: NodeHome) -> SigningKey:
+    """The node's Ed25519 key as the PKI signs with it (libp2p keeps the same 32-byte seed)."""
+    from libp2p.identity_utils import load_identity
+
+    seed = load_identity(home.key_file).private_key.to_bytes()[:32]
+    return SigningKey.from_seed(seed)
+
+
+async def _publish_addresses(service: NodeService, key: SigningKey, addrs: list[str]) -> None:
+    """Put this node's addresses in the PKI (a node record), retrying until the PKI node
+    answers: other nodes find this one by them."""
+    plain = [addr.split("/p2p/")[0] for addr in addrs]
+    record = NodeRecord.create(key, plain, int(time.time()))
+    delay = 1.0
+    while True:
+        try:
+            await service.publish(record)
+            return
+        except PyrgosError as exc:
+            log.warning("could not publish this node's addresses yet: %s", exc.message)
+        await trio.sleep(delay)
+        delay = min(delay * 2, 60)
+
+
+async def _follow_pki(service: NodeService) -> None:
+    """A mirror pulls new PKI entries continually (and on demand, when a lookup misses)."""
+    delay = PKI_SYNC_INTERVAL
+    while True:
+        try:
+            await service.sync_pki()
+            delay = PKI_SYNC_INTERVAL
+        except PyrgosError as exc:
+            log.warning("PKI sync failed: %s", exc.message)
+            delay = min(delay * 2, 60)
+        await trio.sleep(delay)
+
+
 async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None:
     """Serve until SIGINT/SIGTERM; `on_ready(node_id, api_url)` once listening."""
+    from multiaddr import Multiaddr
+
+    from node.net import Libp2pNetwork, open_host, serve_node
+
     config = home.config()
     node_id = home.node_id()
+    key = _node_key(home)
     host, port = parse_host_port(config.api)
+    pki_node = config.pki.rsplit("/p2p/", 1)[1] if config.pki else node_id
     store = Store(home.db_path)
     try:
-        service = NodeService(
-            store,
-            NodeSettings(
-                node_id=node_id,
-                test_mode=config.test_mode,
-                default_quota=config.quota,
-                admin_token=home.admin_token(),
-            ),
-        )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-            url = await nursery.start(serve_api, service, host, port)
-            written = home.api_file.with_name("api.tmp")  # clients must never read half a URL
-            written.write_text(url + "\n")
-            written.replace(home.api_file)
-            try:
-                nursery.start_soon(_keep_memory_flat, store)
-                if config.gc_interval > 0:
-                    nursery.start_soon(_collect_periodically, service, config.gc_interval)
-                on_ready(node_id, url)
-                await trio.sleep_forever()
-            finally:
-                home.api_file.unlink(missing_ok=True)
+        pki = PkiLog(store, pki_node, None if config.pki else key)
+        async with open_host(home.key_file, [Multiaddr(config.listen)]) as p2p:
+            service = NodeService(
+                store,
+                NodeSettings(
+                    node_id=node_id,
+                    test_mode=config.test_mode,
+                    default_quota=config.quota,
+                    admin_token=home.admin_token(),
+                    addrs=tuple(p2p.addrs),
+                ),
+                pki=pki,
+            )
+
+            def addresses(peer: str) -> list[str]:
+                if peer == pki_node and config.pki:
+                    return [config.pki]
+                return service.addresses_of(peer)
+
+            network = Libp2pNetwork(p2p, addresses)
+            service.network = network
+            serve_node(p2p, service)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+                url = await nursery.start(serve_api, service, host, port)
+                written = home.api_file.with_name("api.tmp")  # never half a URL for clients
+                written.write_text(url + "\n")
+                written.replace(home.api_file)
+                try:
+                    nursery.start_soon(_keep_memory_flat, store)
+                    nursery.start_soon(_publish_addresses, service, key, p2p.addrs)
+                    if config.pki:
+                        nursery.start_soon(_follow_pki, service)
+                    if config.gc_interval > 0:
+                        nursery.start_soon(_collect_periodically, service, config.gc_interval)
+                    on_ready(node_id, url)
+                    await trio.sleep_forever()
+                finally:
+                    home.api_file.unlink(missing_ok=True)
+                    with trio.CancelScope(shield=True):
+                        await network.aclose()
     finally:
         store.close()
 

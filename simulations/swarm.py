@@ -8,10 +8,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.server import NodeService
+from node.server import NodeService, NodeSettings, PkiLog
+from node.store import Store
 from protocols import bats
 from protocols.cid import CID
+from protocols.crypto import SigningKey
 from protocols.errors import Corrupted, Unavailable
+from protocols.peerid import peer_id_of
+
+GiB = 1024**3
+
+
+def new_node(
+    store: Store,
+    *,
+    pki_node: str | None = None,
+    test_mode: bool = True,
+    default_quota: int = GiB,
+) -> NodeService:
+    """A node with a fresh key: the PKI node itself, or a mirror of `pki_node`."""
+    key = SigningKey.generate()
+    node_id = peer_id_of(key.public)
+    pki = PkiLog(store, pki_node or node_id, None if pki_node else key)
+    settings = NodeSettings(node_id=node_id, test_mode=test_mode, default_quota=default_quota)
+    return NodeService(store, settings, pki=pki)
 
 
 class LocalNetwork:

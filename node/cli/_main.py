@@ -218,10 +218,19 @@ def cmd_node_info(args: argparse.Namespace) -> None:
         except Unavailable:
             info["api"] = None
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, default=_json_value))
         return
     for key, value in info.items():
         print(f"{key:15} {value}")
+
+
+def _json_value(value: object) -> object:
+    """CIDs as their text, bytes as hex: what JSON cannot hold itself."""
+    if isinstance(value, CID):
+        return value.text
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _ask_node(method: str, args: dict[str, Any]) -> Any:
@@ -235,7 +244,7 @@ def _ask_node(method: str, args: dict[str, Any]) -> Any:
 def _print_record(record: dict[str, Any], as_json: bool) -> None:
     shown = {key: value.text if isinstance(value, CID) else value for key, value in record.items()}
     if as_json:
-        print(json.dumps(shown, indent=2, default=lambda value: value.hex()))
+        print(json.dumps(shown, indent=2, default=_json_value))
         return
     for key, value in shown.items():
         print(f"{key:15} {value.hex() if isinstance(value, bytes) else value}")

@@ -18,6 +18,7 @@ from typing import Any, Final, Protocol
 import trio
 
 from node.server._gc import collect_garbage, reachable_bytes
+from node.server._pki import PkiLog, SyncResult
 from node.store import Batch, Space, Store
 from protocols import accounts, bats, cbor, champ
 from protocols.blocks import MAX_BLOCKS_PER_PUT, verify_put
@@ -34,9 +35,10 @@ from protocols.errors import (
     NotFound,
     QuotaExceeded,
     TooLarge,
+    Unavailable,
 )
 from protocols.names import check_username
-from protocols.pki import Claim
+from protocols.pki import Claim, NodeRecord, record_from_cbor
 from protocols.pointers import PointerUpdate, check_update
 from protocols.writerdata import WriterData, controller_of
 
@@ -66,7 +68,8 @@ class Network(Protocol):
 
 # The calls that belong to a user's home node, and the argument that names the user: a node
 # that receives one for a user homed elsewhere forwards it there and relays the answer.
-IDENTITY_INDEX: Final = b"\x00identity:"  # PKI keyspace: identity key hash -> username
+PKI_PAGE: Final = 1000  # entries per PKI sync request
+PKI_SYNC_TIMEOUT: Final = 10  # seconds an on-demand PKI sync may take
 HOME_ARGUMENT: Final = {
     "block.put": "owner",
     "pointer.get": "owner",
@@ -85,6 +88,7 @@ class NodeSettings:
     test_mode: bool = False
     default_quota: int = GiB
     admin_token: str = ""  # empty: maintenance calls are refused
+    addrs: tuple[str, ...] = ()  # this node's full multiaddrs, once listening
 
 
 def _arg(args: Args, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -135,11 +139,17 @@ class NodeService:
     """One node's state and rules; transports call `call`."""
 
     def __init__(
-        self, store: Store, settings: NodeSettings, network: Network | None = None
+        self,
+        store: Store,
+        settings: NodeSettings,
+        network: Network | None = None,
+        pki: PkiLog | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.network = network
+        self.pki = pki
+        self._pki_sync = trio.Lock()
         self.stats: Counter[str] = Counter()
         self._write_lock = trio.Lock()
         self._blocks = StoreBlocks(store)
@@ -156,13 +166,13 @@ class NodeService:
         if not isinstance(args, dict):
             raise MalformedInput("call arguments must be a CBOR map")
         self.stats["calls"] += 1
-        home = self._foreign_home(method, args, requester)
+        home = await self._foreign_home(method, args, requester)
         if home is not None and self.network is not None:
             self.stats["forwarded"] += 1
             return await self.network.call(home, method, args)
         return await entry(self, args, requester)
 
-    def _foreign_home(self, method: str, args: Args, requester: bytes) -> str | None:
+    async def _foreign_home(self, method: str, args: Args, requester: bytes) -> str | None:
         """The home node of the user a call belongs to, when that is another node.
 
         Calls that came from another node are never forwarded again, so a stale PKI view
@@ -171,10 +181,11 @@ class NodeService:
         name = HOME_ARGUMENT.get(method)
         if name is None or requester or self.network is None:
             return None
-        return self._home_elsewhere(args.get(name))
+        return await self._home_elsewhere(args.get(name))
 
-    def _home_elsewhere(self, user: object) -> str | None:
-        """The home of a user (owner key hash or username) when it is not this node."""
+    async def _home_elsewhere(self, user: object) -> str | None:
+        """The home of a user (owner key hash or username) when it is not this node; a mirror
+        that does not know the user yet pulls new PKI entries once before answering."""
         if isinstance(user, CID) and user.is_identity:
             if self.store.has(Space.WRITERS, user.raw):
                 return None
@@ -185,6 +196,14 @@ class NodeService:
             home = self.home_of_username(user)
         else:
             return None
+        if home is None and self.pki is not None and self.pki.role == "mirror":
+            with trio.move_on_after(PKI_SYNC_TIMEOUT):
+                await self.sync_pki()
+            home = (
+                self.home_of_identity(user)
+                if isinstance(user, CID)
+                else self.home_of_username(user)
+            )
         return None if home in (None, self.settings.node_id) else home
 
     # -- blocks -------------------------------------------------------------------------
@@ -204,7 +223,7 @@ class NodeService:
         may drop it; served again from the cache, the auth is checked as the home would.
         """
         server, as_requester = self.node_id_bytes, requester
-        home = self._relay_home(owner, requester)
+        home = await self._relay_home(owner, requester)
         if home is not None:
             server, as_requester = home.encode(), self.node_id_bytes
             if not self.store.has_block(cid.raw) and self.network is not None:
@@ -226,11 +245,11 @@ class NodeService:
         self.stats["blocks_served"] += 1
         return data
 
-    def _relay_home(self, owner: CID | None, requester: bytes) -> str | None:
+    async def _relay_home(self, owner: CID | None, requester: bytes) -> str | None:
         """The home of `owner` when this node reads on a client's behalf for a foreign user."""
         if owner is None or requester or self.network is None:
             return None
-        return self._home_elsewhere(owner)
+        return await self._home_elsewhere(owner)
 
     def _owner_of(self, writer: CID) -> CID:
         owner = self.store.get(Space.WRITERS, writer.raw)
@@ -380,11 +399,60 @@ class NodeService:
         value: dict[str, Any] = cbor.decode(raw, limit=64 * 1024)
         return value
 
+    def _log(self) -> PkiLog:
+        if self.pki is None:
+            raise Unavailable("this node keeps no PKI log")
+        return self.pki
+
     def _claim(self, username: str) -> Claim:
-        raw = self.store.get(Space.PKI, username.encode())
-        if raw is None:
+        claim = self._log().lookup(username)
+        if claim is None:
             raise NotFound(f"unknown user {username!r}")
-        return Claim.from_cbor(cbor.decode(raw))
+        return claim
+
+    async def _claim_synced(self, username: str) -> Claim:
+        """The claim for `username`, pulling new PKI entries first when this mirror lacks it."""
+        if self._log().lookup(username) is None and self._log().role == "mirror":
+            with trio.move_on_after(PKI_SYNC_TIMEOUT):
+                await self.sync_pki()
+        return self._claim(username)
+
+    async def _submit(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Have a PKI record appended: here on the PKI node, else there (then pull it)."""
+        pki = self._log()
+        if pki.role == "root":
+            entry = await trio.to_thread.run_sync(pki.append, record_from_cbor(record))
+            return {"seq": entry.seq, "hash": entry.hash}
+        if self.network is None:
+            raise Unavailable("this node cannot reach its PKI node")
+        reply: dict[str, Any] = await self.network.call(
+            pki.pki_node, "pki.submit", {"record": record}
+        )
+        with trio.move_on_after(PKI_SYNC_TIMEOUT):
+            await self.sync_pki()
+        return reply
+
+    async def publish(self, record: NodeRecord) -> None:
+        """Put this node's record (its addresses) in the PKI."""
+        await self._submit({"node": record.to_cbor()})
+
+    async def sync_pki(self) -> SyncResult | None:
+        """Pull and apply new entries from the PKI node until caught up (mirrors only)."""
+        pki = self._log()
+        if pki.role == "root" or self.network is None:
+            return None
+        async with self._pki_sync:
+            while True:
+                page = await self.network.call(
+                    pki.pki_node, "pki.entries", {"after": pki.seq(), "limit": PKI_PAGE}
+                )
+                if not isinstance(page, dict):
+                    raise MalformedInput("the PKI node sent a malformed page")
+                result = await trio.to_thread.run_sync(
+                    pki.apply_from_mirror, page.get("entries"), page.get("head")
+                )
+                if result.refusal is not None or result.applied == 0:
+                    return result
 
     def _check_kdf(self, params: KdfParams) -> None:
         if not params.is_production_strength and not self.settings.test_mode:
@@ -418,17 +486,18 @@ class NodeService:
         account = cbor.encode(
             {"identity": owner, "login_key": login_key.to_cbor(), "data": login_data}
         )
+        if self.store.has(Space.WRITERS, owner.raw):
+            raise Conflict("this identity key is already registered")
+        # The PKI decides first (first come, first served, at the PKI node): a loser writes
+        # nothing here.
+        await self._submit({"claim": claim.to_cbor()})
         async with self._write_lock:
-            if self.store.has(Space.PKI, claim.username.encode()):
-                raise Conflict(f"the username {claim.username!r} is taken")
             if self.store.has(Space.WRITERS, owner.raw):
                 raise Conflict("this identity key is already registered")
             check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
             with self.store.batch(sync=True) as batch:
                 for cid, data in blocks:
                     self.store.put_block(batch, cid.raw, data)
-                batch.put(Space.PKI, claim.username.encode(), cbor.encode(claim.to_cbor()))
-                batch.put(Space.PKI, IDENTITY_INDEX + owner.raw, claim.username.encode())
                 batch.put(Space.ACCOUNTS, claim.username.encode(), account)
                 batch.put(Space.WRITERS, owner.raw, owner.raw)
                 batch.put(Space.BATS, bats.hashed_id(mirror_bat), mirror_bat)
@@ -521,22 +590,31 @@ class NodeService:
 
     def home_of_username(self, username: str) -> str | None:
         """The home node id the PKI names for `username`, None when it names none."""
-        try:
-            return self._claim(username).home
-        except NotFound:
-            return None
+        claim = None if self.pki is None else self.pki.lookup(username)
+        return None if claim is None else claim.home
 
     def home_of_identity(self, identity: CID) -> str | None:
         """The home node id of the user whose identity key hash is `identity`."""
-        raw = self.store.get(Space.PKI, IDENTITY_INDEX + identity.raw)
-        return None if raw is None else self.home_of_username(raw.decode())
+        username = None if self.pki is None else self.pki.owner(identity)
+        return None if username is None else self.home_of_username(username)
+
+    def addresses_of(self, node_id: str) -> list[str]:
+        """Full multiaddrs of a node, from its PKI node record."""
+        record = None if self.pki is None else self.pki.node_record(node_id)
+        if record is None:
+            return []
+        return [f"{addr}/p2p/{node_id}" for addr in record.addrs]
 
     # -- the rest of the method table -------------------------------------------------------
 
     async def node_info(self, args: Args, requester: bytes) -> dict[str, Any]:
+        head = None if self.pki is None else self.pki.head()
         return {
             "node": self.settings.node_id,
             "test_mode": self.settings.test_mode,
+            "addrs": list(self.settings.addrs),
+            "pki_role": None if self.pki is None else self.pki.role,
+            "pki_head": None if head is None else {"seq": head.seq, "hash": head.hash},
             "stats": dict(self.stats),
         }
 
@@ -564,7 +642,23 @@ class NodeService:
         return None if update is None else update.encode()
 
     async def pki_lookup(self, args: Args, requester: bytes) -> dict[str, Any]:
-        return self._claim(check_username(_username_arg(args))).to_cbor()
+        return (await self._claim_synced(check_username(_username_arg(args)))).to_cbor()
+
+    async def pki_status(self, args: Args, requester: bytes) -> dict[str, Any]:
+        return self._log().status().to_cbor()
+
+    async def pki_entries(self, args: Args, requester: bytes) -> dict[str, Any]:
+        after, limit = _arg(args, "after", int), _arg(args, "limit", int)
+        if after < 0 or not 1 <= limit <= PKI_PAGE:
+            raise MalformedInput(f"after must be >= 0 and limit 1-{PKI_PAGE}")
+        page = await trio.to_thread.run_sync(self._log().page, after, limit)
+        return page.to_cbor()
+
+    async def pki_submit(self, args: Args, requester: bytes) -> dict[str, Any]:
+        record = args.get("record")
+        if not isinstance(record, dict):
+            raise MalformedInput("record must be a PKI record map")
+        return await self._submit(record)
 
     async def admin_gc(self, args: Args, requester: bytes) -> dict[str, int]:
         token = _arg(args, "token", str)
@@ -587,5 +681,8 @@ METHODS: Final[dict[str, Handler]] = {
     "account.update": NodeService.update_login,
     "usage.get": NodeService.usage,
     "pki.lookup": NodeService.pki_lookup,
+    "pki.status": NodeService.pki_status,
+    "pki.entries": NodeService.pki_entries,
+    "pki.submit": NodeService.pki_submit,
     "admin.gc": NodeService.admin_gc,
 }

@@ -30,7 +30,7 @@ class Space(enum.Enum):
     BLOCKS = b"b"  # 8-byte sequence number -> block bytes
     BLOCK_INDEX = b"z"  # CID bytes -> sequence number ‖ varint size
     POINTERS = b"p"  # writer key hash -> signed pointer update
-    PKI = b"k"  # username -> claim
+    PKI = b"k"  # the PKI log, its heads and its index (node/server/_pki.py)
     ACCOUNTS = b"a"  # username -> login record
     WRITERS = b"w"  # writer key hash -> owner key hash
     BATS = b"t"  # mirror BAT id -> secret

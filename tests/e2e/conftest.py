@@ -1,9 +1,9 @@
 """Real processes: the `pyrgos` console script next to this Python, and real nodes.
 
-A node is `pyrgos node init --api 127.0.0.1:0 --test-mode` then `pyrgos node run` in its own
-process; clients find it through PYRGOS_HOME/api, as a user's shell would. Every wait is
-bounded: a node that does not come up, a command that hangs or a node that ignores SIGTERM fails
-the test instead of hanging it.
+A node is `pyrgos node init` (API and libp2p on 127.0.0.1, port 0, test mode) then
+`pyrgos node run` in its own process; clients find it through PYRGOS_HOME/api, as a user's
+shell would. Every wait is bounded: a node that does not come up, a command that hangs or a node
+that ignores SIGTERM fails the test instead of hanging it.
 """
 
 from __future__ import annotations
@@ -188,7 +188,16 @@ class NodeProcess:
 
 def init_node(home: Path) -> None:
     result = pyrgos(
-        "node", "init", "--home", home, "--api", "127.0.0.1:0", "--test-mode", env=base_env()
+        "node",
+        "init",
+        "--home",
+        home,
+        "--api",
+        "127.0.0.1:0",
+        "--test-mode",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        env=base_env(),
     )
     assert result.code == 0, str(result)
 

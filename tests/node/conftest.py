@@ -11,8 +11,9 @@ import trio
 
 from node.client import FileSystem, NodeApi, Session, signup
 from node.net import serve_api
-from node.server import NodeService, NodeSettings
+from node.server import NodeService
 from node.store import Store
+from simulations.swarm import new_node
 
 PASSWORD = "correct horse battery"
 
@@ -27,9 +28,7 @@ class RunningNode:
 @pytest.fixture
 async def running_node(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[RunningNode]:
     store = Store(tmp_path / "db")
-    service = NodeService(
-        store, NodeSettings(node_id="test-node", test_mode=True, default_quota=4 * 1024**3)
-    )
+    service = new_node(store, default_quota=4 * 1024**3)
     url = await nursery.start(serve_api, service, "127.0.0.1", 0)
     yield RunningNode(service, url, store)
     nursery.cancel_scope.cancel()

@@ -8,6 +8,7 @@ form of errors ({"error", "message"} in CBOR, 4xx) is checked too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,7 @@ import trio
 from node.client import FileSystem, NodeApi, Session, change_password, login, signup
 from node.client import _session as client_session
 from node.net import API_PREFIX, MAX_BODY_BYTES, serve_api
-from node.server import METHODS, NodeService, NodeSettings
+from node.server import METHODS, NodeService
 from node.server._service import StoreBlocks
 from node.store import Space, Store
 from protocols import accounts, bats, cbor, champ
@@ -47,6 +48,7 @@ from protocols.errors import (
 )
 from protocols.pointers import PointerUpdate
 from protocols.writerdata import WriterData
+from simulations.swarm import new_node
 from tests.node.conftest import PASSWORD, RunningNode
 
 TIMEOUT = 30
@@ -98,10 +100,8 @@ def owner_hash() -> CID:
     return SigningKey.generate().public.key_hash()
 
 
-async def start_node(
-    nursery: trio.Nursery, store: Store, node_id: str = "test-node", **settings: Any
-) -> RunningNode:
-    service = NodeService(store, NodeSettings(node_id=node_id, **settings))
+async def start_node(nursery: trio.Nursery, store: Store, **settings: Any) -> RunningNode:
+    service = new_node(store, **settings)
     url = await nursery.start(serve_api, service, "127.0.0.1", 0)
     return RunningNode(service, url, store)
 
@@ -203,7 +203,7 @@ async def http(running_node: RunningNode) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def small_quota_node(tmp_path: Path, nursery: trio.Nursery) -> RunningNode:
     return await start_node(
-        nursery, Store(tmp_path / "quota-db"), "quota-node", test_mode=True, default_quota=64 * 1024
+        nursery, Store(tmp_path / "quota-db"), test_mode=True, default_quota=64 * 1024
     )
 
 
@@ -341,7 +341,8 @@ async def test_login_signed_by_another_key_is_auth_failed(
 async def test_node_not_in_test_mode_refuses_the_small_kdf_profile(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    node = await start_node(nursery, Store(tmp_path / "prod-db"), "prod-node", test_mode=False)
+    node = await start_node(nursery, Store(tmp_path / "prod-db"), test_mode=False)
+    empty = snapshot(node.store)  # a new node holds only its empty PKI log
 
     async def claims_test_mode(api: NodeApi) -> bool:
         return True  # a client that (wrongly) offers the small profile to a production node
@@ -352,7 +353,9 @@ async def test_node_not_in_test_mode_refuses_the_small_kdf_profile(
             with pytest.raises(Denied, match="small KDF profile"):
                 await signup(api, "dave", PASSWORD)
     assert node.service.stats["calls"] > 0  # the refusal came from the node
-    assert all(not entries for entries in snapshot(node.store).values()), "nothing is stored"
+    assert snapshot(node.store) == empty, "nothing is stored"
+    assert node.service.pki is not None
+    assert node.service.pki.lookup("dave") is None
 
 
 async def test_production_node_refuses_a_small_kdf_password_change(
@@ -362,7 +365,11 @@ async def test_production_node_refuses_a_small_kdf_password_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The same store served by a node that is not in test mode.
-    prod = await start_node(nursery, running_node.store, "test-node", test_mode=False)
+    same = running_node.service
+    service = NodeService(
+        same.store, dataclasses.replace(same.settings, test_mode=False), pki=same.pki
+    )
+    prod = RunningNode(service, await nursery.start(serve_api, service, "127.0.0.1", 0), same.store)
     with trio.fail_after(TIMEOUT):
         async with NodeApi(prod.url) as api:
             with unchanged(prod.store), pytest.raises(Denied, match="below the production"):
@@ -999,10 +1006,11 @@ async def test_write_over_quota_changes_nothing(small_quota_node: RunningNode) -
 
 async def test_signup_over_quota_stores_nothing(tmp_path: Path, nursery: trio.Nursery) -> None:
     node = await start_node(
-        nursery, Store(tmp_path / "tiny-db"), "tiny-node", test_mode=True, default_quota=1024
+        nursery, Store(tmp_path / "tiny-db"), test_mode=True, default_quota=1024
     )
+    empty = snapshot(node.store)  # a new node holds only its empty PKI log
     with trio.fail_after(TIMEOUT):
         async with NodeApi(node.url) as api:
             with pytest.raises(QuotaExceeded, match="exceed the quota"):
                 await signup(api, "erin", PASSWORD)
-    assert all(not entries for entries in snapshot(node.store).values())
+    assert snapshot(node.store) == empty

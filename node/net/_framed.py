@@ -1,0 +1,174 @@
+"""CBOR frames over a Stream, with a size cap and a deadline on every read and write.
+
+Whatever the peer does (garbage, an oversized frame, a stall, a reset) surfaces as a typed
+PyrgosError; after one the stream is out of step and the caller must close it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import deque
+from typing import Final
+
+import trio
+
+from node.net._stream import Stream
+from protocols.cbor import CBORValue
+from protocols.errors import PyrgosError, Unavailable
+from protocols.frames import FrameDecoder, encode_frame
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BYTES: Final = 64 * 1024  # per read: with the frame cap, bounds what one stream holds
+DEFAULT_TIMEOUT: Final = 30.0  # seconds a peer may take to deliver a frame or accept one
+CLOSE_TIMEOUT: Final = 1.0
+
+
+class Stalled(Unavailable):
+    """A peer that stopped part-way through a frame, or stopped taking what we send."""
+
+
+class Framed:
+    """Sends and receives whole CBOR messages over `stream`.
+
+    Deadlines, so that a stalled peer wedges neither a reader nor a writer:
+    - a frame must arrive whole within `read_timeout` seconds of its first byte (a slow drip
+      does not extend it), else Stalled;
+    - between frames the stream may be idle for `idle_timeout` seconds (default: read_timeout;
+      math.inf: no limit), counted from the later of the call to `receive` and our last send
+      (not while a send is under way: its own deadline runs), else Unavailable;
+    - `send` must hand its frame to the stream within `write_timeout` (default: read_timeout),
+      else Stalled.
+    Sends from several tasks are serialised; one task at a time may receive.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        max_frame: int,
+        read_timeout: float = DEFAULT_TIMEOUT,
+        *,
+        idle_timeout: float | None = None,
+        write_timeout: float | None = None,
+    ) -> None:
+        self.stream = stream
+        self.read_timeout = read_timeout
+        self.idle_timeout = read_timeout if idle_timeout is None else idle_timeout
+        self.write_timeout = read_timeout if write_timeout is None else write_timeout
+        self._decoder = FrameDecoder(max_frame)
+        self._ready: deque[CBORValue] = deque()
+        self._send_lock = trio.Lock()
+        self._frame_started: float | None = None  # when the first byte of a partial frame came
+        self._idle_scope: trio.CancelScope | None = None  # a receive waiting between frames
+        self._sending = False
+        self._eof = False
+        self._failure: PyrgosError | None = None
+
+    async def send(self, value: CBORValue) -> None:
+        """Send one message. Stalled if the peer will not take it in time, Unavailable if the
+        stream is gone. A value CBOR cannot carry raises before anything is sent."""
+        frame = encode_frame(value)
+        async with self._send_lock:
+            self._check()
+            self._sending = True
+            self._extend_idle()  # while a frame goes out, its own deadline is the one that runs
+            try:
+                with trio.fail_after(self.write_timeout):
+                    await self.stream.send_all(frame)
+            except trio.TooSlowError:
+                raise self._fail(
+                    Stalled(f"the peer did not accept a frame within {self.write_timeout} s")
+                ) from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise self._fail(Unavailable("the stream was closed or reset")) from exc
+            except BaseException:
+                # Cancelled mid-frame: the peer may hold half a frame, so nothing may follow.
+                self._fail(Unavailable("a send on this stream was interrupted"))
+                raise
+            finally:
+                self._sending = False
+            self._extend_idle()
+
+    async def receive(self) -> CBORValue | None:
+        """The next message; None when the peer ended the stream cleanly between frames.
+
+        Raises Stalled or Unavailable past a deadline (see the class) or when the stream is
+        reset, TooLarge for a frame over the cap, MalformedInput for anything that is not a
+        canonical CBOR frame (including a stream that ends inside one).
+        """
+        if self._ready:
+            return self._ready.popleft()
+        self._check()
+        if self._eof:
+            return None
+        try:
+            with trio.CancelScope() as scope:
+                self._set_deadline(scope)
+                while not self._ready:
+                    data = await self.stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        self._decoder.end()
+                        self._eof = True
+                        return None
+                    messages = self._decoder.feed(data)
+                    self._ready.extend(messages)
+                    if not self._decoder.in_frame:
+                        self._frame_started = None
+                    elif messages or self._frame_started is None:
+                        self._frame_started = trio.current_time()
+                    self._set_deadline(scope)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise self._fail(Unavailable("the stream was closed or reset")) from exc
+        except PyrgosError as exc:
+            raise self._fail(exc) from None
+        finally:
+            self._idle_scope = None
+        if scope.cancelled_caught:
+            if self._frame_started is not None:
+                stalled = f"the peer stalled inside a frame for {self.read_timeout} s"
+                raise self._fail(Stalled(stalled))
+            raise self._fail(Unavailable(f"the peer sent nothing for {self.idle_timeout} s"))
+        return self._ready.popleft()
+
+    def _set_deadline(self, scope: trio.CancelScope) -> None:
+        if self._frame_started is not None:
+            self._idle_scope = None
+            scope.deadline = self._frame_started + self.read_timeout
+        else:
+            self._idle_scope = scope
+            self._extend_idle()
+
+    def _extend_idle(self) -> None:
+        if self._idle_scope is not None:
+            idle = math.inf if self._sending else self.idle_timeout
+            self._idle_scope.deadline = trio.current_time() + idle
+
+    async def aclose(self) -> None:
+        """Close the stream (idempotent; never raises for a stream already broken)."""
+        self._fail(Unavailable("the stream is closed"))
+        # Closing is best effort: a reset stream may raise, a wedged one may not return.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(CLOSE_TIMEOUT),
+            contextlib.suppress(Exception),
+        ):
+            await self.stream.aclose()
+
+    def _check(self) -> None:
+        if self._failure is not None:  # a fresh error each time: no traceback piles up
+            raise type(self._failure)(self._failure.message)
+
+    def _fail(self, error: PyrgosError) -> PyrgosError:
+        if self._failure is None:
+            self._failure = error
+        return error
+
+
+def log_stream_end(protocol: str, peer: str, error: PyrgosError) -> None:
+    """A peer that went quiet or away is news; one that broke the protocol is an error."""
+    if type(error) is Unavailable:
+        log.info("%s stream with %s ended: %s", protocol, peer, error.message)
+    else:
+        log.error("%s stream with %s closed: %s (%s)", protocol, peer, error.message, error.code)

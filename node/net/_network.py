@@ -1,0 +1,95 @@
+"""The Network a running node uses: the tunnel and the block exchange over libp2p.
+
+Peers are found without a DHT: a node id resolves to the addresses its PKI node record lists
+(or, for the PKI node itself, to the multiaddr this node was configured with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import trio
+
+from node.net._blocks import fetch_blocks, serve_blocks
+from node.net._host import Host
+from node.net._rpc import RpcClient, serve_rpc
+from node.server import NodeService
+from protocols.bats import ReadAuth
+from protocols.cid import CID
+from protocols.errors import Unavailable
+
+RPC_PROTOCOL: Final = "/pyrgos/rpc/1.0.0"
+BLOCKS_PROTOCOL: Final = "/pyrgos/blocks/1.0.0"
+
+Addresses = Callable[[str], Sequence[str]]  # node id -> its full multiaddrs
+
+
+class Libp2pNetwork:
+    """Calls and block fetches to other nodes; one pipelined RPC stream per peer, reopened
+    when it breaks."""
+
+    def __init__(self, host: Host, addresses: Addresses) -> None:
+        self._host = host
+        self._addresses = addresses
+        self._clients: dict[str, RpcClient] = {}
+        self._opening: dict[str, trio.Lock] = {}
+
+    def _dial_addresses(self, node_id: str) -> Sequence[str]:
+        addrs = self._addresses(node_id)
+        if not addrs and not self._host.is_connected(node_id):
+            raise Unavailable(f"no address is known for node {node_id}")
+        return addrs
+
+    async def _client(self, node_id: str) -> RpcClient:
+        lock = self._opening.setdefault(node_id, trio.Lock())
+        async with lock:
+            client = self._clients.get(node_id)
+            if client is None:
+                stream = await self._host.open_stream(
+                    node_id, self._dial_addresses(node_id), RPC_PROTOCOL
+                )
+                client = self._clients[node_id] = RpcClient(stream)
+            return client
+
+    async def call(self, node_id: str, method: str, args: dict[str, Any]) -> Any:
+        for attempt in range(2):
+            client = await self._client(node_id)
+            try:
+                return await client.call(method, args)
+            except Unavailable:
+                # The stream broke (a restart, a reset): forget it; one fresh try.
+                if self._clients.get(node_id) is client:
+                    del self._clients[node_id]
+                await client.aclose()
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def fetch_block(self, node_id: str, cid: CID, auth: ReadAuth | None) -> bytes:
+        stream = await self._host.open_stream(
+            node_id, self._dial_addresses(node_id), BLOCKS_PROTOCOL
+        )
+        try:
+            return (await fetch_blocks([stream], [(cid, auth)]))[cid]
+        finally:
+            await stream.aclose()
+
+    async def aclose(self) -> None:
+        for client in list(self._clients.values()):
+            await client.aclose()
+        self._clients.clear()
+
+
+def serve_node(host: Host, service: NodeService) -> None:
+    """Answer other nodes: the method table on the tunnel, blocks on the exchange; the peer id
+    that Noise authenticated is the requester every rule sees."""
+
+    async def rpc(stream: Any, peer_id: str) -> None:
+        await serve_rpc(stream, peer_id, service.call)
+
+    async def blocks(stream: Any, peer_id: str) -> None:
+        await serve_blocks(stream, peer_id, service.get_block)
+
+    host.set_handler(RPC_PROTOCOL, rpc)
+    host.set_handler(BLOCKS_PROTOCOL, blocks)

@@ -1,0 +1,104 @@
+"""Frames: an unsigned varint length, then one canonical CBOR message (DESIGN §8).
+
+`FrameDecoder` is sans-I/O: it takes bytes as they arrive and returns whole messages. It refuses a
+declared length over its cap before buffering the body, so it never holds more than one frame.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from protocols import cbor
+from protocols.cbor import CBORValue
+from protocols.cid import decode_varint, encode_varint
+from protocols.errors import MalformedInput, TooLarge
+
+MAX_LENGTH_BYTES: Final = 9  # a varint of 9 bytes already declares more than any cap we use
+
+
+def encode_frame(value: CBORValue) -> bytes:
+    """One frame: varint(len(body)) ‖ body, body the canonical CBOR of `value`."""
+    body = cbor.encode(value)
+    return encode_varint(len(body)) + body
+
+
+class FrameDecoder:
+    """Splits a byte stream into CBOR messages, each at most `max_frame` bytes of body.
+
+    After it raises (TooLarge for a declared length over the cap, MalformedInput for anything
+    else) the decoder stays failed: the stream is out of step and must be closed.
+    """
+
+    def __init__(self, max_frame: int) -> None:
+        if max_frame < 1:
+            raise ValueError("max_frame must be positive")
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._length: int | None = None  # declared body length of the frame being read
+        self._failed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete (at most max_frame + 9)."""
+        return len(self._buffer)
+
+    @property
+    def in_frame(self) -> bool:
+        """Part of a frame has been fed and the rest has not."""
+        return bool(self._buffer) or self._length is not None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[CBORValue]:
+        """Take the next bytes of the stream; return the messages they complete, in order."""
+        if self._failed:
+            raise MalformedInput("the frame decoder already failed on this stream")
+        self._buffer += data
+        try:
+            return self._drain()
+        except (MalformedInput, TooLarge):
+            self._failed = True
+            self._buffer.clear()
+            raise
+
+    def end(self) -> None:
+        """The stream ended: fine between frames, MalformedInput inside one."""
+        if self._failed:
+            raise MalformedInput("the frame decoder already failed on this stream")
+        if self.in_frame:
+            self._failed = True
+            raise MalformedInput("the stream ended inside a frame")
+
+    def _drain(self) -> list[CBORValue]:
+        messages: list[CBORValue] = []
+        start = 0
+        buffer = self._buffer
+        while True:
+            if self._length is None:
+                length_end = _varint_end(buffer, start)
+                if length_end is None:
+                    break
+                length, _ = decode_varint(bytes(buffer[start:length_end]), 0, MAX_LENGTH_BYTES)
+                start = length_end
+                if length > self.max_frame:
+                    raise TooLarge(
+                        f"a frame of {length} bytes is over the limit of {self.max_frame}"
+                    )
+                if length == 0:
+                    raise MalformedInput("empty frame")
+                self._length = length
+            if len(buffer) - start < self._length:
+                break
+            end = start + self._length
+            messages.append(cbor.decode(bytes(buffer[start:end]), limit=self.max_frame))
+            start, self._length = end, None
+        del buffer[:start]
+        return messages
+
+
+def _varint_end(buffer: bytearray, start: int) -> int | None:
+    """Offset just past a varint starting at `start`, or None if it is not complete yet."""
+    for i in range(start, min(len(buffer), start + MAX_LENGTH_BYTES)):
+        if not buffer[i] & 0x80:
+            return i + 1
+    if len(buffer) - start >= MAX_LENGTH_BYTES:
+        raise MalformedInput("frame length varint too long")
+    return None
