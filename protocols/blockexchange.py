@@ -58,7 +58,7 @@ MAX_REQUEST_FRAME: Final = 64 * 1024  # 256 wants of ≤ 137 bytes each fit with
 MAX_ANSWER_FRAME: Final = MAX_BLOCK_BYTES + 1024  # one block and its envelope
 MAX_QUEUED: Final = 1024  # wants a server holds per stream: bounds its memory (~150 KiB)
 MAX_WINDOW: Final = MAX_QUEUED
-DEFAULT_WINDOW: Final = 64  # 64 blocks of 4 KiB blocks cover a 10 ms round trip at 200 Mbit/s
+DEFAULT_WINDOW: Final = 64  # 64 blocks of 4 KiB cover a 10 ms round trip at 200 Mbit/s
 MAX_DENIED_CHARS: Final = 256
 
 Want = tuple[CID, ReadAuth | None]

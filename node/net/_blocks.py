@@ -76,7 +76,9 @@ async def serve_blocks(
                     await changed.park()
                     continue
                 cid, auth = want
-                await framed.send(answer_for(cid, await _outcome(get_block, cid, auth, requester)))
+                with framed.working():
+                    outcome = await _outcome(get_block, cid, auth, requester)
+                    await framed.send(answer_for(cid, outcome))
         except PyrgosError as exc:  # the stream failed
             stop(exc)
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 from collections import deque
+from collections.abc import Iterator
 from typing import Final
 
 import trio
@@ -38,7 +39,8 @@ class Framed:
       does not extend it), else Stalled;
     - between frames the stream may be idle for `idle_timeout` seconds (default: read_timeout;
       math.inf: no limit), counted from the later of the call to `receive` and our last send
-      (not while a send is under way: its own deadline runs), else Unavailable;
+      (not while a send is under way, nor while we are `working` on the peer's requests: a
+      stream that waits for us is not idle), else Unavailable;
     - `send` must hand its frame to the stream within `write_timeout` (default: read_timeout),
       else Stalled.
     Sends from several tasks are serialised; one task at a time may receive.
@@ -63,6 +65,7 @@ class Framed:
         self._frame_started: float | None = None  # when the first byte of a partial frame came
         self._idle_scope: trio.CancelScope | None = None  # a receive waiting between frames
         self._sending = False
+        self._working = 0  # requests of the peer we are still answering
         self._eof = False
         self._failure: PyrgosError | None = None
 
@@ -140,9 +143,20 @@ class Framed:
             self._idle_scope = scope
             self._extend_idle()
 
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Mark the stream busy while we answer the peer: the idle deadline waits."""
+        self._working += 1
+        self._extend_idle()
+        try:
+            yield
+        finally:
+            self._working -= 1
+            self._extend_idle()
+
     def _extend_idle(self) -> None:
         if self._idle_scope is not None:
-            idle = math.inf if self._sending else self.idle_timeout
+            idle = math.inf if self._sending or self._working else self.idle_timeout
             self._idle_scope.deadline = trio.current_time() + idle
 
     async def aclose(self) -> None:

@@ -54,14 +54,15 @@ async def serve_rpc(
 
     async def answer(message: CBORValue) -> None:
         try:
-            reply = await _reply(message, dispatch, requester)
-            try:
-                await framed.send(reply)
-            except PyrgosError:
-                raise
-            except Exception as exc:  # encoding the result failed; nothing was sent
-                log.exception("an rpc result CBOR cannot carry")
-                await framed.send(rpc.error_reply(reply["id"], exc))
+            with framed.working():
+                reply = await _reply(message, dispatch, requester)
+                try:
+                    await framed.send(reply)
+                except PyrgosError:
+                    raise
+                except Exception as exc:  # encoding the result failed; nothing was sent
+                    log.exception("an rpc result CBOR cannot carry")
+                    await framed.send(rpc.error_reply(reply["id"], exc))
         except PyrgosError as exc:  # the stream failed, or the request had no usable id
             stop(exc)
         finally:
