@@ -5,8 +5,6 @@ Every test binds 127.0.0.1 port 0 only and runs under trio.fail_after.
 
 from __future__ import annotations
 
-import contextlib
-
 import hashlib
 import logging
 import os
@@ -411,7 +409,7 @@ async def test_garbage_connections_do_not_disturb_the_host(tmp_path: Path) -> No
             for garbage in (os.urandom(5000), b"\x13/multistream/1.0.0\n" + os.urandom(500)):
                 raw = await trio.open_tcp_stream("127.0.0.1", port)
                 # The host may hang up at any point of this: that is the point.
-                with trio.move_on_after(0.5), contextlib.suppress(trio.BrokenResourceError):
+                with trio.move_on_after(0.5), suppress(trio.BrokenResourceError):
                     await raw.send_all(garbage)
                     await raw.receive_some(100)
                 await raw.aclose()
