@@ -25,9 +25,10 @@ def new_node(
     pki_node: str | None = None,
     test_mode: bool = True,
     default_quota: int = GiB,
+    key: SigningKey | None = None,
 ) -> NodeService:
-    """A node with a fresh key: the PKI node itself, or a mirror of `pki_node`."""
-    key = SigningKey.generate()
+    """A node with `key` (default: a fresh one): the PKI node itself, or a mirror of `pki_node`."""
+    key = key or SigningKey.generate()
     node_id = peer_id_of(key.public)
     pki = PkiLog(store, pki_node or node_id, None if pki_node else key)
     settings = NodeSettings(node_id=node_id, test_mode=test_mode, default_quota=default_quota)
