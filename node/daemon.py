@@ -64,11 +64,13 @@ async def _publish_addresses(service: NodeService, key: SigningKey, addrs: list[
     """Put this node's addresses in the PKI (a node record), retrying until the PKI node
     answers: other nodes find this one by them."""
     plain = [addr.split("/p2p/")[0] for addr in addrs]
-    record = NodeRecord.create(key, plain, int(time.time()))
     delay = 1.0
     while True:
+        # Numbered after the last record the PKI holds, even if the clock stepped back.
+        last = None if service.pki is None else service.pki.node_record(service.settings.node_id)
+        seq = max(int(time.time()), 0 if last is None else last.seq + 1)
         try:
-            await service.publish(record)
+            await service.publish(NodeRecord.create(key, plain, seq))
             return
         except PyrgosError as exc:
             log.warning("could not publish this node's addresses yet: %s", exc.message)
@@ -121,7 +123,7 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                     return [config.pki]
                 return service.addresses_of(peer)
 
-            network = Libp2pNetwork(p2p, addresses)
+            network = Libp2pNetwork(p2p, addresses, refresh=service.sync_pki)
             service.network = network
             serve_node(p2p, service)
             async with trio.open_nursery() as nursery:

@@ -6,7 +6,7 @@ Peers are found without a DHT: a node id resolves to the addresses its PKI node 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import trio
@@ -14,11 +14,13 @@ import trio
 from node.net._blocks import fetch_blocks, serve_blocks
 from node.net._host import Host
 from node.net._rpc import RpcClient, serve_rpc
+from node.net._stream import Stream
 from node.server import NodeService
 from protocols.bats import ReadAuth
 from protocols.cid import CID
 from protocols.errors import Unavailable
 
+REFRESH_TIMEOUT: Final = 10  # seconds a PKI pull may take before a redial
 RPC_PROTOCOL: Final = "/pyrgos/rpc/1.0.0"
 BLOCKS_PROTOCOL: Final = "/pyrgos/blocks/1.0.0"
 
@@ -29,9 +31,15 @@ class Libp2pNetwork:
     """Calls and block fetches to other nodes; one pipelined RPC stream per peer, reopened
     when it breaks."""
 
-    def __init__(self, host: Host, addresses: Addresses) -> None:
+    def __init__(
+        self,
+        host: Host,
+        addresses: Addresses,
+        refresh: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self._host = host
         self._addresses = addresses
+        self._refresh = refresh  # pulls new PKI entries: a peer may have moved
         self._clients: dict[str, RpcClient] = {}
         self._opening: dict[str, trio.Lock] = {}
 
@@ -41,15 +49,24 @@ class Libp2pNetwork:
             raise Unavailable(f"no address is known for node {node_id}")
         return addrs
 
+    async def _open(self, node_id: str, protocol: str) -> Stream:
+        """A stream to `node_id`; if dialing fails, pull the PKI once (the peer may have moved
+        to new addresses) and dial again."""
+        try:
+            return await self._host.open_stream(node_id, self._dial_addresses(node_id), protocol)
+        except Unavailable:
+            if self._refresh is None:
+                raise
+            with trio.move_on_after(REFRESH_TIMEOUT):
+                await self._refresh()
+            return await self._host.open_stream(node_id, self._dial_addresses(node_id), protocol)
+
     async def _client(self, node_id: str) -> RpcClient:
         lock = self._opening.setdefault(node_id, trio.Lock())
         async with lock:
             client = self._clients.get(node_id)
             if client is None:
-                stream = await self._host.open_stream(
-                    node_id, self._dial_addresses(node_id), RPC_PROTOCOL
-                )
-                client = self._clients[node_id] = RpcClient(stream)
+                client = self._clients[node_id] = RpcClient(await self._open(node_id, RPC_PROTOCOL))
             return client
 
     async def call(self, node_id: str, method: str, args: dict[str, Any]) -> Any:
@@ -67,9 +84,7 @@ class Libp2pNetwork:
         raise AssertionError("unreachable")
 
     async def fetch_block(self, node_id: str, cid: CID, auth: ReadAuth | None) -> bytes:
-        stream = await self._host.open_stream(
-            node_id, self._dial_addresses(node_id), BLOCKS_PROTOCOL
-        )
+        stream = await self._open(node_id, BLOCKS_PROTOCOL)
         try:
             return (await fetch_blocks([stream], [(cid, auth)]))[cid]
         finally:

@@ -186,7 +186,8 @@ class NodeProcess:
         assert not self.api_file.exists(), "a stopped node left its api file behind"
 
 
-def init_node(home: Path) -> None:
+def init_node(home: Path, *options: str) -> None:
+    """`pyrgos node init` for 127.0.0.1 port 0 in test mode; `options` add to it (`--pki`)."""
     result = pyrgos(
         "node",
         "init",
@@ -197,6 +198,7 @@ def init_node(home: Path) -> None:
         "--test-mode",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        *options,
         env=base_env(),
     )
     assert result.code == 0, str(result)
