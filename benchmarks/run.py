@@ -1,7 +1,8 @@
 """pyrgos benchmarks: the CLI and a node process on this machine, as a user would run them.
 
 Prints one table: each figure beside a reference measured in the same run (the raw primitive,
-or the same operation at a smaller size) and its target. Run with `make bench`.
+or the same operation at a smaller size) and its target. Run with `make bench`. The node-to-node
+rows come from benchmarks/network.py (`--network-only` runs just those).
 """
 
 from __future__ import annotations
@@ -352,11 +353,18 @@ def print_table(rows: list[Row]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="32 MiB and 100 MiB only")
+    parser.add_argument(
+        "--network-only", action="store_true", help="only node to node (benchmarks/network.py)"
+    )
     args = parser.parse_args()
     sizes = [32 * MiB, 100 * MiB] if args.quick else [100 * MiB, GiB]
     work = Path(tempfile.mkdtemp(prefix="pyrgos-bench-"))
     try:
-        print_table(run(sizes, work))
+        from network import run_network  # this directory: it imports this module's helpers
+
+        rows = [] if args.network_only else run(sizes, work)
+        rows += run_network(work / "network")
+        print_table(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
