@@ -201,7 +201,7 @@ class Uploader:
         writer: SigningKey,
         nursery: trio.Nursery,
         *,
-        parallel: int = 2,
+        parallel: int = 4,
     ) -> None:
         self.upload = new_upload_id()
         self._api, self._owner, self._writer = api, owner, writer
