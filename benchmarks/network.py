@@ -20,7 +20,6 @@ import os
 import random
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
-from run import BIN, PASSWORD, USER, GiB, MiB, Row, print_table, write_random
+from run import BIN, PASSWORD, USER, GiB, MiB, Node, Row, print_table, write_random
 
 LOCALHOST: Final = "127.0.0.1"
 BULK: Final = GiB  # each bulk transfer
@@ -463,41 +462,6 @@ async def measure_hosts(
 # -- upload through a non-home node -------------------------------------------------------------
 
 
-class NodeProcess:
-    """A node started through the CLI (`node init --test-mode`, `node run`)."""
-
-    def __init__(self, work: Path, name: str, env: dict[str, str], *extra: str) -> None:
-        self.env = dict(env, PYRGOS_HOME=str(work / name))
-        args = ["node", "init", "--api", f"{LOCALHOST}:0", "--listen", f"/ip4/{LOCALHOST}/tcp/0"]
-        cli(self.env, *args, "--test-mode", "--quota", "16GiB", *extra)
-        self.process = subprocess.Popen(
-            [str(BIN), "node", "run"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            info = json.loads(cli(self.env, "node", "info", "--json"))
-            if info["running"]:
-                break
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"node {name} did not start")
-            time.sleep(0.1)
-        self.url: str = info["api"]
-        self.addr: str = next(addr for addr in info["listen"] if "/p2p/" in addr)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 def cli(env: dict[str, str], *args: str, limit: float = CLI_LIMIT) -> str:
     """Run one CLI command within `limit` seconds; its standard output."""
     try:
@@ -519,11 +483,11 @@ def measure_uploads(work: Path) -> dict[str, Any]:
     local, warm = work / "upload", work / "warm-up"
     write_random(local, UPLOAD)
     write_random(warm, MiB)
-    nodes: list[NodeProcess] = []
+    nodes: list[Node] = []
     try:
-        home = NodeProcess(work, "home-node", env)
+        home = Node(work, test_mode=True, name="home-node")
         nodes.append(home)
-        other = NodeProcess(work, "other-node", env, "--pki", home.addr)
+        other = Node(work, test_mode=True, name="other-node", init=("--pki", home.addr()))
         nodes.append(other)
         via_home, via_other = dict(env, PYRGOS_NODE=home.url), dict(env, PYRGOS_NODE=other.url)
         cli(via_home, "signup", USER)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +74,10 @@ def measure_leveldb(work: Path) -> float:
 class Node:
     """A node process started through the CLI, and the client environment that reaches it."""
 
-    def __init__(self, work: Path, *, test_mode: bool) -> None:
-        self.home = work / "node"
+    def __init__(
+        self, work: Path, *, test_mode: bool, name: str = "node", init: Sequence[str] = ()
+    ) -> None:
+        self.home = work / name
         self.env = dict(
             os.environ,
             PYRGOS_HOME=str(self.home),
@@ -82,7 +86,7 @@ class Node:
         )
         self.env.pop("PYRGOS_NODE", None)
         args = ["node", "init", "--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0"]
-        args += ["--quota", "16GiB"]
+        args += ["--quota", "16GiB", *init]
         self.cli(*args, *(["--test-mode"] if test_mode else []))
         self.process = subprocess.Popen(
             [str(BIN), "node", "run"],
@@ -93,8 +97,18 @@ class Node:
         deadline = time.monotonic() + 30
         while not (self.home / "api").exists():
             if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the node did not start")
+                self.stop()
+                raise RuntimeError(f"the node {name} did not start")
             time.sleep(0.05)
+        self.url = (self.home / "api").read_text().strip()
+
+    def addr(self) -> str:
+        """The node's full libp2p multiaddr (…/p2p/ID), as other nodes dial it."""
+        info = subprocess.run(
+            [str(BIN), "node", "info", "--json"], env=self.env, capture_output=True, timeout=60
+        )
+        listen: list[str] = json.loads(info.stdout)["listen"]
+        return next(addr for addr in listen if "/p2p/" in addr)
 
     def cli(self, *args: str, stdout: int | None = subprocess.DEVNULL) -> tuple[float, int]:
         """Run one CLI command; return (seconds, its peak RSS in bytes).
@@ -120,7 +134,8 @@ class Node:
         return vm_hwm(self.process.pid)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
