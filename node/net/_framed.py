@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 RECEIVE_BYTES: Final = 64 * 1024  # per read: with the frame cap, bounds what one stream holds
 DEFAULT_TIMEOUT: Final = 30.0  # seconds a peer may take to deliver a frame or accept one
 CLOSE_TIMEOUT: Final = 1.0
+COALESCE_BYTES: Final = 256 * 1024  # small frames queued together go out in one write up to this
 
 
 class Stalled(Unavailable):
@@ -62,6 +63,9 @@ class Framed:
         self._decoder = FrameDecoder(max_frame)
         self._ready: deque[CBORValue] = deque()
         self._send_lock = trio.Lock()
+        self._outbox: deque[bytes] = deque()  # frames waiting for the next write
+        self._queued = 0  # frames ever handed to `send`
+        self._written = 0  # frames ever written (in order)
         self._frame_started: float | None = None  # when the first byte of a partial frame came
         self._idle_scope: trio.CancelScope | None = None  # a receive waiting between frames
         self._sending = False
@@ -71,15 +75,29 @@ class Framed:
 
     async def send(self, value: CBORValue) -> None:
         """Send one message. Stalled if the peer will not take it in time, Unavailable if the
-        stream is gone. A value CBOR cannot carry raises before anything is sent."""
-        frame = encode_frame(value)
+        stream is gone. A value CBOR cannot carry raises before anything is sent.
+
+        Frames that tasks hand in while another send is under way go out together in the next
+        write: each write costs the stream a Yamux frame and a Noise seal, so many small
+        answers cost little more than one.
+        """
+        self._outbox.append(encode_frame(value))
+        self._queued += 1
+        mine = self._queued
         async with self._send_lock:
             self._check()
             self._sending = True
             self._extend_idle()  # while a frame goes out, its own deadline is the one that runs
             try:
                 with trio.fail_after(self.write_timeout):
-                    await self.stream.send_all(frame)
+                    while self._written < mine:  # earlier holders may have written ours
+                        batch = [self._outbox.popleft()]
+                        size = len(batch[0])
+                        while self._outbox and size + len(self._outbox[0]) <= COALESCE_BYTES:
+                            size += len(self._outbox[0])
+                            batch.append(self._outbox.popleft())
+                        await self.stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                        self._written += len(batch)
             except trio.TooSlowError:
                 raise self._fail(
                     Stalled(f"the peer did not accept a frame within {self.write_timeout} s")

@@ -128,7 +128,7 @@ async def test_calls_are_pipelined_and_matched_by_id(nursery: trio.Nursery) -> N
                     callers.start_soon(one, i)
     assert sorted(arrived) == list(range(calls))  # all eight were in the server at once
     assert results == {i: i * 10 for i in range(calls)}
-    assert recorder.sends == calls  # one frame per call, no extra round trips
+    assert 1 <= recorder.sends <= calls  # one frame per call, sharing writes: no extra trips
 
 
 async def test_the_server_runs_at_most_max_concurrent_calls(nursery: trio.Nursery) -> None:
