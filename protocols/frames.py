@@ -88,7 +88,9 @@ class FrameDecoder:
             if len(buffer) - start < self._length:
                 break
             end = start + self._length
-            messages.append(cbor.decode(bytes(buffer[start:end]), limit=self.max_frame))
+            with memoryview(buffer) as view:  # one copy of the body, not two
+                body = bytes(view[start:end])
+            messages.append(cbor.decode(body, limit=self.max_frame))
             start, self._length = end, None
         del buffer[:start]
         return messages
