@@ -204,13 +204,8 @@ def cmd_node_info(args: argparse.Namespace) -> None:
         "quota": config.quota,
     }
     if info["api"]:
-
-        async def ask() -> Any:
-            async with NodeApi(info["api"], timeout=5) as api:
-                return await api.call("node.info")
-
         try:
-            live = trio.run(ask)
+            live = _ask_node("node.info", {}, url=info["api"], timeout=5)
             info["running"] = True
             info["listen"] = live.get("addrs") or info["listen"]
             info["pki_head"] = live.get("pki_head")
@@ -233,9 +228,13 @@ def _json_value(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _ask_node(method: str, args: dict[str, Any]) -> Any:
+def _ask_node(
+    method: str, args: dict[str, Any], *, url: str | None = None, timeout: float = 30
+) -> Any:
+    """One call to a node (default: the one clients use) from a command without a session."""
+
     async def ask() -> Any:
-        async with NodeApi(node_url(), timeout=30) as api:
+        async with NodeApi(url or node_url(), timeout=timeout) as api:
             return await api.call(method, args)
 
     return trio.run(ask)
@@ -272,13 +271,8 @@ def cmd_node_gc(args: argparse.Namespace) -> None:
     home.require()
     url = home.running_api()
     if url is not None:
-
-        async def remote() -> Any:
-            async with NodeApi(url) as api:
-                return await api.call("admin.gc", {"token": home.admin_token()})
-
         try:
-            result = trio.run(remote)
+            result = _ask_node("admin.gc", {"token": home.admin_token()}, url=url, timeout=120)
         except Unavailable:
             result = collect_offline(home)
     else:

@@ -204,18 +204,22 @@ def init_node(home: Path, *options: str) -> None:
     assert result.code == 0, str(result)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    """A running node (initialised in tmp_path/node); its URL is `node.url`."""
-    home = tmp_path / "node"
-    init_node(home)
-    running = NodeProcess(home, tmp_path / "node.log")
+def running_node(root: Path) -> Iterator[NodeProcess]:
+    """A node initialised in root/node and running until the generator is closed."""
+    init_node(root / "node")
+    running = NodeProcess(root / "node", root / "node.log")
     try:
         running.start()
         yield running
     finally:
         if running.process is not None:
             running.stop_cleanly()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A running node (initialised in tmp_path/node); its URL is `node.url`."""
+    yield from running_node(tmp_path)
 
 
 def client(node: NodeProcess, root: Path, profile: str) -> Cli:
@@ -238,15 +242,7 @@ def cli(node: NodeProcess, tmp_path: Path) -> Cli:
 @pytest.fixture(scope="module")
 def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One node for many short tests that do not change it much (bad-input checks)."""
-    root = tmp_path_factory.mktemp("shared")
-    init_node(root / "node")
-    running = NodeProcess(root / "node", root / "node.log")
-    try:
-        running.start()
-        yield running
-    finally:
-        if running.process is not None:
-            running.stop_cleanly()
+    yield from running_node(tmp_path_factory.mktemp("shared"))
 
 
 @pytest.fixture(scope="module")
