@@ -66,7 +66,7 @@ class Blocks:
     def __init__(self, api: NodeApi) -> None:
         self.api = api
         self.staged: dict[CID, bytes] = {}
-        self._public: dict[CID, bytes] = {champ.EMPTY_ROOT: champ.EMPTY_NODE}
+        self._public: dict[CID, bytes] = {}
 
     async def get(self, cid: CID) -> bytes:
         """A public block (CHAMP node, WriterData): staged, seen, or fetched."""

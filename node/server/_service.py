@@ -120,8 +120,6 @@ class StoreBlocks:
         self._store = store
 
     async def get(self, cid: CID) -> bytes:
-        if cid == champ.EMPTY_ROOT:
-            return champ.EMPTY_NODE
         return stored_block(self._store, cid)
 
 
