@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench lint clean
+.PHONY: test fuzz run bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -16,8 +16,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check node protocols simulations tests benchmarks
 	$(VENV)/bin/mypy node protocols simulations
 
+# A fixed seed makes `make test` repeatable; `make fuzz` explores new inputs each run.
 test: lint
-	$(PY) -X dev -b -m pytest -q
+	$(PY) -X dev -b -m pytest -q --hypothesis-seed=0
+
+fuzz: $(STAMP)
+	$(PY) -X dev -b -m pytest -q tests/protocols -p no:cacheprovider
 
 run: $(STAMP)
 	$(VENV)/bin/pyrgos node init --exist-ok
@@ -25,7 +29,6 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
-
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

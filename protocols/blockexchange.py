@@ -145,6 +145,8 @@ def parse_answer(message: CBORValue) -> Answer:
         raise MalformedInput("a block answer is {cid, kind, …}")
     cid: CID = message["cid"]
     kind = message.get("kind")
+    if not isinstance(kind, str):  # compared as text below; a bytes kind is simply malformed
+        raise MalformedInput("an answer's kind is text")
     if kind == "block" and set(message) == {"cid", "kind", "data"}:
         data = message["data"]
         if not isinstance(data, bytes):

@@ -154,6 +154,7 @@ def test_answers_round_trip_and_are_checked() -> None:
         {"cid": CIDS[0], "kind": "denied", "message": "x" * 257},
         {"cid": CIDS[0], "kind": "maybe"},
         {"cid": CIDS[0].raw, "kind": "dont-have"},
+        {"cid": CIDS[0], "kind": b"dont-have"},
     ],
 )
 def test_bad_answers_are_malformed(message: Any) -> None:
