@@ -3,6 +3,11 @@
 `encode` writes canonical CBOR (map keys length-first then bytewise, definite lengths, CIDs as
 tag 42 over 0x00 ‖ CID bytes). `decode` accepts only what `encode` would have written: no
 floats, no other tags, text keys only, no duplicates, no trailing bytes, within a size limit.
+
+Messages that carry blocks hold byte strings of a megabyte or more. Copying one costs more than
+everything else about the message (a fresh buffer of that size is page-faulted in), so
+`encode_parts` hands such strings on as pieces of their own, and `decode` checks them in place
+against the input instead of re-encoding the whole message.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ CBORValue: TypeAlias = Any  # int | bytes | str | bool | None | CID | list | dic
 TAG_CID: Final = 42
 MAX_DEPTH: Final = 64
 DEFAULT_LIMIT: Final = 1024 * 1024 + 8 * 1024  # one block
+BULK_BYTES: Final = 64 * 1024  # byte strings this long are passed on and checked uncopied
 
 
 def _default(encoder: Any, value: object) -> None:
@@ -45,26 +51,99 @@ def _tag_hook(*args: Any) -> CID:
     return CID.from_bytes(payload[1:])
 
 
-def _check_types(value: CBORValue, depth: int = 0) -> None:
+def encode_parts(value: CBORValue, bulk: int = BULK_BYTES) -> list[bytes]:
+    """`encode(value)` as pieces to write in order: each byte string of `bulk` bytes or more
+    is a piece of its own (the very object, not a copy) and the bytes between them are
+    joined, so pieces alternate joined, bulk, joined, … and the first is never bulk."""
+    if not _holds_bulk(value, bulk):
+        return [encode(value)]
+    parts: list[bytes] = []
+    pending: list[bytes] = []
+    _encode_into(value, parts, pending, bulk)
+    parts.append(b"".join(pending))
+    return parts
+
+
+def _holds_bulk(value: CBORValue, bulk: int) -> bool:
+    if isinstance(value, bytes):
+        return len(value) >= bulk
+    if isinstance(value, list):
+        return any(_holds_bulk(item, bulk) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_bulk(item, bulk) for item in value.values())
+    return False
+
+
+def _encode_into(value: CBORValue, parts: list[bytes], pending: list[bytes], bulk: int) -> None:
+    """Encode a value that holds a bulk string: bytes go to `pending` until a bulk string
+    closes them into one piece of `parts`, followed by the string itself."""
+    if not _holds_bulk(value, bulk):
+        pending.append(encode(value))
+    elif isinstance(value, bytes):
+        pending.append(_head(2, len(value)))
+        parts += [b"".join(pending), value]
+        pending.clear()
+    elif isinstance(value, list):
+        pending.append(_head(4, len(value)))
+        for item in value:
+            _encode_into(item, parts, pending, bulk)
+    else:  # a dict: keys in canonical order, each key's encoding as cbor2 writes it
+        keys = sorted((encode(key), key) for key in value)
+        keys.sort(key=lambda pair: len(pair[0]))  # stable: length first, then bytewise
+        pending.append(_head(5, len(value)))
+        for encoded, key in keys:
+            pending.append(encoded)
+            _encode_into(value[key], parts, pending, bulk)
+
+
+def _head(major: int, argument: int) -> bytes:
+    """The shortest CBOR head of `major` type with `argument`."""
+    kind = major << 5
+    if argument < 24:
+        return bytes((kind | argument,))
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if argument < 1 << (8 * size):
+            return bytes((kind | extra,)) + argument.to_bytes(size, "big")
+    raise ValueError("CBOR argument over 64 bits")
+
+
+def _check_types(value: CBORValue, depth: int = 0) -> bool:
+    """Refuse what DAG-CBOR does not allow here; whether a bulk byte string is inside."""
     if depth > MAX_DEPTH:
         raise MalformedInput("CBOR nested too deeply")
-    if isinstance(value, bool | bytes | str | CID) or value is None:
-        return
+    if isinstance(value, bytes):
+        return len(value) >= BULK_BYTES
+    if isinstance(value, bool | str | CID) or value is None:
+        return False
     if isinstance(value, int):
         if not -(2**64) <= value < 2**64:
             raise MalformedInput("CBOR integer out of range")
-        return
+        return False
     if isinstance(value, list):
+        bulky = False
         for item in value:
-            _check_types(item, depth + 1)
-        return
+            bulky |= _check_types(item, depth + 1)
+        return bulky
     if isinstance(value, dict):
+        bulky = False
         for key, item in value.items():
             if not isinstance(key, str):
                 raise MalformedInput("CBOR map keys must be text")
-            _check_types(item, depth + 1)
-        return
+            bulky |= _check_types(item, depth + 1)
+        return bulky
     raise MalformedInput(f"CBOR value of type {type(value).__name__} is not allowed")
+
+
+def _is_encoding_of(value: CBORValue, data: bytes, bulky: bool) -> bool:
+    """Whether `data` is exactly `encode(value)`; bulk strings are compared in place."""
+    if not bulky:
+        return encode(value) == data
+    position = 0
+    for part in encode_parts(value):
+        if not data.startswith(part, position):
+            return False
+        position += len(part)
+    return position == len(data)
 
 
 def decode(data: bytes | memoryview, limit: int = DEFAULT_LIMIT) -> CBORValue:
@@ -84,8 +163,7 @@ def decode(data: bytes | memoryview, limit: int = DEFAULT_LIMIT) -> CBORValue:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
         raise MalformedInput(f"invalid CBOR: {exc}") from exc
-    _check_types(value)
-    if encode(value) != data:
+    if not _is_encoding_of(value, data, _check_types(value)):
         raise MalformedInput("CBOR is not in canonical form")
     return value
 

@@ -25,8 +25,11 @@ def check_block(cid: CID, data: bytes) -> None:
         raise Corrupted(f"block {cid} does not match its hash: the node returned corrupt data")
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+async def _once(parts: list[bytes]) -> AsyncIterator[bytes]:
+    """The pieces of a body, each dropped as it is sent: a spent generator holds nothing."""
+    parts.reverse()
+    while parts:
+        yield parts.pop()
 
 
 class NodeApi:
@@ -80,8 +83,8 @@ class NodeApi:
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
         """Call one method of the node's table and return its CBOR result."""
-        body = cbor.encode(args or {})
-        headers = {"content-type": CBOR_TYPE, "content-length": str(len(body))}
+        body = cbor.encode_parts(args or {})  # blocks in the body are sent, not copied
+        headers = {"content-type": CBOR_TYPE, "content-length": str(sum(map(len, body)))}
         try:
             # The body goes through a one-shot generator: httpx requests sit in reference
             # cycles that only the cyclic collector frees, and a request holding its bytes

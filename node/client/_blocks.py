@@ -17,6 +17,7 @@ from protocols.blocks import MAX_BLOCKS_PER_PUT, sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import SigningKey
 from protocols.cryptree import (
+    MAX_BLOCK_BYTES,
     Capability,
     Entry,
     KeyBlock,
@@ -27,7 +28,7 @@ from protocols.cryptree import (
 )
 from protocols.errors import Corrupted, MalformedInput, PyrgosError
 
-PUT_BATCH_BYTES: Final = 2 * 1024 * 1024  # per request: bounds what the node buffers per put
+PUT_BATCH_BYTES: Final = 4 * MAX_BLOCK_BYTES  # per put: four full fragments; bounds a put's buffers
 MAX_KEYS_PER_LOOKUP: Final = 64
 
 
@@ -189,7 +190,8 @@ async def stage_dir_chunk(
 
 
 class Uploader:
-    """Sends blocks in batches of about 6 MiB from a few tasks, pinned under one upload id.
+    """Sends blocks in puts of up to PUT_BATCH_BYTES from a few tasks, pinned under one upload
+    id.
 
     `add` waits while the queue is full, so memory stays bounded whatever the file size.
     """

@@ -18,7 +18,7 @@ import trio
 from node.net._stream import Stream
 from protocols.cbor import CBORValue
 from protocols.errors import PyrgosError, Unavailable
-from protocols.frames import FrameDecoder, encode_frame
+from protocols.frames import FrameDecoder, frame_parts
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Framed:
         self._decoder = FrameDecoder(max_frame)
         self._ready: deque[CBORValue] = deque()
         self._send_lock = trio.Lock()
-        self._outbox: deque[bytes] = deque()  # frames waiting for the next write
+        self._outbox: deque[list[bytes]] = deque()  # frames (in pieces) awaiting a write
         self._queued = 0  # frames ever handed to `send`
         self._written = 0  # frames ever written (in order)
         self._frame_started: float | None = None  # when the first byte of a partial frame came
@@ -79,9 +79,10 @@ class Framed:
 
         Frames that tasks hand in while another send is under way go out together in the next
         write: each write costs the stream a Yamux frame and a Noise seal, so many small
-        answers cost little more than one.
+        answers cost little more than one. A block inside a message goes out as a write of
+        its own, straight from where it lies: copying a megabyte costs more than a write.
         """
-        self._outbox.append(encode_frame(value))
+        self._outbox.append(frame_parts(value))
         self._queued += 1
         mine = self._queued
         async with self._send_lock:
@@ -91,13 +92,7 @@ class Framed:
             try:
                 with trio.fail_after(self.write_timeout):
                     while self._written < mine:  # earlier holders may have written ours
-                        batch = [self._outbox.popleft()]
-                        size = len(batch[0])
-                        while self._outbox and size + len(self._outbox[0]) <= COALESCE_BYTES:
-                            size += len(self._outbox[0])
-                            batch.append(self._outbox.popleft())
-                        await self.stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
-                        self._written += len(batch)
+                        await self._write_queued()
             except trio.TooSlowError:
                 raise self._fail(
                     Stalled(f"the peer did not accept a frame within {self.write_timeout} s")
@@ -111,6 +106,25 @@ class Framed:
             finally:
                 self._sending = False
             self._extend_idle()
+
+    async def _write_queued(self) -> None:
+        """Write the first queued frame, joined with as many of the next as fit one write; a
+        frame that carries a block ends the run, its block written on its own."""
+        head: list[bytes] = []
+        size = 0
+        rest: list[bytes] = []
+        while self._outbox and not rest:
+            pieces = self._outbox[0]
+            if head and size + len(pieces[0]) > COALESCE_BYTES:
+                break
+            self._outbox.popleft()
+            self._written += 1
+            head.append(pieces[0])
+            size += len(pieces[0])
+            rest = pieces[1:]
+        await self.stream.send_all(head[0] if len(head) == 1 else b"".join(head))
+        for piece in rest:
+            await self.stream.send_all(piece)
 
     async def receive(self) -> CBORValue | None:
         """The next message; None when the peer ended the stream cleanly between frames.
@@ -128,7 +142,9 @@ class Framed:
             with trio.CancelScope() as scope:
                 self._set_deadline(scope)
                 while not self._ready:
-                    data = await self.stream.receive_some(RECEIVE_BYTES)
+                    # Inside a large frame, ask for all of it: fewer, bigger reads.
+                    wanted = max(RECEIVE_BYTES, self._decoder.missing)
+                    data = await self.stream.receive_some(wanted)
                     if not data:
                         self._decoder.end()
                         self._eof = True

@@ -1,8 +1,9 @@
 """The node's libp2p host: TCP, Noise only, Yamux only, one connection per peer.
 
 No peer can stop it: every stream handler is guarded and runs under an idle deadline, and every
-correction to py-libp2p 0.8.1 lives in this module (`_Swarm`, `_Upgrader`, `_WholeWrites`,
-`Libp2pStream`), each naming the fault it answers so it can go once upstream is fixed.
+correction to py-libp2p 0.8.1 lives in this module (`_Swarm`, `_Upgrader`, `_BoundedReads`,
+`_WholeWrites`, `Libp2pStream`), each naming the fault it answers so it can go once upstream is
+fixed.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ ADDR_TTL: Final = 600  # seconds the peerstore keeps addresses a caller handed u
 CREDIT_POLL_FIRST: Final = 0.0005
 CREDIT_POLL_MAX: Final = 0.05
 UNBOUNDED: Final = 1 << 62
+MAX_RAW_READ: Final = 256 * 1024  # bytes one read asks the socket for
 
 
 # -- Faults in py-libp2p 0.8.1 and their corrections ------------------------------------------
@@ -140,7 +142,8 @@ class _NoAutoConnect(AutoConnector):
 
 
 class _Upgrader(TransportUpgrader):
-    """The stock upgrader, with every secured connection wrapped in `_WholeWrites`."""
+    """The stock upgrader, with every TCP connection read through `_BoundedReads` and every
+    secured connection wrapped in `_WholeWrites`."""
 
     def __init__(self, *args: Any, stall_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -149,8 +152,42 @@ class _Upgrader(TransportUpgrader):
     async def upgrade_security(
         self, raw_conn: IRawConnection, is_initiator: bool, peer_id: ID | None = None
     ) -> ISecureConn:
-        secured = await super().upgrade_security(raw_conn, is_initiator, peer_id)
+        bounded = _BoundedReads(raw_conn)
+        secured = await super().upgrade_security(bounded, is_initiator, peer_id)
         return _WholeWrites(secured, self._stall_timeout)
+
+
+class _BoundedReads(IRawConnection):
+    """A TCP connection whose reads ask the socket for at most MAX_RAW_READ bytes.
+
+    Fault: multistream-select reads a varint length from the peer, unchecked, and asks the
+    socket for that many bytes in one read; trio allocates a receive buffer of that size,
+    up to exabytes, before the peer sends anything more. A peer that opens with garbage made
+    the node allocate (and with Python's debug allocator, fill) gigabytes per read. Nothing
+    legitimate reads more at once: a Noise message is at most 65,537 bytes with its length.
+    """
+
+    def __init__(self, inner: IRawConnection) -> None:
+        self._inner = inner
+        self.is_initiator = inner.is_initiator
+
+    async def read(self, n: int | None = None) -> bytes:
+        return await self._inner.read(MAX_RAW_READ if n is None else min(n, MAX_RAW_READ))
+
+    async def write(self, data: bytes) -> None:
+        await self._inner.write(data)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self._inner.get_remote_address()
+
+    def get_transport_addresses(self) -> list[Multiaddr]:
+        return self._inner.get_transport_addresses()
+
+    def get_connection_type(self) -> ConnectionType:
+        return self._inner.get_connection_type()
 
 
 class _WholeWrites(ISecureConn):

@@ -33,7 +33,8 @@ from multiaddr import Multiaddr
 
 from node.home import NodeConfig, NodeHome
 from node.net import Host, Stream, open_host
-from node.net._host import Libp2pStream, _WholeWrites
+from node.net._host import MAX_RAW_READ, Libp2pStream, _BoundedReads, _WholeWrites
+from protocols.cid import encode_varint
 from protocols.errors import MalformedInput, Unavailable
 
 # The `varint` package that multiaddr uses compares bytes with str, which `python -b` reports.
@@ -414,6 +415,39 @@ async def test_garbage_connections_do_not_disturb_the_host(tmp_path: Path) -> No
                     await raw.receive_some(100)
                 await raw.aclose()
             await round_trip(client, server)
+
+
+async def test_a_huge_declared_length_does_not_size_a_read(tmp_path: Path) -> None:
+    """Stock multistream asks the socket for a peer-declared length in one read (4 GiB here)."""
+    with trio.fail_after(10):
+        async with hosts(tmp_path, 2) as (server, client):
+            port = int(Multiaddr(server.addrs[0]).value_for_protocol("tcp"))
+            async with await trio.open_tcp_stream("127.0.0.1", port) as raw:
+                header = b"\x13/multistream/1.0.0\n"
+                await raw.send_all(header + encode_varint(1 << 32) + b"x" * 100)
+                with trio.fail_after(2):  # the host is not busy allocating: it answers at once
+                    await round_trip(client, server)
+
+
+class RecordingConnection:
+    """The read sizes a connection is asked for."""
+
+    is_initiator = False
+
+    def __init__(self) -> None:
+        self.asked: list[int | None] = []
+
+    async def read(self, n: int | None = None) -> bytes:
+        self.asked.append(n)
+        return b"x"
+
+
+async def test_raw_reads_are_bounded() -> None:
+    inner = RecordingConnection()
+    bounded = _BoundedReads(inner)  # type: ignore[arg-type]
+    for n in (1, MAX_RAW_READ, MAX_RAW_READ + 1, 1 << 62, None):
+        await bounded.read(n)
+    assert inner.asked == [1, MAX_RAW_READ, MAX_RAW_READ, MAX_RAW_READ, MAX_RAW_READ]
 
 
 async def test_idle_handler_is_cancelled_and_its_stream_reset(tmp_path: Path) -> None:

@@ -308,6 +308,62 @@ def test_round_trip(value: Any) -> None:
     assert same(cbor.decode(memoryview(encoded)), value)
 
 
+BULK_LEAVES = st.sampled_from([-1, 0, 1, 70_000]).map(
+    lambda extra: bytes([extra & 0xFF]) * (cbor.BULK_BYTES + extra)
+)
+BULKY_VALUES = st.recursive(
+    st.one_of(LEAVES, BULK_LEAVES),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(value=VALUES, bulk=st.integers(1, 40))
+def test_parts_join_to_the_encoding(value: Any, bulk: int) -> None:
+    parts = cbor.encode_parts(value, bulk=bulk)
+    assert b"".join(parts) == cbor.encode(value)
+    leaves = bulk_leaves(value, bulk)
+    assert all(any(part is leaf for leaf in leaves) for part in parts[1::2])  # not copies
+    assert not any(parts[0] is leaf for leaf in leaves)  # a frame header can go in front
+
+
+@given(value=BULKY_VALUES)
+@settings(max_examples=60, deadline=None)
+def test_bulk_strings_are_passed_on_and_checked_in_place(value: Any) -> None:
+    assume(depth(value) <= cbor.MAX_DEPTH)
+    parts = cbor.encode_parts(value)
+    encoded = b"".join(parts)
+    assert encoded == cbor.encode(value)
+    assert len(parts) == 1 + 2 * len(bulk_leaves(value, cbor.BULK_BYTES))
+    assert same(cbor.decode(encoded, limit=len(encoded)), value)
+
+
+def bulk_leaves(value: Any, bulk: int) -> list[bytes]:
+    if isinstance(value, bytes):
+        return [value] if len(value) >= bulk else []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [leaf for item in items for leaf in bulk_leaves(item, bulk)]
+
+
+def test_non_canonical_messages_with_bulk_strings_are_refused() -> None:
+    big = b"\x07" * cbor.BULK_BYTES
+    good = cbor.encode({"a": 1, "data": big})
+    limit = len(good) + 16
+    long_head = b"\x5b" + len(big).to_bytes(8, "big")  # the same string with an 8-byte length
+    unsorted = b"\xa2" + cbor2.dumps("data") + cbor.encode(big) + cbor2.dumps("a") + b"\x01"
+    for data in (
+        good + b"\x00",  # trailing bytes
+        good.replace(b"\x5a" + len(big).to_bytes(4, "big"), long_head),
+        unsorted,
+        good[:-1],  # cut short
+    ):
+        with pytest.raises(MalformedInput):
+            cbor.decode(data, limit=limit)
+    assert cbor.decode(good, limit=limit) == {"a": 1, "data": big}
+
+
 @given(items=st.dictionaries(st.text(max_size=8), st.integers(), max_size=10), data=st.data())
 def test_map_encoding_ignores_insertion_order(items: dict[str, int], data: st.DataObject) -> None:
     keys = data.draw(st.permutations(list(items)))

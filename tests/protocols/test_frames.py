@@ -45,15 +45,22 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return pieces
 
 
-@given(values=st.lists(VALUES, max_size=8), cuts=st.lists(st.integers(0, 10**6), max_size=12))
+@given(
+    values=st.lists(VALUES, max_size=8),
+    cuts=st.lists(st.integers(0, 10**6), max_size=12),
+    large=st.sampled_from([1, 16, 100, CAP + 1]),  # frames this long are collected in pieces
+)
 @FUZZ
-def test_frames_round_trip_however_the_bytes_arrive(values: list[Any], cuts: list[int]) -> None:
+def test_frames_round_trip_however_the_bytes_arrive(
+    values: list[Any], cuts: list[int], large: int
+) -> None:
     stream = b"".join(encode_frame(value) for value in values)
-    decoder = FrameDecoder(CAP)
+    decoder = FrameDecoder(CAP, large=large)
     received: list[Any] = []
     for piece in split(stream, cuts):
         received += decoder.feed(piece)
         assert decoder.buffered <= CAP + MAX_LENGTH_BYTES
+        assert decoder.missing <= CAP
     decoder.end()
     assert [cbor.encode(value) for value in received] == [cbor.encode(value) for value in values]
 
@@ -127,15 +134,16 @@ def mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
 
 
 def decodes_or_rejects(data: bytes, cuts: list[int]) -> None:
-    decoder = FrameDecoder(CAP)
-    try:
-        for piece in split(data, cuts):
-            for value in decoder.feed(piece):
-                cbor.encode(value)
-            assert decoder.buffered <= CAP + MAX_LENGTH_BYTES + len(piece)
-        decoder.end()
-    except (MalformedInput, TooLarge):
-        return
+    for large in (16, CAP + 1):  # bodies collected in pieces, and in the buffer
+        decoder = FrameDecoder(CAP, large=large)
+        try:
+            for piece in split(data, cuts):
+                for value in decoder.feed(piece):
+                    cbor.encode(value)
+                assert decoder.buffered <= CAP + MAX_LENGTH_BYTES + len(piece)
+            decoder.end()
+        except (MalformedInput, TooLarge):
+            continue
 
 
 @given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=4))
