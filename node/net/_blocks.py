@@ -34,7 +34,9 @@ from protocols.errors import Denied, NotFound, PyrgosError, Unavailable
 log = logging.getLogger(__name__)
 
 GetBlock = Callable[[CID, ReadAuth | None, bytes], Awaitable[bytes]]
-LOOKUPS_PER_STREAM: Final = 8  # blocks a server reads at once for one requester (≤ 8 MiB held)
+ANSWER_BATCH_BYTES: Final = 256 * 1024  # block bytes a server looks up before it sends
+ANSWER_BATCH_SECONDS: Final = 0.005  # nor does a slow lookup hold finished answers back longer
+ANSWERING_TASKS: Final = 2
 READY_RESULTS: Final = 4  # results a fetch holds for a slow consumer before it stops reading
 
 
@@ -44,7 +46,6 @@ async def serve_blocks(
     get_block: GetBlock,
     *,
     read_timeout: float = DEFAULT_TIMEOUT,
-    lookups: int = LOOKUPS_PER_STREAM,
     max_queued: int = MAX_QUEUED,
 ) -> None:
     """Answer the wants `peer_id` sends on `stream` until it ends the stream, then close it.
@@ -54,11 +55,17 @@ async def serve_blocks(
     Denied is answered Denied; any other failure is logged and answered DontHave. Garbage, an
     oversized frame, a queue overflow or a stall end the stream with a logged error; nothing
     the peer does makes this raise.
+
+    Answers go out in batches: a task looks up queued wants until their answers reach
+    ANSWER_BATCH_BYTES, ANSWER_BATCH_SECONDS pass or the queue is empty, then sends them
+    together. Per block that leaves a lookup and an encoding; the task switches, the send
+    lock and the Yamux and Noise work are paid once per batch. Two tasks take turns, so one
+    looks up while the other's batch is being written.
     """
     framed = Framed(stream, MAX_REQUEST_FRAME, read_timeout)
     responder = Responder(max_queued)
     requester = peer_id.encode()
-    changed = trio.lowlevel.ParkingLot()
+    queued = trio.Event()
     reading = True
     failures: list[PyrgosError] = []
 
@@ -66,35 +73,44 @@ async def serve_blocks(
         failures.append(exc)
         nursery.cancel_scope.cancel()
 
-    async def look_up() -> None:
+    async def answer() -> None:
+        nonlocal queued
         try:
             while True:
                 want = responder.next_want()
                 if want is None:
                     if not reading:
                         return
-                    await changed.park()
+                    await queued.wait()
+                    queued = trio.Event()
                     continue
-                cid, auth = want
                 with framed.working():
-                    outcome = await _outcome(get_block, cid, auth, requester)
-                    await framed.send(answer_for(cid, outcome))
+                    answers, size = [], 0
+                    until = trio.current_time() + ANSWER_BATCH_SECONDS
+                    while want is not None:
+                        cid, auth = want
+                        outcome = await _outcome(get_block, cid, auth, requester)
+                        answers.append(answer_for(cid, outcome))
+                        size += len(outcome) if isinstance(outcome, bytes) else 0
+                        full = size >= ANSWER_BATCH_BYTES or trio.current_time() >= until
+                        want = None if full else responder.next_want()
+                    await framed.send_many(answers)
         except PyrgosError as exc:  # the stream failed
             stop(exc)
 
     try:
         async with trio.open_nursery() as nursery:
-            for _ in range(lookups):
-                nursery.start_soon(look_up)
+            for _ in range(ANSWERING_TASKS):
+                nursery.start_soon(answer)
             try:
                 while (message := await framed.receive()) is not None:
                     responder.receive(message)
-                    changed.unpark_all()
+                    queued.set()
             except PyrgosError as exc:
                 stop(exc)
             # End of stream: answer what is queued (the peer may only have closed its side).
             reading = False
-            changed.unpark_all()
+            queued.set()
     finally:
         await framed.aclose()
     if failures:

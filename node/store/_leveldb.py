@@ -125,8 +125,16 @@ class Store:
         return None if entry is None else entry[:8]
 
     def get_block(self, cid: bytes) -> bytes | None:
+        """A stored block, or None. LevelDB verifies its checksums on the way (a CRC, cheap
+        next to a hash): a block damaged on disk raises Corrupted, never returns."""
         key = self.block_key(cid)
-        return None if key is None else self.get(Space.BLOCKS, key)
+        if key is None:
+            return None
+        try:
+            value: bytes | None = self._db.get(Space.BLOCKS.value + key, verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            raise Corrupted(f"a block is damaged on this node's disk: {_reason(exc)}") from exc
+        return value
 
     def has_block(self, cid: bytes) -> bool:
         return self.get(Space.BLOCK_INDEX, cid) is not None

