@@ -134,7 +134,7 @@ def _check_types(value: CBORValue, depth: int = 0) -> bool:
     raise MalformedInput(f"CBOR value of type {type(value).__name__} is not allowed")
 
 
-def _is_encoding_of(value: CBORValue, data: bytes, bulky: bool) -> bool:
+def _is_encoding_of(value: CBORValue, data: bytes | bytearray, bulky: bool) -> bool:
     """Whether `data` is exactly `encode(value)`; bulk strings are compared in place."""
     if not bulky:
         return encode(value) == data
@@ -146,11 +146,12 @@ def _is_encoding_of(value: CBORValue, data: bytes, bulky: bool) -> bool:
     return position == len(data)
 
 
-def decode(data: bytes | memoryview, limit: int = DEFAULT_LIMIT) -> CBORValue:
+def decode(data: bytes | bytearray | memoryview, limit: int = DEFAULT_LIMIT) -> CBORValue:
     """Decode canonical DAG-CBOR, rejecting anything `encode` would not produce."""
     if len(data) > limit:
         raise TooLarge(f"CBOR of {len(data)} bytes is over the limit of {limit}")
-    data = bytes(data)
+    if isinstance(data, memoryview):
+        data = bytes(data)
     try:
         value = cbor2.loads(
             data,

@@ -28,7 +28,7 @@ from protocols.cryptree import (
 )
 from protocols.errors import Corrupted, MalformedInput, PyrgosError
 
-PUT_BATCH_BYTES: Final = 4 * MAX_BLOCK_BYTES  # per put: four full fragments; bounds a put's buffers
+PUT_BATCH_BYTES: Final = 2 * MAX_BLOCK_BYTES  # per put: two full fragments; bounds its buffers
 MAX_KEYS_PER_LOOKUP: Final = 64
 
 

@@ -51,19 +51,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=status, media_type=CBOR_TYPE)
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request) -> bytearray:
+    """The request body, gathered in one growing buffer (never the parts and their join at
+    once: a put's body is megabytes, and several are in flight)."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise TooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
-    parts: list[bytes] = []
-    size = 0
+    body = bytearray()
     async with contextlib.aclosing(request.stream()) as stream:
         async for part in stream:
-            size += len(part)
-            if size > MAX_BODY_BYTES:
+            if len(body) + len(part) > MAX_BODY_BYTES:
                 raise TooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
-            parts.append(part)
-    return b"".join(parts)
+            body += part
+    return body
 
 
 def build_app(service: NodeService) -> Starlette:
@@ -74,6 +74,7 @@ def build_app(service: NodeService) -> Starlette:
         try:
             body = await _read_body(request)
             args = cbor.decode(body, limit=MAX_BODY_BYTES) if body else {}
+            del body  # the blocks now live in `args`: the body need not wait for the answer
             result: Any = await service.call(method, args)
             return Response(cbor.encode(result), media_type=CBOR_TYPE)
         except PyrgosError as exc:

@@ -306,6 +306,7 @@ def test_round_trip(value: Any) -> None:
     assert same(decoded, value)
     assert cbor.encode(decoded) == encoded
     assert same(cbor.decode(memoryview(encoded)), value)
+    assert same(cbor.decode(bytearray(encoded)), value)
 
 
 BULK_LEAVES = st.sampled_from([-1, 0, 1, 70_000]).map(
