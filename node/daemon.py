@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 PKI_SYNC_INTERVAL = 2.0  # seconds between a mirror's pulls of new PKI entries
 # Seconds: bounds what LevelDB's read mmaps add to the node's RSS. Compactions read table files
 # fast while a big upload runs, so a longer interval lets more pages pile up in between.
-MAPPED_PAGES_INTERVAL = 0.1
-GC_EVERY_TICKS = 25  # a full collection every 2.5 s
+MAPPED_PAGES_INTERVAL = 0.05
+GC_EVERY_TICKS = 50  # a full collection every 2.5 s
 
 
 async def _collect_periodically(service: NodeService, interval: int) -> None:

@@ -17,7 +17,6 @@ from protocols.blocks import MAX_BLOCKS_PER_PUT, sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import SigningKey
 from protocols.cryptree import (
-    MAX_BLOCK_BYTES,
     Capability,
     Entry,
     KeyBlock,
@@ -28,7 +27,7 @@ from protocols.cryptree import (
 )
 from protocols.errors import Corrupted, MalformedInput, PyrgosError
 
-PUT_BATCH_BYTES: Final = 2 * MAX_BLOCK_BYTES  # per put: two full fragments; bounds its buffers
+PUT_BATCH_BYTES: Final = 2 * 1024 * 1024  # per put: a fragment and small blocks; bounds node memory
 MAX_KEYS_PER_LOOKUP: Final = 64
 
 
