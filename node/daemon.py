@@ -141,6 +141,9 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                         nursery.start_soon(_follow_pki, service)
                     if config.gc_interval > 0:
                         nursery.start_soon(_collect_periodically, service, config.gc_interval)
+                    # What starting made (the host, the app, lazily imported modules) lives
+                    # as long as the node: out of the periodic collections' way.
+                    gc.freeze()
                     on_ready(node_id, url)
                     await trio.sleep_forever()
                 finally:
