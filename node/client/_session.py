@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import Final
 
 import trio
 
@@ -20,12 +21,14 @@ from protocols.blocks import sign_put
 from protocols.cid import CID
 from protocols.crypto import BoxingKey, KdfParams, LoginKeys, SigningKey
 from protocols.cryptree import Capability, KeyBlock, Properties
-from protocols.errors import AuthFailed, Corrupted, Denied, MalformedInput
+from protocols.errors import AuthFailed, Corrupted, Denied, MalformedInput, Unavailable
 from protocols.names import check_password, check_username
-from protocols.pki import CLAIM_LIFETIME, Claim
+from protocols.pki import CLAIM_LIFETIME, Claim, next_expiry, record_to_cbor
 from protocols.pointers import CONTEXT as POINTER_CONTEXT
 from protocols.pointers import PointerUpdate
 from protocols.writerdata import WriterData
+
+RENEW_BEFORE: Final = 30 * 24 * 3600  # seconds before its expiry that a login renews a claim
 
 
 def now_ms() -> int:
@@ -146,8 +149,28 @@ async def resume(api: NodeApi, username: str, login: LoginKeys) -> Session:
     claim = Claim.from_cbor(await api.call("pki.lookup", {"username": username}))
     if claim.identity != data.home.owner:
         raise Corrupted("the PKI names another identity for this user than their login data")
+    if claim.expiry - int(time.time()) < RENEW_BEFORE:
+        await renew_claim(api, data.identity, claim)
     api.route(data.home.owner, claim.home)
     return Session(api, username, login, data)
+
+
+async def renew_claim(api: NodeApi, identity: SigningKey, claim: Claim) -> Claim:
+    """Extend `claim` (same key, home and mirrors) by a year through the PKI node. A name
+    whose claim runs out can be taken by someone else, so every login within RENEW_BEFORE of
+    the expiry renews it; a PKI node that cannot be reached is tried again at the next."""
+    renewed = Claim.create(
+        identity,
+        claim.username,
+        claim.home,
+        next_expiry(claim, int(time.time())),
+        mirrors=claim.mirrors,
+    )
+    try:
+        await api.call("pki.submit", {"record": record_to_cbor(renewed)})
+    except Unavailable:
+        return claim
+    return renewed
 
 
 async def login(api: NodeApi, username: str, password: str) -> Session:
