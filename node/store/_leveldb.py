@@ -98,6 +98,7 @@ class Store:
         except plyvel.Error as exc:  # CorruptionError: damaged files, not a busy database
             raise Corrupted(f"the node database at {path} is damaged: {_reason(exc)}") from exc
 
+        self._table_prefix = " " + os.path.realpath(self.path) + os.sep  # as /proc/self/maps
         self._sequence_lock = threading.Lock()
         self._next_sequence = self._last_sequence() + 1
 
@@ -206,20 +207,16 @@ class Store:
         """
         if _madvise is None:
             return 0
-        prefix = os.path.realpath(self.path) + os.sep
-        advised = 0
         try:
             with open("/proc/self/maps") as maps:
-                lines = maps.readlines()
+                text = maps.read()
         except OSError:
             return 0
-        for line in lines:
-            fields = line.split(maxsplit=5)
-            if len(fields) < 6 or not fields[5].startswith(prefix):
+        advised = 0
+        for line in text.splitlines():  # "start-end perms offset dev inode path"
+            if not line.endswith(".ldb") or self._table_prefix not in line:
                 continue
-            if not fields[5].rstrip().endswith(".ldb"):
-                continue
-            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            start, end = (int(bound, 16) for bound in line.split(" ", 1)[0].split("-"))
             if _madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT) == 0:
                 advised += end - start
         return advised

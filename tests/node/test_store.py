@@ -4,6 +4,7 @@ compaction and the one-process lock."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -317,6 +318,31 @@ def test_a_block_damaged_on_disk_is_corrupted_when_read(tmp_path: Path) -> None:
             store.get_block(b"cid")
     finally:
         store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_PAGEOUT is Linux's")
+def test_the_mapped_table_files_of_this_store_are_paged_out(tmp_path: Path) -> None:
+    store, other = Store(tmp_path / "db"), Store(tmp_path / "db2")
+    try:
+        with store.batch() as batch:
+            for i in range(32):
+                store.put_block(batch, b"cid-%d" % i, os.urandom(64 * 1024))
+        store.compact()
+        for i in range(32):
+            assert store.get_block(b"cid-%d" % i)  # LevelDB reads table files through mmaps
+        prefix = str((tmp_path / "db").resolve()) + os.sep
+        mapped = 0
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(prefix) and fields[5].endswith(".ldb"):
+                low, high = (int(bound, 16) for bound in fields[0].split("-"))
+                mapped += high - low
+        assert mapped > 0
+        assert store.release_mapped_pages() == mapped
+        assert other.release_mapped_pages() == 0  # another store's files are not its own
+    finally:
+        store.close()
+        other.close()
 
 
 def test_opening_creates_missing_directories(tmp_path: Path) -> None:
