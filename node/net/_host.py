@@ -164,7 +164,25 @@ class _Upgrader(TransportUpgrader):
         return _WholeWrites(secured, self._stall_timeout)
 
 
-class _BoundedReads(IRawConnection):
+class _PassThrough:
+    """What the connection wrappers below hand to the connection they wrap, unchanged."""
+
+    _inner: IRawConnection | ISecureConn
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self._inner.get_remote_address()
+
+    def get_transport_addresses(self) -> list[Multiaddr]:
+        return self._inner.get_transport_addresses()
+
+    def get_connection_type(self) -> ConnectionType:
+        return self._inner.get_connection_type()
+
+
+class _BoundedReads(_PassThrough, IRawConnection):
     """A TCP connection whose reads ask the socket for at most MAX_RAW_READ bytes, and serve
     the small reads that follow from what one socket read brought.
 
@@ -196,20 +214,8 @@ class _BoundedReads(IRawConnection):
     async def write(self, data: bytes) -> None:
         await self._inner.write(data)
 
-    async def close(self) -> None:
-        await self._inner.close()
 
-    def get_remote_address(self) -> tuple[str, int] | None:
-        return self._inner.get_remote_address()
-
-    def get_transport_addresses(self) -> list[Multiaddr]:
-        return self._inner.get_transport_addresses()
-
-    def get_connection_type(self) -> ConnectionType:
-        return self._inner.get_connection_type()
-
-
-class _WholeWrites(ISecureConn):
+class _WholeWrites(_PassThrough, ISecureConn):
     """A Noise connection whose writes are never torn and never wedge.
 
     Fault: Noise advances its nonce when it encrypts a frame, before the first checkpoint of
@@ -220,6 +226,8 @@ class _WholeWrites(ISecureConn):
     bounded: after `stall_timeout` seconds without completing, the connection is closed and the
     writer gets ConnectionClosedError, which every stream on it then sees.
     """
+
+    _inner: ISecureConn
 
     def __init__(self, inner: ISecureConn, stall_timeout: float) -> None:
         self._inner = inner
@@ -240,9 +248,6 @@ class _WholeWrites(ISecureConn):
     async def read(self, n: int | None = None) -> bytes:
         return await self._inner.read(n)
 
-    async def close(self) -> None:
-        await self._inner.close()
-
     def get_local_peer(self) -> ID:
         return self._inner.get_local_peer()
 
@@ -254,15 +259,6 @@ class _WholeWrites(ISecureConn):
 
     def get_remote_public_key(self) -> PublicKey:
         return self._inner.get_remote_public_key()
-
-    def get_remote_address(self) -> tuple[str, int] | None:
-        return self._inner.get_remote_address()
-
-    def get_transport_addresses(self) -> list[Multiaddr]:
-        return self._inner.get_transport_addresses()
-
-    def get_connection_type(self) -> ConnectionType:
-        return self._inner.get_connection_type()
 
     def __getattr__(self, name: str) -> Any:
         # Optional attributes the swarm probes with getattr (negotiated protocol and the like).
