@@ -135,12 +135,16 @@ def _check_types(value: CBORValue, depth: int = 0) -> bool:
 
 
 def _is_encoding_of(value: CBORValue, data: bytes | bytearray, bulky: bool) -> bool:
-    """Whether `data` is exactly `encode(value)`; bulk strings are compared in place."""
+    """Whether `data` is exactly `encode(value)`, `value` being what cbor2 decoded from it.
+
+    Bulk strings are not compared: every byte around them, their heads included, matches at
+    its place, so each was decoded from exactly the bytes it would be encoded to. Comparing a
+    megabyte with the copy just made of it would double what checking a block answer reads."""
     if not bulky:
         return encode(value) == data
     position = 0
-    for part in encode_parts(value):
-        if not data.startswith(part, position):
+    for index, part in enumerate(encode_parts(value)):
+        if index % 2 == 0 and not data.startswith(part, position):
             return False
         position += len(part)
     return position == len(data)

@@ -15,7 +15,7 @@ from typing import Final
 
 import trio
 
-from node.net._stream import Stream
+from node.net._stream import WRITE_UNIT, Stream
 from protocols.cbor import CBORValue
 from protocols.errors import PyrgosError, Unavailable
 from protocols.frames import FrameDecoder, frame_parts
@@ -26,7 +26,6 @@ RECEIVE_BYTES: Final = 64 * 1024  # per read: with the frame cap, bounds what on
 DEFAULT_TIMEOUT: Final = 30.0  # seconds a peer may take to deliver a frame or accept one
 CLOSE_TIMEOUT: Final = 1.0
 COALESCE_BYTES: Final = 256 * 1024  # small frames queued together go out in one write up to this
-LEAD_BYTES: Final = 64 * 1024  # of a block, copied to follow the small bytes before it
 
 
 class Stalled(Unavailable):
@@ -116,9 +115,13 @@ class Framed:
             self._extend_idle()
 
     async def _write_queued(self) -> None:
-        """Write the frames queued now. Small pieces are joined, up to COALESCE_BYTES a write;
-        a block goes out from where it lies, the small bytes before it joined to its first
-        LEAD_BYTES (a short copy) so that no frame costs a write of a few bytes of its own."""
+        """Write the frames queued now, in whole WRITE_UNITs where it costs only short copies.
+
+        Small pieces are joined (up to COALESCE_BYTES a write). A block goes out from where it
+        lies, except that its first bytes complete the unit the small bytes before it began
+        and its last partial unit is joined to the small bytes after it: a run of block
+        answers then costs the stream as many Yamux frames and Noise seals as a raw transfer.
+        """
         count = len(self._outbox)
         pending: list[bytes] = []
         size = 0
@@ -131,11 +134,15 @@ class Framed:
                         await self.stream.send_all(b"".join(pending))
                         pending, size = [], 0
                     continue
-                pending.append(piece[:LEAD_BYTES])
+                lead = min(-size % WRITE_UNIT, len(piece))
+                pending.append(piece[:lead])
                 await self.stream.send_all(b"".join(pending))
-                pending, size = [], 0
-                await self.stream.send_all(memoryview(piece)[LEAD_BYTES:])
-        if pending:
+                whole = lead + (len(piece) - lead) // WRITE_UNIT * WRITE_UNIT
+                if whole > lead:
+                    await self.stream.send_all(memoryview(piece)[lead:whole])
+                pending = [piece[whole:]]
+                size = len(pending[0])
+        if size:
             await self.stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
         self._written += count
 

@@ -2,7 +2,7 @@
 
 No peer can stop it: every stream handler is guarded and runs under an idle deadline, and every
 correction to py-libp2p 0.8.1 lives in this module (`_Swarm`, `_Upgrader`, `_BoundedReads`,
-`_WholeWrites`, `Libp2pStream`), each naming the fault it answers so it can go once upstream is
+`_SecuredConn`, `Libp2pStream`), each naming the fault it answers so it can go once upstream is
 fixed.
 """
 
@@ -27,7 +27,7 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.host.basic_host import BasicHost
 from libp2p.identity_utils import load_identity, save_identity
 from libp2p.io.abc import ReadWriteCloser
-from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.metrics.swarm import SwarmEvent
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
@@ -45,7 +45,7 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from multiaddr import Multiaddr
 
-from node.net._stream import Stream
+from node.net._stream import WRITE_UNIT, Stream
 from protocols.errors import MalformedInput, PyrgosError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ CREDIT_POLL_FIRST: Final = 0.0005
 CREDIT_POLL_MAX: Final = 0.05
 UNBOUNDED: Final = 1 << 62
 MAX_RAW_READ: Final = 256 * 1024  # bytes one read asks the socket for
+NOISE_LENGTH_BYTES: Final = 2  # each Noise transport message: a 2-byte length, then the body
 
 
 # -- Faults in py-libp2p 0.8.1 and their corrections ------------------------------------------
@@ -150,7 +151,7 @@ class _NoAutoConnect(AutoConnector):
 
 class _Upgrader(TransportUpgrader):
     """The stock upgrader, with every TCP connection read through `_BoundedReads` and every
-    secured connection wrapped in `_WholeWrites`."""
+    secured connection wrapped in `_SecuredConn`."""
 
     def __init__(self, *args: Any, stall_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -161,7 +162,7 @@ class _Upgrader(TransportUpgrader):
     ) -> ISecureConn:
         bounded = _BoundedReads(raw_conn)
         secured = await super().upgrade_security(bounded, is_initiator, peer_id)
-        return _WholeWrites(secured, self._stall_timeout)
+        return _SecuredConn(secured, self._stall_timeout, bounded)
 
 
 class _PassThrough:
@@ -211,12 +212,31 @@ class _BoundedReads(_PassThrough, IRawConnection):
         self._held = self._held[wanted:]
         return piece
 
+    async def read_exactly(self, n: int) -> bytes:
+        """`n` bytes; IncompleteReadError (as py-libp2p raises it) if the peer closes first."""
+        if len(self._held) >= n:  # the common case: one copy out of the socket read
+            piece = bytes(self._held[:n])
+            self._held = self._held[n:]
+            return piece
+        data = bytearray()
+        while len(data) < n:
+            more = await self.read(n - len(data))
+            if not more:
+                raise IncompleteReadError(
+                    f"connection closed: expected {n} bytes, received {len(data)}",
+                    expected_bytes=n,
+                    received_bytes=len(data),
+                )
+            data += more
+        return bytes(data)
+
     async def write(self, data: bytes) -> None:
         await self._inner.write(data)
 
 
-class _WholeWrites(_PassThrough, ISecureConn):
-    """A Noise connection whose writes are never torn and never wedge.
+class _SecuredConn(_PassThrough, ISecureConn):
+    """A Noise connection whose writes are never torn and never wedge, and whose reads take
+    each Noise message straight from the socket's bytes.
 
     Fault: Noise advances its nonce when it encrypts a frame, before the first checkpoint of
     the socket write. A write cancelled there (any deadline, any reset racing a send) burns a
@@ -225,14 +245,27 @@ class _WholeWrites(_PassThrough, ISecureConn):
     connection-wide write lock, forever. Here each write is shielded from cancellation but
     bounded: after `stall_timeout` seconds without completing, the connection is closed and the
     writer gets ConnectionClosedError, which every stream on it then sees.
+
+    Not a fault but a cost: py-libp2p reads a message through five layers of coroutines and
+    copies each byte four times (into a BytesIO, out of it, into read_exactly's bytearray, out
+    of that) before Yamux copies it twice more; at full speed that is most of what a receiving
+    node does. Given the Noise connection's raw side (`raw`), reads here take the length and
+    the body from the socket read that holds them, decrypt with the session's own state (the
+    same nonces), and hand out the message, or slices of it, with one copy.
     """
 
     _inner: ISecureConn
 
-    def __init__(self, inner: ISecureConn, stall_timeout: float) -> None:
+    def __init__(
+        self, inner: ISecureConn, stall_timeout: float, raw: _BoundedReads | None = None
+    ) -> None:
         self._inner = inner
         self._stall_timeout = stall_timeout
         self.is_initiator = inner.is_initiator
+        noise = getattr(inner, "conn", None)  # SecureSession's Noise message reader
+        self._decrypt: Callable[[bytes], bytes] | None = getattr(noise, "decrypt", None)
+        self._raw = raw if self._decrypt is not None else None
+        self._held = memoryview(b"")  # the rest of the last message, not yet read
 
     async def write(self, data: bytes) -> None:
         with trio.CancelScope(shield=True):
@@ -246,7 +279,19 @@ class _WholeWrites(_PassThrough, ISecureConn):
                 )
 
     async def read(self, n: int | None = None) -> bytes:
-        return await self._inner.read(n)
+        """Up to `n` bytes (None: the rest of a message), as SecureSession.read gives them."""
+        if self._raw is None or self._decrypt is None:
+            return await self._inner.read(n)
+        if not self._held:
+            size = int.from_bytes(await self._raw.read_exactly(NOISE_LENGTH_BYTES), "big")
+            message = self._decrypt(await self._raw.read_exactly(size))
+            if n is None or len(message) <= n:
+                return message
+            self._held = memoryview(message)
+        wanted = len(self._held) if n is None else n
+        piece = bytes(self._held[:wanted])
+        self._held = self._held[wanted:]
+        return piece
 
     def get_local_peer(self) -> ID:
         return self._inner.get_local_peer()
@@ -344,8 +389,10 @@ class Libp2pStream:
                 while offset < len(view):
                     scope.deadline = trio.current_time() + self._idle
                     credit = await self._send_credit()
-                    # No copy here: Yamux only slices the view and prefixes its header.
-                    chunk = view[offset : offset + credit]
+                    # No copy here: Yamux only slices the view and prefixes its header. A
+                    # frame of at most WRITE_UNIT is sealed whole: Yamux's own 65,536-byte
+                    # frames overflow a Noise message and each cost a second, tiny one.
+                    chunk = view[offset : offset + min(credit, WRITE_UNIT)]
                     await self._raw.write(chunk)  # type: ignore[arg-type]
                     offset += len(chunk)
                     self._progress()

@@ -125,9 +125,9 @@ class StoreBlocks:
 def stored_block(store: Store, cid: CID) -> bytes:
     """A stored block. A structured block is checked against its CID first, since the node
     parses it (for its BATs, its links); a fragment is only passed on (its BAT sits in a fixed
-    raw prefix), so LevelDB's checksums guard it on disk and its reader checks its hash: the
-    node does not hash a megabyte it only serves."""
-    data = store.get_block(cid.raw)
+    raw prefix) and its reader checks its hash, so the node neither hashes a megabyte it only
+    serves nor has LevelDB check its CRC: damage on disk shows as a mismatch at the reader."""
+    data = store.get_block(cid.raw, checked=cid.codec != CODEC_RAW)
     if data is None:
         raise NotFound(f"block {cid} is not stored here")
     if cid.codec != CODEC_RAW and not cid.matches(data):

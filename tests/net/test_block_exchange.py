@@ -16,6 +16,7 @@ import trio.testing
 
 from node.net._blocks import READY_RESULTS, fetch_blocks, open_block_fetch, serve_blocks
 from node.net._framed import RECEIVE_BYTES, Framed
+from node.net._stream import WRITE_UNIT
 from node.server import NodeService, NodeSettings
 from node.store import Store
 from protocols import bats
@@ -99,6 +100,45 @@ async def test_blocks_flow_from_one_source(nursery: trio.Nursery) -> None:
     assert served.sends <= len(blocks) // 4  # answers go out in batches, not one write each
     # wants go out in batches as the window frees up, never one frame per round trip per block
     assert recorder.sends < len(blocks)
+
+
+class Writes:
+    """A Stream that keeps each write it is given (a copy: a view may be reused after)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes.append(bytes(data))
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_block_answers_go_out_in_whole_write_units() -> None:
+    # A write of WRITE_UNIT bytes is one Yamux frame in one Noise message: a run of block
+    # answers (and the small ones between them) fills every write up to its last.
+    blocks = list(make_blocks(3, size=1 << 20).items())
+    answers = [block_answer(*blocks[0]), dont_have_answer(blocks[1][0]), block_answer(*blocks[1])]
+    answers += [block_answer(*blocks[2]), dont_have_answer(blocks[0][0])]
+    stream = Writes()
+    framed = Framed(stream, MAX_REQUEST_FRAME, LIMIT)
+    with trio.fail_after(LIMIT):
+        await framed.send_many(answers)
+        await framed.send(block_answer(*blocks[2]))  # a later batch starts afresh
+    first_batch = len(stream.writes) - 3  # the last block's lead, its whole units, its tail
+    assert b"".join(stream.writes) == b"".join(encode_frame(answer) for answer in answers) + (
+        encode_frame(block_answer(*blocks[2]))
+    )
+    assert all(len(write) % WRITE_UNIT == 0 for write in stream.writes[: first_batch - 1])
+    assert len(stream.writes[first_batch - 1]) < WRITE_UNIT  # the batch's tail, flushed
+    assert sum(map(len, stream.writes[:first_batch])) < 3 * (1 << 20) + 2 * WRITE_UNIT
+    assert len(stream.writes[:first_batch]) <= 3 * 3 + 1  # no write of a few bytes of its own
 
 
 async def raw_source(

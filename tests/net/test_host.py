@@ -20,20 +20,24 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE as YAMUX_HEADER_SIZE
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
 from node.home import NodeConfig, NodeHome
 from node.net import Host, Stream, open_host
-from node.net._host import MAX_RAW_READ, Libp2pStream, _BoundedReads, _WholeWrites
+from node.net._host import MAX_RAW_READ, Libp2pStream, _BoundedReads, _SecuredConn
+from node.net._stream import WRITE_UNIT
 from protocols.cid import encode_varint
 from protocols.errors import MalformedInput, Unavailable
 
@@ -200,6 +204,38 @@ async def test_streams_carry_bytes_both_ways_and_end_cleanly(tmp_path: Path) -> 
                 await stream.send_all(b"x")
             await round_trip(client, server)  # streams come and go on one connection
             assert client.is_connected(server.peer_id)
+
+
+async def test_big_transfers_seal_and_read_one_yamux_frame_per_noise_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Yamux's own frames carry up to 65,536 bytes, which Noise seals as a full message and a
+    # 17-byte one: twice the seals, socket writes and reads. Sends are cut to fit one each,
+    # and reads take each message from the socket read without SecureSession's buffering.
+    frames: list[int] = []
+    write = _SecuredConn.write
+
+    async def recorded(self: _SecuredConn, data: bytes) -> None:
+        frames.append(len(data))
+        await write(self, data)
+
+    async def bypassed(self: SecureSession, n: int | None = None) -> bytes:
+        raise AssertionError("reads go through _SecuredConn's own message reader")
+
+    monkeypatch.setattr(_SecuredConn, "write", recorded)
+    monkeypatch.setattr(SecureSession, "read", bypassed)
+    with trio.fail_after(20):
+        async with hosts(tmp_path, 2) as (server, client):
+            server.set_handler(SINK, count_upload)
+            stream = await client.open_stream(server.peer_id, server.addrs, SINK)
+            payload = os.urandom(2 * MiB)
+            frames.clear()
+            await stream.send_all(len(payload).to_bytes(8, "big") + payload)
+            reply = await receive_to_end(stream)
+            assert reply[:32] == hashlib.sha256(payload).digest()
+            await stream.aclose()
+    assert WRITE_UNIT + YAMUX_HEADER_SIZE == MAX_PLAINTEXT_LENGTH
+    assert max(frames) == MAX_PLAINTEXT_LENGTH  # full, and never a byte over
 
 
 async def test_connect_by_full_multiaddr(tmp_path: Path) -> None:
@@ -459,6 +495,51 @@ async def test_raw_reads_are_bounded_and_serve_small_reads_from_one_socket_read(
     assert len(inner.asked) <= 4  # a 2-byte length and its body come from one socket read
 
 
+async def test_exact_raw_reads_end_as_py_libp2p_reports_a_closed_peer() -> None:
+    bounded = _BoundedReads(RecordingConnection(b"\x00\x05abc"))  # type: ignore[arg-type]
+    assert await bounded.read_exactly(2) == b"\x00\x05"
+    with pytest.raises(IncompleteReadError) as cut:
+        await bounded.read_exactly(5)  # the peer closed three bytes in
+    assert (cut.value.expected_bytes, cut.value.received_bytes) == (5, 3)
+    with pytest.raises(IncompleteReadError) as clean:
+        await bounded.read_exactly(2)
+    assert clean.value.is_clean_close  # closed between messages: Yamux ends quietly
+
+
+class Unsealed:
+    """The part of a SecureSession that _SecuredConn reads through: its Noise decryption,
+    here the identity, counting the messages it opens."""
+
+    is_initiator = False
+
+    def __init__(self) -> None:
+        self.opened: list[int] = []
+        self.conn = self
+
+    def decrypt(self, data: bytes) -> bytes:
+        self.opened.append(len(data))
+        return data
+
+
+async def test_secured_reads_hand_out_each_message_whole_or_in_slices() -> None:
+    messages = [os.urandom(12 + 65_507), b"short", os.urandom(40)]
+    wire = b"".join(len(m).to_bytes(2, "big") + m for m in messages)
+    inner = Unsealed()
+    conn = _SecuredConn(
+        inner,  # type: ignore[arg-type]
+        stall_timeout=5,
+        raw=_BoundedReads(RecordingConnection(wire)),  # type: ignore[arg-type]
+    )
+    header = await conn.read(12)  # Yamux: a header, then the body from the same message
+    body = await conn.read(65_507)
+    assert header + body == messages[0]
+    assert await conn.read(100) == b"short"  # a whole message when it fits
+    assert await conn.read(None) == messages[2]
+    assert inner.opened == [len(m) for m in messages]  # each message decrypted once
+    with pytest.raises(IncompleteReadError):
+        await conn.read(12)
+
+
 async def test_idle_handler_is_cancelled_and_its_stream_reset(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with hosts(tmp_path, 2) as (server, client):
@@ -568,7 +649,7 @@ async def test_stalled_transport_write_is_bounded_and_closes_the_connection() ->
 
     with trio.fail_after(10):
         inner = Wedged()
-        conn = _WholeWrites(inner, stall_timeout=0.5)  # type: ignore[arg-type]
+        conn = _SecuredConn(inner, stall_timeout=0.5)  # type: ignore[arg-type]
         start = trio.current_time()
         with pytest.raises(ConnectionClosedError):
             await conn.write(b"frame")
@@ -592,7 +673,7 @@ async def test_cancelled_transport_write_still_writes_the_whole_frame() -> None:
 
     with trio.fail_after(10):
         inner = Slow()
-        conn = _WholeWrites(inner, stall_timeout=5)  # type: ignore[arg-type]
+        conn = _SecuredConn(inner, stall_timeout=5)  # type: ignore[arg-type]
         with trio.move_on_after(0.05):
             await conn.write(b"whole frame")
         assert inner.written == b"whole frame"

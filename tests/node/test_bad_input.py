@@ -699,8 +699,8 @@ async def test_tampered_fragment_is_corrupted_never_data(
         with pytest.raises(Corrupted, match="corrupt"):
             await read_into(fs, "big.bin", pieces)
         assert pieces == [], "no plaintext of a corrupt block is ever returned"
-        # The node passes a fragment on without hashing it (LevelDB's checksums guard the
-        # disk, tested in test_store): the reader's own check, above, is what refuses it.
+        # The node passes a fragment on without hashing it or checking LevelDB's CRC (see
+        # test_store): the reader's own check, above, is what refuses it.
 
 
 async def test_tampered_structured_blocks_are_corrupted(

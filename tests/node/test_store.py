@@ -316,6 +316,11 @@ def test_a_block_damaged_on_disk_is_corrupted_when_read(tmp_path: Path) -> None:
     try:
         with pytest.raises(Corrupted, match="damaged on this node's disk"):
             store.get_block(b"cid")
+        # Unchecked (for a block whose reader checks its hash), the damage comes through.
+        unchecked = store.get_block(b"cid", checked=False)
+        assert unchecked is not None
+        assert len(unchecked) == len(block)
+        assert unchecked != block
     finally:
         store.close()
 
