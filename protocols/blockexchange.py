@@ -19,6 +19,10 @@ Requester → server, at most MAX_REQUEST_FRAME (64 KiB) of CBOR:
 - At most MAX_QUEUED (1024) wants wait at a server per stream; more is TooLarge and ends the
   stream. A requester keeps at most `window` ≤ MAX_WINDOW (= MAX_QUEUED) wants outstanding, and
   the server reads messages in order, so an honest requester never exceeds the queue.
+- A requester whose window is full sends the wants that answers free up in batches of
+  window / 8 (at least one): a run of large blocks then costs a request per eight blocks, not
+  one each, and the window stays at least seven eighths full. When nothing more can be added
+  (no want is left for that source) what has gathered goes out at once, as cancels always do.
 
 Server → requester, one message per answered CID, at most MAX_ANSWER_FRAME (1 MiB + 9 KiB):
 
@@ -59,6 +63,7 @@ MAX_ANSWER_FRAME: Final = MAX_BLOCK_BYTES + 1024  # one block and its envelope
 MAX_QUEUED: Final = 1024  # wants a server holds per stream: bounds its memory (~150 KiB)
 MAX_WINDOW: Final = MAX_QUEUED
 DEFAULT_WINDOW: Final = 64  # 64 blocks of 4 KiB cover a 10 ms round trip at 200 Mbit/s
+WANT_BATCHES: Final = 8  # per window: wants go out window // 8 at a time while it is full
 MAX_DENIED_CHARS: Final = 256
 
 Want = tuple[CID, ReadAuth | None]
@@ -289,13 +294,21 @@ class Requester:
         return self._sources[source].alive
 
     def has_outbound(self, source: int) -> bool:
+        """Whether `outbound(source)` has something to send now (see the module doc)."""
         src = self._sources[source]
-        return bool(src.alive and (src.want_out or src.cancel_out))
+        if not src.alive or not (src.want_out or src.cancel_out):
+            return False
+        return bool(
+            src.cancel_out
+            or len(src.want_out) >= max(1, self.window // WANT_BATCHES)
+            or len(src.in_flight) < self.window  # nothing more to add: no batch will fill
+        )
 
     def outbound(self, source: int) -> list[CBORValue]:
-        """The messages to send to `source` now (cancels before wants), oldest first."""
+        """The messages to send to `source` now (cancels before wants), oldest first; none
+        while its wants are still gathering into a batch."""
         src = self._sources[source]
-        if not src.alive:
+        if not self.has_outbound(source):
             return []
         entries: list[tuple[bool, CID]] = [(True, cid) for cid in src.cancel_out]
         entries += [(False, cid) for cid in src.want_out]

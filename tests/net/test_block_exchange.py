@@ -25,6 +25,7 @@ from protocols.blockexchange import (
     MAX_ENTRIES,
     MAX_QUEUED,
     MAX_REQUEST_FRAME,
+    WANT_BATCHES,
     Responder,
     block_answer,
     dont_have_answer,
@@ -183,9 +184,11 @@ async def test_the_window_is_kept_full_and_never_exceeded(nursery: trio.Nursery)
     with trio.fail_after(LIMIT):
         got = await fetch_blocks([stream], public(blocks), window=window)
     assert got == blocks
-    # before the first answer exactly `window` wants were out; after each answer, one more
+    # before the first answer exactly `window` wants were out; after that they follow the
+    # answers in batches of window // 8, never more than `window` ahead of them
+    batch = window // WANT_BATCHES
     assert received[0] == window
-    assert received == [min(len(blocks), window + n) for n in range(len(blocks))]
+    assert received == [min(len(blocks), window + n - n % batch) for n in range(len(blocks))]
 
 
 async def test_dont_have_falls_back_to_a_second_source(nursery: trio.Nursery) -> None:

@@ -219,6 +219,40 @@ def test_requester_keeps_a_full_window_in_flight() -> None:
     assert not requester.finished
 
 
+def test_wants_go_out_in_batches_while_the_window_is_full() -> None:
+    many = fresh_cids(0, 100)
+    requester = Requester(wants(many), window=32)  # batches of 32 // 8 = 4
+    out = sent_wants(requester.outbound(0))
+    assert out == many[:32]
+    batches = []
+    for answered, cid in enumerate(many, start=1):
+        requester.receive(0, dont_have_answer(cid))
+        batch = sent_wants(requester.outbound(0))
+        if batch:
+            batches.append(len(batch))
+        out += batch
+        if len(out) < len(many):
+            assert len(out) - answered >= 32 - 3  # seven eighths of the window stay out
+    assert out == many  # every want sent once, in order
+    assert batches[:-1] == [4] * (len(batches) - 1)  # the last batch may be short
+    assert len(drain(requester)) == len(many)
+    assert requester.finished
+
+
+def test_cancels_and_the_last_wants_do_not_wait_for_a_batch() -> None:
+    requester = Requester(wants(fresh_cids(0, 34)), window=32)
+    assert len(sent_wants(requester.outbound(0))) == 32
+    requester.cancel(fresh_cids(0, 1)[0])  # frees a slot: want 32 rides with the cancel
+    assert requester.outbound(0) == [
+        request_message(wants(fresh_cids(32, 1)), cancels=fresh_cids(0, 1))
+    ]
+    requester.receive(0, dont_have_answer(fresh_cids(1, 1)[0]))
+    assert requester.outbound(0) == []  # want 33 waits: the window is full again
+    requester.receive(0, dont_have_answer(fresh_cids(2, 1)[0]))
+    # nothing is left to add, so no batch will fill: want 33 goes out alone
+    assert sent_wants(requester.outbound(0)) == fresh_cids(33, 1)
+
+
 def test_requester_finishes_with_one_result_per_distinct_want() -> None:
     requester = Requester(wants(CIDS[:3] + CIDS[:2] + CIDS[2:3]), window=2)
     for _ in range(2):
