@@ -12,11 +12,10 @@
 Run by benchmarks/run.py (`--network-only` for just these rows); alone, this prints the same
 table. Every wait is bounded: a stalled run fails instead of hanging.
 
-Both processes of the bulk transfers run with the CLI's fixed allocator thresholds (buffers
-under 2 MiB from a heap that keeps up to 32 MiB free): glibc's adaptive ones now and then give
-the heap back and fault it in again, which moved single runs by a fifth. `pyrgos node run`
-maps every buffer of 1 MiB or more afresh instead (see docs/benchmarks.md for what that costs
-between nodes).
+Both processes of the bulk transfers run with the CLI's fixed allocator thresholds
+(node/heap.py: buffers under 2 MiB from the heap, up to 32 MiB kept free); with glibc's adaptive
+ones the heap was now and then given back and faulted in again, which moved single runs by a
+fifth.
 """
 
 from __future__ import annotations
@@ -76,9 +75,9 @@ def signer_of(key_file: Path) -> Any:
 
 def steady_heap() -> None:
     """The allocator thresholds both bulk-transfer processes run with (see the module doc)."""
-    from node.cli._main import _tune_heap
+    from node import heap
 
-    _tune_heap(mmap_threshold=2 * MiB, trim_threshold=32 * MiB)
+    heap.tune(heap.CLIENT_MMAP_THRESHOLD, heap.CLIENT_TRIM_THRESHOLD)
 
 
 async def serve(work: Path) -> None:

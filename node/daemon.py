@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import trio
 
+from node import heap
 from node.home import NodeHome, parse_host_port
 from node.net import serve_api
 from node.server import NodeService, NodeSettings, PkiLog, collect_garbage
@@ -38,10 +39,12 @@ async def _collect_periodically(service: NodeService, interval: int) -> None:
 
 
 async def _keep_memory_flat(store: Store) -> None:
-    """Page out what LevelDB's read mmaps touched, and free cyclic garbage, continually."""
+    """Page out what LevelDB's read mmaps touched, give back the heap's free pages, and free
+    cyclic garbage, continually."""
     for tick in itertools.count():
         await trio.sleep(MAPPED_PAGES_INTERVAL)
         store.release_mapped_pages()
+        heap.release_free_pages()  # blocks are reused from the heap; what a burst left goes back
         if tick % GC_EVERY_TICKS == 0:
             gc.collect()  # request cycles would otherwise hold bodies until a rare full pass
 

@@ -6,8 +6,6 @@ Every failure is one line on stderr and a non-zero exit status; no logic lives h
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import gc
 import getpass
 import json
@@ -21,7 +19,7 @@ from typing import Any, Final, NoReturn
 
 import trio
 
-from node import client
+from node import client, heap
 from node.client import FileSystem, NodeApi, Profile, SavedSession, Session
 from node.home import DEFAULT_API, DEFAULT_LISTEN, NodeConfig, NodeHome, default_home, parse_size
 from protocols.cid import CID
@@ -48,10 +46,6 @@ EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
     WeakPassword: 9,
 }
 DEFAULT_NODE: Final = f"http://{DEFAULT_API}"
-MiB: Final = 1024 * 1024
-M_MMAP_THRESHOLD: Final = -3  # glibc mallopt parameters
-M_TRIM_THRESHOLD: Final = -1
-M_ARENA_MAX: Final = -8
 
 
 class UsageError(Exception):
@@ -175,7 +169,7 @@ def cmd_node_init(args: argparse.Namespace) -> None:
 def cmd_node_run(args: argparse.Namespace) -> None:
     from node.daemon import run_node
 
-    _tune_heap(mmap_threshold=MiB, trim_threshold=MiB)
+    heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD)
     home = NodeHome(args.home)
 
     def ready(node_id: str, url: str) -> None:
@@ -612,23 +606,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tune_heap(mmap_threshold: int, trim_threshold: int) -> None:
-    """Make glibc reuse (client) or return (node) transfer buffers, with fixed thresholds.
-
-    Transfers allocate and free many 1-6 MiB buffers from worker threads. Left adaptive,
-    glibc's mmap threshold serves them from per-thread arenas that fragment and grow with the
-    file size; set too low, every buffer is freshly mapped and page-faulted. A client keeps a
-    pool for speed; a long-running node maps its megabyte bodies and hands them straight back.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
-        libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
-        libc.mallopt(M_ARENA_MAX, 2)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first error in a (nested) exception group that pyrgos reports, else its first."""
     leaves: list[BaseException] = []
@@ -644,7 +621,7 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _tune_heap(mmap_threshold=2 * MiB, trim_threshold=32 * MiB)
+    heap.tune(heap.CLIENT_MMAP_THRESHOLD, heap.CLIENT_TRIM_THRESHOLD)
     gc.freeze()  # what the imports made lives for the whole run: keep collections cheap
     parser = build_parser()
     args = parser.parse_args(argv)
