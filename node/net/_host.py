@@ -183,6 +183,24 @@ class _PassThrough:
         return self._inner.get_connection_type()
 
 
+class _Held:
+    """Bytes received and not yet read, handed out in slices (one copy each)."""
+
+    def __init__(self) -> None:
+        self._view = memoryview(b"")
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def hold(self, data: bytes) -> None:
+        self._view = memoryview(data)
+
+    def take(self, n: int) -> bytes:
+        piece = bytes(self._view[:n])
+        self._view = self._view[n:]
+        return piece
+
+
 class _BoundedReads(_PassThrough, IRawConnection):
     """A TCP connection whose reads ask the socket for at most MAX_RAW_READ bytes, and serve
     the small reads that follow from what one socket read brought.
@@ -199,7 +217,7 @@ class _BoundedReads(_PassThrough, IRawConnection):
     def __init__(self, inner: IRawConnection) -> None:
         self._inner = inner
         self.is_initiator = inner.is_initiator
-        self._held = memoryview(b"")  # received, not yet read: Noise reads a length, then a body
+        self._held = _Held()  # received, not yet read: Noise reads a length, then a body
 
     async def read(self, n: int | None = None) -> bytes:
         wanted = MAX_RAW_READ if n is None else min(n, MAX_RAW_READ)
@@ -207,17 +225,13 @@ class _BoundedReads(_PassThrough, IRawConnection):
             data = await self._inner.read(MAX_RAW_READ)  # one socket read serves several
             if len(data) <= wanted:
                 return data
-            self._held = memoryview(data)
-        piece = bytes(self._held[:wanted])
-        self._held = self._held[wanted:]
-        return piece
+            self._held.hold(data)
+        return self._held.take(wanted)
 
     async def read_exactly(self, n: int) -> bytes:
         """`n` bytes; IncompleteReadError (as py-libp2p raises it) if the peer closes first."""
         if len(self._held) >= n:  # the common case: one copy out of the socket read
-            piece = bytes(self._held[:n])
-            self._held = self._held[n:]
-            return piece
+            return self._held.take(n)
         data = bytearray()
         while len(data) < n:
             more = await self.read(n - len(data))
@@ -265,7 +279,7 @@ class _SecuredConn(_PassThrough, ISecureConn):
         noise = getattr(inner, "conn", None)  # SecureSession's Noise message reader
         self._decrypt: Callable[[bytes], bytes] | None = getattr(noise, "decrypt", None)
         self._raw = raw if self._decrypt is not None else None
-        self._held = memoryview(b"")  # the rest of the last message, not yet read
+        self._held = _Held()  # the rest of the last message, not yet read
 
     async def write(self, data: bytes) -> None:
         with trio.CancelScope(shield=True):
@@ -287,11 +301,8 @@ class _SecuredConn(_PassThrough, ISecureConn):
             message = self._decrypt(await self._raw.read_exactly(size))
             if n is None or len(message) <= n:
                 return message
-            self._held = memoryview(message)
-        wanted = len(self._held) if n is None else n
-        piece = bytes(self._held[:wanted])
-        self._held = self._held[wanted:]
-        return piece
+            self._held.hold(message)
+        return self._held.take(len(self._held) if n is None else n)
 
     def get_local_peer(self) -> ID:
         return self._inner.get_local_peer()
