@@ -86,7 +86,7 @@ async def serve(work: Path) -> None:
     from multiaddr import Multiaddr
 
     from node.net import open_host, serve_node
-    from node.net._stream import WRITE_UNIT
+    from node.net._framed import write_in_units
     from node.server import NodeService, NodeSettings, PkiLog
     from node.server._service import stored_block
     from node.store import Store
@@ -99,13 +99,7 @@ async def serve(work: Path) -> None:
     payload = os.urandom(SEND_CHUNK)
 
     async def send_asked(stream: Any) -> None:
-        asked = b""
-        while len(asked) < 8:
-            data = await stream.receive_some(8 - len(asked))
-            if not data:
-                return
-            asked += data
-        left = int.from_bytes(asked, "big")
+        left = int.from_bytes(await receive_exactly(stream, 8), "big")
         view = memoryview(payload)
         while left > 0:
             await stream.send_all(view[: min(left, len(view))])
@@ -115,21 +109,11 @@ async def serve(work: Path) -> None:
         await send_asked(stream)
 
     async def stored_source(stream: Any, peer: str) -> None:
-        # The CIDs asked for, then the blocks back to back, read as the node's block serving
-        # reads them (stored_block) and written in whole WRITE_UNITs as the exchange writes
-        # them: each block's first bytes complete the unit the last one's tail began.
+        # The CIDs asked for, then the blocks back to back (no small bytes between them), read
+        # as the node's block serving reads them and written as the exchange writes answers.
         asked = await receive_exactly(stream, int.from_bytes(await receive_exactly(stream, 4)))
-        tail = b""
-        for raw in cid_list(asked):
-            block = stored_block(store, CID.from_bytes(raw))
-            lead = min(-len(tail) % WRITE_UNIT, len(block))
-            if tail:
-                await stream.send_all(tail + block[:lead])
-            whole = lead + (len(block) - lead) // WRITE_UNIT * WRITE_UNIT
-            await stream.send_all(memoryview(block)[lead:whole])
-            tail = block[whole:]
-        if tail:
-            await stream.send_all(tail)
+        blocks = ((b"", stored_block(store, CID.from_bytes(raw))) for raw in cid_list(asked))
+        await write_in_units(stream, blocks)
 
     async def tcp_source(stream: trio.SocketStream) -> None:
         async with stream:
@@ -401,31 +385,25 @@ async def tcp_pull(port: int, size: int) -> float:
 
 async def raw_pull(host: Any, server: Server, size: int) -> float:
     """Seconds to receive `size` bytes over one libp2p stream the server writes in big writes."""
-    with trio.fail_after(TRANSFER_LIMIT):
-        start = time.perf_counter()
-        stream = await host.open_stream(server.peer_id, server.addrs, SOURCE)
-        try:
-            await stream.send_all(size.to_bytes(8, "big"))
-            got = 0
-            while data := await stream.receive_some(SEND_CHUNK):
-                got += len(data)
-        finally:
-            await stream.aclose()
-        elapsed = time.perf_counter() - start
-    if got != size:
-        raise RuntimeError(f"the libp2p stream delivered {got} of {size} bytes")
-    return elapsed
+    return await _pull_stream(host, server, SOURCE, size.to_bytes(8, "big"), size, "")
 
 
 async def stored_pull(host: Any, server: Server, cids: list[Any]) -> float:
     """Seconds to receive the stored blocks `cids` over one libp2p stream, sent back to back
     with no framing, no wants and no hash check: what the block exchange carries, bare."""
     size = BULK_BLOCK * len(cids)
+    return await _pull_stream(host, server, STORED, cid_request(cids), size, " stored")
+
+
+async def _pull_stream(
+    host: Any, server: Server, protocol: str, request: bytes, size: int, what: str
+) -> float:
+    """Seconds to send `request` on a fresh `protocol` stream and read `size` bytes to its end."""
     with trio.fail_after(TRANSFER_LIMIT):
         start = time.perf_counter()
-        stream = await host.open_stream(server.peer_id, server.addrs, STORED)
+        stream = await host.open_stream(server.peer_id, server.addrs, protocol)
         try:
-            await stream.send_all(cid_request(cids))
+            await stream.send_all(request)
             got = 0
             while data := await stream.receive_some(SEND_CHUNK):
                 got += len(data)
@@ -433,7 +411,7 @@ async def stored_pull(host: Any, server: Server, cids: list[Any]) -> float:
             await stream.aclose()
         elapsed = time.perf_counter() - start
     if got != size:
-        raise RuntimeError(f"the libp2p stream delivered {got} of {size} stored bytes")
+        raise RuntimeError(f"the libp2p stream delivered {got} of {size}{what} bytes")
     return elapsed
 
 

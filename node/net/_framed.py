@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 import trio
@@ -115,35 +115,9 @@ class Framed:
             self._extend_idle()
 
     async def _write_queued(self) -> None:
-        """Write the frames queued now, in whole WRITE_UNITs where it costs only short copies.
-
-        Small pieces are joined (up to COALESCE_BYTES a write). A block goes out from where it
-        lies, except that its first bytes complete the unit the small bytes before it began
-        and its last partial unit is joined to the small bytes after it: a run of block
-        answers then costs the stream as many Yamux frames and Noise seals as a raw transfer.
-        """
+        """Write the frames queued now (see `write_in_units`)."""
         count = len(self._outbox)
-        pending: list[bytes] = []
-        size = 0
-        for _ in range(count):
-            for index, piece in enumerate(self._outbox.popleft()):
-                if index % 2 == 0:  # frame_parts alternates joined bytes and blocks
-                    pending.append(piece)
-                    size += len(piece)
-                    if size >= COALESCE_BYTES:
-                        await self.stream.send_all(b"".join(pending))
-                        pending, size = [], 0
-                    continue
-                lead = min(-size % WRITE_UNIT, len(piece))
-                pending.append(piece[:lead])
-                await self.stream.send_all(b"".join(pending))
-                whole = lead + (len(piece) - lead) // WRITE_UNIT * WRITE_UNIT
-                if whole > lead:
-                    await self.stream.send_all(memoryview(piece)[lead:whole])
-                pending = [piece[whole:]]
-                size = len(pending[0])
-        if size:
-            await self.stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+        await write_in_units(self.stream, (self._outbox.popleft() for _ in range(count)))
         self._written += count
 
     async def receive(self) -> CBORValue | None:
@@ -234,6 +208,38 @@ class Framed:
         if self._failure is None:
             self._failure = error
         return error
+
+
+async def write_in_units(stream: Stream, frames: Iterable[Sequence[bytes]]) -> None:
+    """Write `frames`, each pieces that alternate small bytes and blocks (as `frame_parts`
+    splits a frame), in whole WRITE_UNITs where it costs only short copies.
+
+    Small pieces are joined (up to COALESCE_BYTES a write). A block goes out from where it
+    lies, except that its first bytes complete the unit the small bytes before it began and its
+    last partial unit is joined to the small bytes after it: a run of block answers then costs
+    the stream as many Yamux frames and Noise seals as a raw transfer.
+    """
+    pending: list[bytes] = []
+    size = 0
+    for frame in frames:
+        for index, piece in enumerate(frame):
+            if index % 2 == 0:  # small bytes
+                pending.append(piece)
+                size += len(piece)
+                if size >= COALESCE_BYTES:
+                    await stream.send_all(b"".join(pending))
+                    pending, size = [], 0
+                continue
+            lead = min(-size % WRITE_UNIT, len(piece))
+            if size + lead:
+                await stream.send_all(b"".join([*pending, piece[:lead]]))
+            whole = lead + (len(piece) - lead) // WRITE_UNIT * WRITE_UNIT
+            if whole > lead:
+                await stream.send_all(memoryview(piece)[lead:whole])
+            pending = [piece[whole:]]
+            size = len(pending[0])
+    if size:
+        await stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
 
 
 def log_stream_end(protocol: str, peer: str, error: PyrgosError) -> None:
