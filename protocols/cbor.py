@@ -6,8 +6,8 @@ floats, no other tags, text keys only, no duplicates, no trailing bytes, within 
 
 Messages that carry blocks hold byte strings of a megabyte or more. Copying one costs more than
 everything else about the message (a fresh buffer of that size is page-faulted in), so
-`encode_parts` hands such strings on as pieces of their own, and `decode` checks them in place
-against the input instead of re-encoding the whole message.
+`encode_parts` hands such strings on as pieces of their own, and `decode` checks the bytes
+around them in place against the input instead of re-encoding the whole message.
 """
 
 from __future__ import annotations
