@@ -14,7 +14,9 @@ import math
 import mimetypes
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import secrets
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -845,17 +847,69 @@ def _opener(path: Path) -> Opener:
     return open_file
 
 
-async def get_file(
-    fs: FileSystem, remote: str, local: Path, progress: Progress | None, size: int | None = None
-) -> None:
-    """Download a file to `local` through a temporary file, renamed only once complete.
+PART_PREFIX: Final = ".pyrgos-part-"  # then 32 random hex digits: no name to plant a link at
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_EXCL refuses any existing name, a link included; O_NOFOLLOW says so once more.
+_PART_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_PART_MODE: Final = 0o600  # nobody else reads a download before it is complete
 
-    Given the size, the file's space is allocated first: filesystems then skip block
-    allocation on every write, which otherwise costs more than the copy itself.
-    """
-    partial = local.with_name(f".{local.name}.pyrgos-part")
+
+def _local_name(local: Path) -> str:
+    name = local.name
+    if name in ("", ".", ".."):
+        raise Conflict(f"{local} does not name a file or folder to write")
+    return name
+
+
+@contextlib.contextmanager
+def _parent_folder(local: Path) -> Iterator[int]:
+    """The folder `local` is in, opened as the user named it: links on the way there are the
+    user's own choice. What is written below it is reached only through this descriptor."""
+    folder = os.open(local.parent, _DIR_FLAGS)
     try:
-        with partial.open("wb") as out:
+        yield folder
+    finally:
+        os.close(folder)
+
+
+def _open_folder(parent: int, name: str, shown: Path) -> int:
+    """Make (if missing) and open the folder `name` in `parent`, never through a link."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, dir_fd=parent)
+    try:
+        return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except NotADirectoryError:
+        if stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode):
+            raise Conflict(
+                f"{shown} is a symbolic link: refusing to write through it (remove it first)"
+            ) from None
+        raise Conflict(f"{shown} exists and is not a folder") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+async def _download(
+    fs: FileSystem,
+    remote: str,
+    folder: int,
+    name: str,
+    shown: Path,
+    progress: Progress | None,
+    size: int | None,
+) -> None:
+    """Write `remote` to `name` in `folder`: into a new file of a random name, created
+    exclusively and mode 0600, then renamed over `name` once complete. The rename replaces a
+    link found at `name` rather than writing through it; a failure or Ctrl-C removes the
+    temporary file."""
+    part = PART_PREFIX + secrets.token_hex(16)
+    mode = 0o666 & ~_umask()
+    fd = os.open(part, _PART_FLAGS, _PART_MODE, dir_fd=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
             if size:
                 with contextlib.suppress(OSError):  # not every filesystem can
                     os.posix_fallocate(out.fileno(), 0, size)
@@ -864,21 +918,59 @@ async def get_file(
                     await trio.to_thread.run_sync(out.write, piece)
                     if progress is not None:
                         progress(len(piece))
-        partial.replace(local)
-    finally:
-        partial.unlink(missing_ok=True)
+            os.fchmod(out.fileno(), mode)
+        try:
+            os.rename(part, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except IsADirectoryError:
+            raise Conflict(f"{shown} is a folder") from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part, dir_fd=folder)
+        raise
+
+
+async def get_file(
+    fs: FileSystem, remote: str, local: Path, progress: Progress | None, size: int | None = None
+) -> None:
+    """Download a file to `local` through a temporary file, renamed only once complete.
+
+    Given the size, the file's space is allocated first: filesystems then skip block
+    allocation on every write, which otherwise costs more than the copy itself.
+    """
+    name = _local_name(local)
+    with _parent_folder(local) as folder:
+        await _download(fs, remote, folder, name, local, progress, size)
 
 
 async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress | None) -> None:
-    """Download the directory `remote` into the folder `local` (created if missing)."""
-    await trio.Path(local).mkdir(exist_ok=True)
+    """Download the directory `remote` into the folder `local` (created if missing).
+
+    Every folder below `local` is made and opened without following links, so a link planted
+    inside the download (as a sub-folder or a file name) cannot send a write elsewhere.
+    """
+    name = _local_name(local)
+    with _parent_folder(local) as parent:
+        folder = _open_folder(parent, name, local)
+    try:
+        await _get_tree_at(fs, remote, folder, local, progress)
+    finally:
+        os.close(folder)
+
+
+async def _get_tree_at(
+    fs: FileSystem, remote: str, folder: int, shown: Path, progress: Progress | None
+) -> None:
     for item in await fs.listdir(remote):
         name = check_file_name(item.name)  # a hostile writer cannot plant '..' or '/'
         path = f"{remote.rstrip('/')}/{name}"
         if item.is_dir:
-            await get_tree(fs, path, local / name, progress)
+            sub = _open_folder(folder, name, shown / name)
+            try:
+                await _get_tree_at(fs, path, sub, shown / name, progress)
+            finally:
+                os.close(sub)
         else:
-            await get_file(fs, path, local / name, progress)
+            await _download(fs, path, folder, name, shown / name, progress, None)
 
 
 async def tree_size(fs: FileSystem, remote: str) -> int:

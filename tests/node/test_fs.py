@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.client import FileSystem, NodeApi, login, signup
+from node.client import FileSystem, NodeApi, get_file, get_tree, login, signup
 from node.store import Space
 from protocols import cbor
 from protocols.cryptree import CHUNK_BYTES
@@ -227,3 +228,97 @@ async def test_directory_chunks_hold_at_most_500_entries(fs: FileSystem) -> None
     assert [len(chunk.entries) for chunk in home.chunks] == [500, 500, 201]
     assert home.props.chunks == 3
     assert home.props.size == 1201
+
+
+# -- downloads never write through a planted link ----------------------------------------------
+
+
+def no_partial_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.startswith(".pyrgos-part")]
+
+
+async def test_get_ignores_a_link_planted_at_the_old_temporary_name(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / ".report.txt.pyrgos-part").symlink_to(outside)
+    with trio.fail_after(30):
+        await fs.write_file("report.txt", io.BytesIO(b"downloaded"))
+        await get_file(fs, "report.txt", downloads / "report.txt", None, 10)
+    assert outside.read_bytes() == b"precious"
+    assert (downloads / "report.txt").read_bytes() == b"downloaded"
+    assert no_partial_files(downloads)
+
+
+async def test_get_replaces_a_link_at_the_final_name_instead_of_writing_through_it(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    downloads = tmp_path / "downloads"
+    (downloads / "photos").mkdir(parents=True)
+    (downloads / "report.txt").symlink_to(outside)
+    (downloads / "photos" / "a.jpg").symlink_to(outside)
+    with trio.fail_after(30):
+        await fs.write_file("report.txt", io.BytesIO(b"downloaded"))
+        await fs.mkdir("photos")
+        await fs.write_file("photos/a.jpg", io.BytesIO(b"jpeg"))
+        await get_file(fs, "report.txt", downloads / "report.txt", None)
+        await get_tree(fs, "photos", downloads / "photos", None)
+    assert outside.read_bytes() == b"precious"
+    for path, data in (
+        (downloads / "report.txt", b"downloaded"),
+        (downloads / "photos/a.jpg", b"jpeg"),
+    ):
+        assert not path.is_symlink()
+        assert path.read_bytes() == data
+    assert no_partial_files(downloads)
+
+
+async def test_folder_download_refuses_a_planted_link_as_a_sub_folder(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    downloads = tmp_path / "photos"
+    downloads.mkdir()
+    (downloads / "2024").symlink_to(outside)
+    with trio.fail_after(30):
+        await fs.mkdir("photos/2024", parents=True)
+        await fs.write_file("photos/2024/a.jpg", io.BytesIO(b"jpeg"))
+        with pytest.raises(Conflict, match="symbolic link"):
+            await get_tree(fs, "photos", downloads, None)
+        (downloads / "2024").unlink()
+        (downloads / "2024").write_bytes(b"a file")
+        with pytest.raises(Conflict, match="not a folder"):
+            await get_tree(fs, "photos", downloads, None)
+    assert list(outside.iterdir()) == []
+    assert no_partial_files(downloads)
+
+
+async def test_a_failed_or_cancelled_download_leaves_no_temporary_file(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with trio.fail_after(30):
+        await fs.write_file("big.bin", io.BytesIO(os.urandom(3 * MiB)))
+        with pytest.raises(NotFound):
+            await get_file(fs, "missing.bin", downloads / "missing.bin", None)
+
+        def interrupt(_: int) -> None:
+            (part,) = downloads.iterdir()
+            assert part.name.startswith(".pyrgos-part-")
+            assert part.stat().st_mode & 0o777 == 0o600  # private until complete
+            raise KeyboardInterrupt
+
+        with pytest.raises(BaseExceptionGroup) as caught:  # Ctrl-C, through trio's task groups
+            await get_file(fs, "big.bin", downloads / "big.bin", interrupt)
+        assert caught.group_contains(KeyboardInterrupt)
+        with trio.CancelScope() as scope:
+            await get_file(fs, "big.bin", downloads / "big.bin", lambda _: scope.cancel())
+        assert scope.cancelled_caught
+    assert list(downloads.iterdir()) == []
