@@ -444,6 +444,29 @@ def test_dir_chunk_any_mix_keeps_every_valid_entry_in_order(
     assert len(listed.unreadable) == len(bad)
 
 
+_DIR_PLAIN = cbor.encode([Entry.link(f"f{i}", i == 1, CHILD, CAP).to_cbor() for i in range(3)])
+
+
+@FUZZ
+@given(
+    data=st.one_of(
+        st.binary(max_size=600),
+        st.tuples(st.integers(0, len(_DIR_PLAIN) - 1), st.integers(0, 255)).map(
+            lambda edit: _DIR_PLAIN[: edit[0]] + bytes([edit[1]]) + _DIR_PLAIN[edit[0] + 1 :]
+        ),
+    )
+)
+def test_dir_chunk_decoder_fuzz(data: bytes) -> None:
+    """Random and mutated chunk plaintexts: entries and unreadable items, or Corrupted."""
+    try:
+        listed = cryptree.decode_dir_chunk(data)
+    except Corrupted:
+        return
+    assert all(isinstance(entry, Entry) for entry in listed.entries)
+    again = cryptree.decode_dir_chunk(cryptree.encode_dir_chunk(listed.entries, listed.unreadable))
+    assert again == listed
+
+
 def test_chunk_labels_follow_chunk_location() -> None:
     labels = cryptree.chunk_labels(CAP.label, CAP.read_key)
     assert [next(labels) for _ in range(5)] == [CAP.chunk(i)[0] for i in range(5)]
