@@ -10,6 +10,7 @@ AEAD-sealed with a context naming the field and the node's label.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -65,6 +66,14 @@ def chunk_location(label: bytes, bat: bytes, read_key: bytes, index: int) -> tup
         label = crypto.sha256(secret + label)
         bat = crypto.sha256(secret + bat)
     return label, bat
+
+
+def chunk_labels(label: bytes, read_key: bytes) -> Iterator[bytes]:
+    """The labels of chunks 0, 1, 2, … of a chain, without end: one hash each."""
+    secret = stream_secret(read_key)
+    while True:
+        yield label
+        label = crypto.sha256(secret + label)
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,42 @@ class Entry:
     def renamed(self, name: str) -> Entry:
         return Entry(check_file_name(name), self.is_dir, self.label, self.bat, self.read_key,
                      self.write_link)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DirEntries:
+    """A directory chunk's children: valid entries, and items that are not, kept as read."""
+
+    entries: list[Entry]
+    unreadable: list[object]  # re-encoded as they were, so a rewrite loses nothing of them
+
+
+def encode_dir_chunk(entries: Sequence[Entry], unreadable: Sequence[object] = ()) -> bytes:
+    """A directory chunk's plaintext: its entries, then any unreadable items carried over."""
+    return cbor.encode([*(entry.to_cbor() for entry in entries), *unreadable])
+
+
+def decode_dir_chunk(plain: bytes) -> DirEntries:
+    """The entries of a directory chunk's plaintext.
+
+    Directories are written by other writers too, so one item that is not a valid entry (its
+    shape, a key, or a name breaking the name rules) is set aside, never fatal to its
+    siblings. A chunk that is not a CBOR list of items is Corrupted as a whole.
+    """
+    try:
+        listed = cbor.decode(plain, limit=len(plain))
+    except (MalformedInput, TooLarge) as exc:
+        raise Corrupted(f"a directory chunk is malformed: {exc.message}") from exc
+    if not isinstance(listed, list):
+        raise Corrupted("a directory chunk is malformed: it is not a list of entries")
+    entries: list[Entry] = []
+    unreadable: list[object] = []
+    for item in listed:
+        try:
+            entries.append(Entry.from_cbor(item))
+        except (MalformedInput, InvalidName):
+            unreadable.append(item)
+    return DirEntries(entries, unreadable)
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,23 @@ EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
     WeakPassword: 9,
 }
 DEFAULT_NODE: Final = f"http://{DEFAULT_API}"
+EXIT_INCOMPLETE: Final = 10  # a folder download finished without the entries it could not read
 
 
 class UsageError(Exception):
     """A command used wrongly (exit status 2, as argparse does)."""
+
+
+def warn(message: str) -> None:
+    print(f"pyrgos: warning: {message}", file=sys.stderr)
+
+
+def _unreadable(count: int, where: str) -> str:
+    entries = "entry" if count == 1 else "entries"
+    return (
+        f"skipped {count} unreadable {entries} in {where}; "
+        "`pyrgos rm --bad DIR` removes those of a directory"
+    )
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -380,18 +393,21 @@ def cmd_get(args: argparse.Namespace) -> None:
     local = Path(args.local)
     into_folder = local.is_dir()
 
-    async def action(fs: FileSystem) -> None:
+    async def action(fs: FileSystem) -> int:
         props = await fs.stat(args.remote)
         target = local / props.name if into_folder else local
         if props.is_dir:
             total = await client.tree_size(fs, args.remote)
             with progress_bar(total, f"get {props.name}") as progress:
-                await client.get_tree(fs, args.remote, target, progress)
-            return
+                return await client.get_tree(fs, args.remote, target, progress)
         with progress_bar(props.size, f"get {props.name}") as progress:
             await client.get_file(fs, args.remote, target, progress, props.size)
+        return 0
 
-    run_fs(args, action)
+    skipped = run_fs(args, action)
+    if skipped:
+        warn(_unreadable(skipped, args.remote) + "; the download is incomplete")
+        raise SystemExit(EXIT_INCOMPLETE)
 
 
 def cmd_cat(args: argparse.Namespace) -> None:
@@ -415,8 +431,8 @@ def _mode(is_dir: bool) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    listing = run_fs(args, lambda fs: fs.listdir(args.remote, long=args.long))
-    for item in listing:
+    contents = run_fs(args, lambda fs: fs.contents(args.remote, long=args.long))
+    for item in contents.items:
         if not args.long:
             print(item.name + ("/" if item.is_dir else ""))
             continue
@@ -425,6 +441,9 @@ def cmd_ls(args: argparse.Namespace) -> None:
         when = _format_time(props.modified) if props is not None else "-"
         suffix = "/" if item.is_dir else ""
         print(f"{_mode(item.is_dir)} {size:>14} {when} {item.name}{suffix}")
+    if contents.unreadable:
+        sys.stdout.flush()  # the listing first, then the warning, when both go to a terminal
+        warn(_unreadable(contents.unreadable, args.remote or "the home directory"))
 
 
 def _format_time(millis: int) -> str:
@@ -439,6 +458,12 @@ def cmd_mkdir(args: argparse.Namespace) -> None:
 
 
 def cmd_rm(args: argparse.Namespace) -> None:
+    if args.bad:
+        if args.recursive:
+            raise UsageError("--bad removes a directory's unreadable entries; it takes no -r")
+        removed = run_fs(args, lambda fs: fs.remove_unreadable(args.remote))
+        print(f"removed {removed} unreadable {'entry' if removed == 1 else 'entries'}")
+        return
     run_fs(args, lambda fs: fs.remove(args.remote, recursive=args.recursive))
 
 
@@ -597,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     rm = client_command("rm", "remove a file or directory")
     rm.add_argument("remote", metavar="REMOTE")
     rm.add_argument("-r", dest="recursive", action="store_true", help="remove directories")
+    rm.add_argument(
+        "--bad",
+        action="store_true",
+        help="remove the entries of the directory REMOTE that cannot be read (those `ls -l` skips)",
+    )
     rm.set_defaults(run=cmd_rm)
     mv = client_command("mv", "rename or move a file or directory")
     mv.add_argument("source", metavar="SRC")

@@ -1,11 +1,12 @@
 """A user's session with a node: accounts and the encrypted filesystem (all crypto is here)."""
 
 from node.client._api import NodeApi
-from node.client._fs import FileSystem, Listing, get_file, get_tree, put_tree, tree_size
+from node.client._fs import Contents, FileSystem, Listing, get_file, get_tree, put_tree, tree_size
 from node.client._profile import Profile, SavedSession, default_profile
 from node.client._session import Session, change_password, login, login_keys, resume, signup
 
 __all__ = [
+    "Contents",
     "FileSystem",
     "Listing",
     "NodeApi",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Final
 
 import trio
@@ -22,6 +22,7 @@ from protocols.cryptree import (
     KeyBlock,
     Properties,
     build_node,
+    encode_dir_chunk,
     payload_data,
     seal_data,
 )
@@ -178,9 +179,11 @@ async def stage_dir_chunk(
     entries: list[Entry],
     old: CID | None,
     mirror_id: bytes,
+    unreadable: Sequence[object] = (),
 ) -> CID:
-    """Stage chunk `index` of a directory holding `entries`; return the tree pointing at it."""
-    plain = cbor.encode([entry.to_cbor() for entry in entries])
+    """Stage chunk `index` of a directory holding `entries` (and the `unreadable` items it
+    held, carried over unchanged); return the tree pointing at it."""
+    plain = encode_dir_chunk(entries, unreadable)
     payload = seal_data(cap, index, keys, True, plain, mirror_id)
     for fragment in payload.fragments:
         blocks.stage_raw(fragment)

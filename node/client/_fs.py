@@ -14,8 +14,10 @@ import math
 import mimetypes
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+import secrets
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -23,6 +25,7 @@ import trio
 
 from node.client._api import check_block
 from node.client._blocks import (
+    MAX_KEYS_PER_LOOKUP,
     Blocks,
     Uploader,
     new_upload_id,
@@ -31,7 +34,7 @@ from node.client._blocks import (
     stage_dir_chunk,
 )
 from node.client._session import Session, now_ms
-from protocols import accounts, cbor, champ, crypto
+from protocols import accounts, champ, crypto
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.cryptree import (
     CHUNK_BYTES,
@@ -44,6 +47,8 @@ from protocols.cryptree import (
     Properties,
     SealedPayload,
     build_node,
+    chunk_labels,
+    decode_dir_chunk,
     open_fragment,
     open_inline,
     open_node,
@@ -54,7 +59,7 @@ from protocols.cryptree import (
 from protocols.errors import (
     Conflict,
     Corrupted,
-    InvalidName,
+    Denied,
     MalformedInput,
     NotFound,
     StaleRoot,
@@ -82,6 +87,7 @@ class DirChunk:
     keys: KeyBlock
     props: Properties | None
     entries: list[Entry]
+    unreadable: list[object] = field(default_factory=list)  # kept until `rm --bad` drops them
 
 
 @dataclass
@@ -99,6 +105,9 @@ class Directory:
     def entries(self) -> list[Entry]:
         return [entry for chunk in self.chunks for entry in chunk.entries]
 
+    def unreadable(self) -> int:
+        return sum(len(chunk.unreadable) for chunk in self.chunks)
+
     def find(self, name: str) -> tuple[DirChunk, Entry] | None:
         for chunk in self.chunks:
             for entry in chunk.entries:
@@ -112,6 +121,19 @@ class Listing:
     name: str
     is_dir: bool
     props: Properties | None = None
+
+
+@dataclass(frozen=True)
+class Contents:
+    """A directory's readable entries, and how many of its entries were skipped as unreadable."""
+
+    items: list[Listing]
+    unreadable: int
+
+
+# What a bad entry (another writer's, or damaged) raises when its node is read: its node is
+# missing, refuses the entry's BAT, or fails to decrypt. The entry is skipped, not fatal.
+UNREADABLE_ENTRY: Final = (Corrupted, Denied, NotFound)
 
 
 def _chunk_count(props: Properties) -> int:
@@ -216,15 +238,10 @@ class FileSystem:
         async def open_chunk(index: int) -> None:
             cid, block = nodes[index]
             node = opened if index == 0 else open_node(cap, index, True, block)
-            plain = await self._payload(blocks, cap, index, node, True)
-            try:
-                listed = cbor.decode(plain, limit=len(plain))
-                if not isinstance(listed, list):
-                    raise MalformedInput("a directory chunk is a list of entries")
-                entries = [Entry.from_cbor(item) for item in listed]
-            except (MalformedInput, InvalidName) as exc:
-                raise Corrupted(f"a directory chunk is malformed: {exc.message}") from exc
-            chunks[index] = DirChunk(index, cid, node.keys, node.props, entries)
+            listed = decode_dir_chunk(await self._payload(blocks, cap, index, node, True))
+            chunks[index] = DirChunk(
+                index, cid, node.keys, node.props, listed.entries, listed.unreadable
+            )
 
         async with open_tasks() as nursery:
             for index in range(len(nodes)):
@@ -260,11 +277,20 @@ class FileSystem:
         return dirs, entry
 
     async def listdir(self, path: str = "", *, long: bool = False) -> list[Listing]:
+        """The readable entries of a directory (or the one file `path` names)."""
+        return (await self.contents(path, long=long)).items
+
+    async def contents(self, path: str = "", *, long: bool = False) -> Contents:
+        """A directory's entries, sorted by name, and the count of those skipped as unreadable.
+
+        A short listing reads only the directory, so it skips the entries that fail to decode;
+        a long one reads every child's first node and also skips those it cannot read.
+        """
         _, writer_data, blocks = await self._root()
         dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
         if entry is not None and not entry.is_dir:
             props = await self._props(blocks, writer_data.tree, dirs[-1].cap, entry)
-            return [Listing(entry.name, False, props)]
+            return Contents([Listing(entry.name, False, props)], 0)
         directory = dirs[-1]
         if entry is not None:
             directory = await self._read_dir(
@@ -272,16 +298,43 @@ class FileSystem:
             )
         entries = sorted(directory.entries(), key=lambda e: e.name)
         if not long:
-            return [Listing(e.name, e.is_dir) for e in entries]
-        caps = [e.capability(directory.cap) for e in entries]
-        nodes: list[tuple[CID, bytes]] = []
-        for start in range(0, len(caps), 64):
-            batch = [(cap.label, cap.bat) for cap in caps[start : start + 64]]
-            nodes += await self._fetch_nodes(blocks, writer_data.tree, batch)
-        return [
-            Listing(e.name, e.is_dir, open_node(cap, 0, e.is_dir, block).props)
-            for e, cap, (_, block) in zip(entries, caps, nodes, strict=True)
-        ]
+            return Contents([Listing(e.name, e.is_dir) for e in entries], directory.unreadable())
+        children = await self._children(blocks, writer_data.tree, directory.cap, entries)
+        items = [Listing(e.name, e.is_dir, props) for e, props in children if props is not None]
+        return Contents(items, directory.unreadable() + len(entries) - len(items))
+
+    async def _children(
+        self, blocks: Blocks, tree: CID, parent: Capability, entries: Sequence[Entry]
+    ) -> list[tuple[Entry, Properties | None]]:
+        """Each entry with its first node's properties, None where that node cannot be read:
+        one CHAMP lookup per 64 entries, their nodes fetched in parallel."""
+        result: list[tuple[Entry, Properties | None]] = []
+        for start in range(0, len(entries), MAX_KEYS_PER_LOOKUP):
+            batch = entries[start : start + MAX_KEYS_PER_LOOKUP]
+            found = await blocks.lookup(tree, [entry.label for entry in batch])
+            props: list[Properties | None] = [None] * len(batch)
+            async with open_tasks() as nursery:
+                for slot, entry in enumerate(batch):
+                    cid = found[entry.label]
+                    nursery.start_soon(self._child, blocks, parent, entry, cid, props, slot)
+            result += zip(batch, props, strict=True)
+        return result
+
+    async def _child(
+        self,
+        blocks: Blocks,
+        parent: Capability,
+        entry: Entry,
+        cid: CID | None,
+        out: list[Properties | None],
+        slot: int,
+    ) -> None:
+        """Set out[slot] to `entry`'s properties if its first node `cid` can be read."""
+        if cid is None:
+            return
+        with contextlib.suppress(*UNREADABLE_ENTRY):
+            block = await blocks.fetch(cid, entry.bat)
+            out[slot] = open_node(entry.capability(parent), 0, entry.is_dir, block).props
 
     async def _props(
         self, blocks: Blocks, tree: CID, parent: Capability, entry: Entry
@@ -419,13 +472,18 @@ class FileSystem:
     # -- writing ------------------------------------------------------------------------
 
     async def _commit(
-        self, change: Callable[[Blocks, CID], Awaitable[CID]], uploads: Sequence[bytes] = ()
+        self,
+        change: Callable[[Blocks, CID], Awaitable[CID | None]],
+        uploads: Sequence[bytes] = (),
     ) -> None:
-        """Apply `change` to the current tree and swap the pointer; on a lost race, redo it."""
+        """Apply `change` to the current tree and swap the pointer; on a lost race, redo it.
+        A change that returns None has nothing to do: no commit is made."""
         session = self.session
         for attempt in range(MAX_COMMIT_ATTEMPTS):
             pointer, writer_data, blocks = await self._root()
             tree = await change(blocks, writer_data.tree)
+            if tree is None:
+                return
             root = await blocks.put(replace(writer_data, tree=tree).encode())
             staged = [(cid, blocks.staged[cid]) for cid in blocks.reachable_staged(root)]
             upload = new_upload_id()
@@ -453,7 +511,7 @@ class FileSystem:
         Entries fill chunks of at most 500; empty trailing chunks are dropped.
         """
         chunks = directory.chunks
-        while len(chunks) > 1 and not chunks[-1].entries:
+        while len(chunks) > 1 and not chunks[-1].entries and not chunks[-1].unreadable:
             gone = chunks.pop()
             if gone.node is not None:
                 label = directory.cap.chunk(gone.index)[0]
@@ -467,7 +525,7 @@ class FileSystem:
                 dirty.update({index, index + 1})
         props = replace(
             directory.props,
-            size=sum(len(c.entries) for c in chunks),
+            size=sum(len(c.entries) + len(c.unreadable) for c in chunks),
             chunks=len(chunks),
             modified=now_ms(),
         )
@@ -478,7 +536,7 @@ class FileSystem:
                 tree = await stage_dir_chunk(
                     blocks, tree, directory.cap, chunk.index, chunk.keys,
                     chunk.props if chunk.index == 0 else None, chunk.entries, chunk.node,
-                    self.session.mirror_id,
+                    self.session.mirror_id, chunk.unreadable,
                 )  # fmt: skip
         return tree
 
@@ -534,12 +592,20 @@ class FileSystem:
     async def _labels(
         self, blocks: Blocks, tree: CID, parent: Capability, entry: Entry
     ) -> dict[bytes, CID]:
-        """Every chunk label of `entry`'s subtree with its current node, for removal."""
-        cap = entry.capability(parent)
-        ((first_cid, first),) = await self._nodes(blocks, tree, cap, [0])
-        props = open_node(cap, 0, entry.is_dir, first).props
-        if props is None:
-            raise Corrupted("a first chunk has no metadata")
+        """Every chunk label of `entry`'s subtree with its current node, for removal.
+
+        Only locations are needed, so no write key is opened. A node that cannot be read (a
+        bad entry) still has its chunks found by their labels; what lies below a directory
+        that cannot be read cannot be found, and stays in the tree.
+        """
+        cap = Capability(parent.owner, parent.writer, entry.label, entry.bat, entry.read_key)
+        try:
+            ((first_cid, first),) = await self._nodes(blocks, tree, cap, [0])
+            props = open_node(cap, 0, entry.is_dir, first).props
+            if props is None:
+                raise Corrupted("a first chunk has no metadata")
+        except UNREADABLE_ENTRY:
+            return await self._chain(blocks, tree, cap)
         count = _chunk_count(props)
         labels = {cap.label: first_cid}
         if count > 1:
@@ -547,10 +613,27 @@ class FileSystem:
             found = await blocks.lookup(tree, rest)
             labels.update({label: cid for label, cid in found.items() if cid is not None})
         if entry.is_dir:
-            directory = await self._read_dir(blocks, tree, cap)
+            try:
+                directory = await self._read_dir(blocks, tree, cap)
+            except UNREADABLE_ENTRY:
+                return labels
             for child in directory.entries():
                 labels.update(await self._labels(blocks, tree, cap, child))
         return labels
+
+    async def _chain(self, blocks: Blocks, tree: CID, cap: Capability) -> dict[bytes, CID]:
+        """The chunks of `cap` in the tree, from chunk 0 to the first one missing: how a node
+        whose chunk count cannot be read is found whole."""
+        labels: dict[bytes, CID] = {}
+        chain = chunk_labels(cap.label, cap.read_key)
+        while True:
+            batch = list(itertools.islice(chain, MAX_KEYS_PER_LOOKUP))
+            found = await blocks.lookup(tree, batch)
+            for key in batch:
+                cid = found[key]
+                if cid is None:
+                    return labels
+                labels[key] = cid
 
     async def _unlink(self, blocks: Blocks, tree: CID, labels: dict[bytes, CID]) -> CID:
         for label, cid in labels.items():
@@ -575,8 +658,11 @@ class FileSystem:
         async def change(blocks: Blocks, tree: CID) -> CID:
             parent, chunk, entry = await self._locate(blocks, tree, names, path)
             if entry.is_dir and not recursive:
-                child = await self._read_dir(blocks, tree, entry.capability(parent.cap))
-                if child.entries():
+                try:
+                    child = await self._read_dir(blocks, tree, entry.capability(parent.cap))
+                except UNREADABLE_ENTRY:
+                    raise Conflict(f"{path} is a directory that cannot be read (use -r)") from None
+                if child.entries() or child.unreadable():
                     raise Conflict(f"{path} is a directory that is not empty (use -r)")
             tree = await self._unlink(
                 blocks, tree, await self._labels(blocks, tree, parent.cap, entry)
@@ -585,6 +671,35 @@ class FileSystem:
             return await self._save_dir(blocks, tree, parent, {chunk.index})
 
         await self._commit(change)
+
+    async def remove_unreadable(self, path: str) -> int:
+        """Remove the entries of the directory `path` that cannot be read (see `contents`, long
+        form), and the chunks they name that can be found; return how many were removed."""
+        names = self._split(path)
+        removed = 0
+
+        async def change(blocks: Blocks, tree: CID) -> CID | None:
+            nonlocal removed
+            directory = await self._dir_at(blocks, tree, names)
+            dirty = {chunk.index for chunk in directory.chunks if chunk.unreadable}
+            removed = directory.unreadable()
+            for chunk in directory.chunks:
+                chunk.unreadable = []
+                for entry, props in await self._children(
+                    blocks, tree, directory.cap, chunk.entries
+                ):
+                    if props is None:
+                        labels = await self._labels(blocks, tree, directory.cap, entry)
+                        tree = await self._unlink(blocks, tree, labels)
+                        chunk.entries.remove(entry)
+                        dirty.add(chunk.index)
+                        removed += 1
+            if not dirty:
+                return None
+            return await self._save_dir(blocks, tree, directory, dirty)
+
+        await self._commit(change)
+        return removed
 
     async def move(self, source: str, target: str) -> None:
         src = self._split(source)
@@ -845,17 +960,69 @@ def _opener(path: Path) -> Opener:
     return open_file
 
 
-async def get_file(
-    fs: FileSystem, remote: str, local: Path, progress: Progress | None, size: int | None = None
-) -> None:
-    """Download a file to `local` through a temporary file, renamed only once complete.
+PART_PREFIX: Final = ".pyrgos-part-"  # then 32 random hex digits: no name to plant a link at
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_EXCL refuses any existing name, a link included; O_NOFOLLOW says so once more.
+_PART_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_PART_MODE: Final = 0o600  # nobody else reads a download before it is complete
 
-    Given the size, the file's space is allocated first: filesystems then skip block
-    allocation on every write, which otherwise costs more than the copy itself.
-    """
-    partial = local.with_name(f".{local.name}.pyrgos-part")
+
+def _local_name(local: Path) -> str:
+    name = local.name
+    if name in ("", ".", ".."):
+        raise Conflict(f"{local} does not name a file or folder to write")
+    return name
+
+
+@contextlib.contextmanager
+def _parent_folder(local: Path) -> Iterator[int]:
+    """The folder `local` is in, opened as the user named it: links on the way there are the
+    user's own choice. What is written below it is reached only through this descriptor."""
+    folder = os.open(local.parent, _DIR_FLAGS)
     try:
-        with partial.open("wb") as out:
+        yield folder
+    finally:
+        os.close(folder)
+
+
+def _open_folder(parent: int, name: str, shown: Path) -> int:
+    """Make (if missing) and open the folder `name` in `parent`, never through a link."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, dir_fd=parent)
+    try:
+        return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except NotADirectoryError:
+        if stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode):
+            raise Conflict(
+                f"{shown} is a symbolic link: refusing to write through it (remove it first)"
+            ) from None
+        raise Conflict(f"{shown} exists and is not a folder") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+async def _download(
+    fs: FileSystem,
+    remote: str,
+    folder: int,
+    name: str,
+    shown: Path,
+    progress: Progress | None,
+    size: int | None,
+) -> None:
+    """Write `remote` to `name` in `folder`: into a new file of a random name, created
+    exclusively and mode 0600, then renamed over `name` once complete. The rename replaces a
+    link found at `name` rather than writing through it; a failure or Ctrl-C removes the
+    temporary file."""
+    part = PART_PREFIX + secrets.token_hex(16)
+    mode = 0o666 & ~_umask()
+    fd = os.open(part, _PART_FLAGS, _PART_MODE, dir_fd=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
             if size:
                 with contextlib.suppress(OSError):  # not every filesystem can
                     os.posix_fallocate(out.fileno(), 0, size)
@@ -864,29 +1031,75 @@ async def get_file(
                     await trio.to_thread.run_sync(out.write, piece)
                     if progress is not None:
                         progress(len(piece))
-        partial.replace(local)
+            os.fchmod(out.fileno(), mode)
+        try:
+            os.rename(part, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except IsADirectoryError:
+            raise Conflict(f"{shown} is a folder") from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part, dir_fd=folder)
+        raise
+
+
+async def get_file(
+    fs: FileSystem, remote: str, local: Path, progress: Progress | None, size: int | None = None
+) -> None:
+    """Download a file to `local` through a temporary file, renamed only once complete.
+
+    Given the size, the file's space is allocated first: filesystems then skip block
+    allocation on every write, which otherwise costs more than the copy itself.
+    """
+    name = _local_name(local)
+    with _parent_folder(local) as folder:
+        await _download(fs, remote, folder, name, local, progress, size)
+
+
+async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress | None) -> int:
+    """Download the directory `remote` into the folder `local` (created if missing); return
+    how many entries were skipped as unreadable (the rest is downloaded all the same).
+
+    Every folder below `local` is made and opened without following links, so a link planted
+    inside the download (as a sub-folder or a file name) cannot send a write elsewhere.
+    """
+    name = _local_name(local)
+    with _parent_folder(local) as parent:
+        folder = _open_folder(parent, name, local)
+    try:
+        return await _get_tree_at(fs, remote, folder, local, progress)
     finally:
-        partial.unlink(missing_ok=True)
+        os.close(folder)
 
 
-async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress | None) -> None:
-    """Download the directory `remote` into the folder `local` (created if missing)."""
-    await trio.Path(local).mkdir(exist_ok=True)
-    for item in await fs.listdir(remote):
+async def _get_tree_at(
+    fs: FileSystem, remote: str, folder: int, shown: Path, progress: Progress | None
+) -> int:
+    contents = await fs.contents(remote)
+    skipped = contents.unreadable
+    for item in contents.items:
         name = check_file_name(item.name)  # a hostile writer cannot plant '..' or '/'
         path = f"{remote.rstrip('/')}/{name}"
-        if item.is_dir:
-            await get_tree(fs, path, local / name, progress)
-        else:
-            await get_file(fs, path, local / name, progress)
+        try:
+            if item.is_dir:
+                sub = _open_folder(folder, name, shown / name)
+                try:
+                    skipped += await _get_tree_at(fs, path, sub, shown / name, progress)
+                finally:
+                    os.close(sub)
+            else:
+                await _download(fs, path, folder, name, shown / name, progress, None)
+        except UNREADABLE_ENTRY:
+            skipped += 1
+    return skipped
 
 
 async def tree_size(fs: FileSystem, remote: str) -> int:
-    """Total bytes of the files under `remote` (for a progress bar)."""
+    """Total bytes of the readable files under `remote` (for a progress bar)."""
     total = 0
     for item in await fs.listdir(remote, long=True):
         if item.is_dir:
-            total += await tree_size(fs, f"{remote.rstrip('/')}/{item.name}")
+            with contextlib.suppress(*UNREADABLE_ENTRY):
+                total += await tree_size(fs, f"{remote.rstrip('/')}/{item.name}")
         elif item.props is not None:
             total += item.props.size
     return total

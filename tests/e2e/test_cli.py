@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -12,7 +13,10 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+import trio
 
+from node.cli._main import open_session
+from node.client import FileSystem
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     PYRGOS,
@@ -22,6 +26,7 @@ from tests.e2e.conftest import (
     client,
     pyrgos,
 )
+from tests.node.test_fs import plant_bad_entries, rewrite_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -277,3 +282,46 @@ def test_cat_into_a_closed_pipe(alice: Cli, tmp_path: Path) -> None:
         stderr = cat.stderr.read().decode()
     assert stderr == ""
     assert code != 0
+
+
+def test_bad_entries_and_planted_links(
+    shared_node: NodeProcess, alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory damaged by another writer stays usable, and a link planted in a download
+    folder is refused; every message is one line on stderr."""
+    local = tmp_path / "damaged"
+    (local / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "garbled", "wrong-bat", "bad-link", "sub/c.jpg"):
+        (local / name).write_bytes(name.encode())
+    alice.ok("put", local, "damaged")
+
+    async def damage() -> None:
+        monkeypatch.setenv("PYRGOS_NODE", shared_node.url)
+        profile = argparse.Namespace(profile=Path(alice.env["PYRGOS_PROFILE"]))
+        async with open_session(profile) as session:
+            await rewrite_dir(FileSystem(session), "damaged", plant_bad_entries)
+
+    trio.run(damage)
+    shown = alice.ok("ls", "damaged")
+    assert shown.lines == ["a.jpg", "bad-link", "garbled", "missing", "sub/", "wrong-bat"]
+    assert shown.stderr.startswith("pyrgos: warning: skipped 3 unreadable entries in damaged")
+    assert len(shown.stderr.splitlines()) == 1
+    assert long_listing(alice, "damaged").keys() == {"a.jpg", "sub/"}
+
+    got = alice.run("get", "damaged", tmp_path / "out")
+    assert got.code == 10, str(got)
+    assert got.stderr.startswith("pyrgos: warning: skipped 7 unreadable entries"), str(got)
+    assert len(got.stderr.splitlines()) == 1
+    assert tree(tmp_path / "out") == {"a.jpg": b"a.jpg", "sub": None, "sub/c.jpg": b"sub/c.jpg"}
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "again" / "damaged").mkdir(parents=True)
+    (tmp_path / "again" / "damaged" / "sub").symlink_to(outside)  # into a folder: again/damaged
+    assert "symbolic link" in alice.fails("get", "damaged", tmp_path / "again", code=5)
+    assert list(outside.iterdir()) == []
+
+    assert alice.ok("rm", "--bad", "damaged").lines == ["removed 7 unreadable entries"]
+    shown = alice.ok("ls", "damaged")
+    assert (shown.lines, shown.stderr) == (["a.jpg", "sub/"], "")
+    alice.ok("rm", "-r", "damaged")

@@ -3,20 +3,35 @@ space accounting and large directories."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.client import FileSystem, NodeApi, login, signup
+from node.client import (
+    Contents,
+    FileSystem,
+    NodeApi,
+    get_file,
+    get_tree,
+    login,
+    signup,
+    tree_size,
+)
+from node.client._blocks import Blocks
 from node.store import Space
-from protocols import cbor
-from protocols.cryptree import CHUNK_BYTES
-from protocols.errors import Conflict, NotFound, PyrgosError
+from protocols import cbor, champ
+from protocols.cid import CID
+from protocols.cryptree import CHUNK_BYTES, build_node, payload_data, seal_data
+from protocols.errors import Conflict, Corrupted, NotFound, PyrgosError
 from tests.node.conftest import PASSWORD, RunningNode
 
 MiB = 1024 * 1024
@@ -227,3 +242,233 @@ async def test_directory_chunks_hold_at_most_500_entries(fs: FileSystem) -> None
     assert [len(chunk.entries) for chunk in home.chunks] == [500, 500, 201]
     assert home.props.chunks == 3
     assert home.props.size == 1201
+
+
+# -- downloads never write through a planted link ----------------------------------------------
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under root, by relative path."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def no_partial_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.startswith(".pyrgos-part")]
+
+
+async def test_get_ignores_a_link_planted_at_the_old_temporary_name(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / ".report.txt.pyrgos-part").symlink_to(outside)
+    with trio.fail_after(30):
+        await fs.write_file("report.txt", io.BytesIO(b"downloaded"))
+        await get_file(fs, "report.txt", downloads / "report.txt", None, 10)
+    assert outside.read_bytes() == b"precious"
+    assert (downloads / "report.txt").read_bytes() == b"downloaded"
+    assert no_partial_files(downloads)
+
+
+async def test_get_replaces_a_link_at_the_final_name_instead_of_writing_through_it(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    downloads = tmp_path / "downloads"
+    (downloads / "photos").mkdir(parents=True)
+    (downloads / "report.txt").symlink_to(outside)
+    (downloads / "photos" / "a.jpg").symlink_to(outside)
+    with trio.fail_after(30):
+        await fs.write_file("report.txt", io.BytesIO(b"downloaded"))
+        await fs.mkdir("photos")
+        await fs.write_file("photos/a.jpg", io.BytesIO(b"jpeg"))
+        await get_file(fs, "report.txt", downloads / "report.txt", None)
+        await get_tree(fs, "photos", downloads / "photos", None)
+    assert outside.read_bytes() == b"precious"
+    for path, data in (
+        (downloads / "report.txt", b"downloaded"),
+        (downloads / "photos/a.jpg", b"jpeg"),
+    ):
+        assert not path.is_symlink()
+        assert path.read_bytes() == data
+    assert no_partial_files(downloads)
+
+
+async def test_folder_download_refuses_a_planted_link_as_a_sub_folder(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    downloads = tmp_path / "photos"
+    downloads.mkdir()
+    (downloads / "2024").symlink_to(outside)
+    with trio.fail_after(30):
+        await fs.mkdir("photos/2024", parents=True)
+        await fs.write_file("photos/2024/a.jpg", io.BytesIO(b"jpeg"))
+        with pytest.raises(Conflict, match="symbolic link"):
+            await get_tree(fs, "photos", downloads, None)
+        (downloads / "2024").unlink()
+        (downloads / "2024").write_bytes(b"a file")
+        with pytest.raises(Conflict, match="not a folder"):
+            await get_tree(fs, "photos", downloads, None)
+    assert list(outside.iterdir()) == []
+    assert no_partial_files(downloads)
+
+
+async def test_a_failed_or_cancelled_download_leaves_no_temporary_file(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with trio.fail_after(30):
+        await fs.write_file("big.bin", io.BytesIO(os.urandom(3 * MiB)))
+        with pytest.raises(NotFound):
+            await get_file(fs, "missing.bin", downloads / "missing.bin", None)
+
+        def interrupt(_: int) -> None:
+            (part,) = downloads.iterdir()
+            assert part.name.startswith(".pyrgos-part-")
+            assert part.stat().st_mode & 0o777 == 0o600  # private until complete
+            raise KeyboardInterrupt
+
+        with pytest.raises(BaseExceptionGroup) as caught:  # Ctrl-C, through trio's task groups
+            await get_file(fs, "big.bin", downloads / "big.bin", interrupt)
+        assert caught.group_contains(KeyboardInterrupt)
+        with trio.CancelScope() as scope:
+            await get_file(fs, "big.bin", downloads / "big.bin", lambda _: scope.cancel())
+        assert scope.cancelled_caught
+    assert list(downloads.iterdir()) == []
+
+
+# -- one bad directory entry never hides the rest ----------------------------------------------
+
+
+async def rewrite_dir(fs: FileSystem, path: str, edit: Callable[[list[Any]], object]) -> None:
+    """Rewrite chunk 0 of the directory `path` with its CBOR items edited, as another writer
+    or damage could: sealed with the cryptree primitives, past every check of the client."""
+    names = fs._split(path)
+    mirror_id = fs.session.mirror_id
+
+    async def change(blocks: Blocks, tree: CID) -> CID:
+        directory = await fs._dir_at(blocks, tree, names)
+        chunk = directory.chunks[0]
+        plain = cbor.encode(edit([entry.to_cbor() for entry in chunk.entries]))
+        payload = seal_data(directory.cap, 0, chunk.keys, True, plain, mirror_id)
+        for fragment in payload.fragments:
+            blocks.stage_raw(fragment)
+        node = build_node(
+            directory.cap, 0, chunk.keys, True, chunk.props, payload_data(payload), mirror_id
+        )
+        return await champ.put(
+            blocks, tree, directory.cap.label, chunk.node, await blocks.put(node)
+        )
+
+    await fs._commit(change)
+
+
+def plant_bad_entries(items: list[Any]) -> list[Any]:
+    """Damage a directory holding a.jpg, garbled, wrong-bat and bad-link (files) in every way
+    an entry can be bad: four whose nodes cannot be read, three that do not decode."""
+    by_name = {item[0]: item for item in items}
+    by_name["garbled"][4] = os.urandom(32)  # its node fails to decrypt
+    by_name["wrong-bat"][3] = os.urandom(32)  # the node refuses the read
+    by_name["bad-link"][5] = b"not a sealed key"  # its write key fails to open
+    missing = [*by_name["a.jpg"]]
+    missing[0], missing[2] = "missing", os.urandom(32)  # no node at its label
+    template = by_name["a.jpg"]
+    malformed = ["short", False, b"short", *template[3:]]
+    return [*items, missing, ["..", *template[1:]], malformed, 42]
+
+
+def holding(data: bytes) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
+    return lambda: contextlib.nullcontext(io.BytesIO(data))
+
+
+async def make_damaged(fs: FileSystem, path: str) -> None:
+    await fs.mkdir(f"{path}/sub", parents=True)
+    names = ("a.jpg", "garbled", "wrong-bat", "bad-link")
+    await fs.write_files(path, [(name, holding(name.encode())) for name in names])
+    await fs.write_file(f"{path}/sub/c.jpg", io.BytesIO(b"c"))
+    await rewrite_dir(fs, path, plant_bad_entries)
+
+
+async def test_bad_entries_are_skipped_reported_and_removed(fs: FileSystem, tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        await make_damaged(fs, "photos")
+        short = await fs.contents("photos")
+        assert [i.name for i in short.items] == [
+            "a.jpg", "bad-link", "garbled", "missing", "sub", "wrong-bat"
+        ]  # fmt: skip
+        assert short.unreadable == 3  # a short listing reads no child: what fails to decode
+        full = await fs.contents("photos", long=True)
+        assert [i.name for i in full.items] == ["a.jpg", "sub"]
+        assert full.unreadable == 7
+        assert await fs.listdir("photos", long=True) == full.items
+        assert await read_all(fs, "photos/a.jpg") == b"a.jpg"
+        assert await read_all(fs, "photos/sub/c.jpg") == b"c"
+        assert await tree_size(fs, "photos") == 6
+
+        assert await get_tree(fs, "photos", tmp_path / "out", None) == 7
+        assert tree(tmp_path / "out") == {"a.jpg": b"a.jpg", "sub": None, "sub/c.jpg": b"c"}
+
+        # A write elsewhere in the directory carries the bad entries over: nothing is lost.
+        await fs.write_file("photos/d.jpg", io.BytesIO(b"d"))
+        assert (await fs.contents("photos", long=True)).unreadable == 7
+
+        _, writer_data, blocks = await fs._root()
+        directory = await fs._dir_at(blocks, writer_data.tree, ["photos"])
+        garbled = next(e for e in directory.entries() if e.name == "garbled")
+        assert (await blocks.lookup(writer_data.tree, [garbled.label]))[garbled.label] is not None
+
+        assert await fs.remove_unreadable("photos") == 7
+        after = await fs.contents("photos", long=True)
+        assert [i.name for i in after.items] == ["a.jpg", "d.jpg", "sub"]
+        assert after.unreadable == 0
+        assert await fs.remove_unreadable("photos") == 0
+        _, writer_data, blocks = await fs._root()
+        assert (await blocks.lookup(writer_data.tree, [garbled.label]))[garbled.label] is None
+
+
+async def test_rm_removes_bad_entries_by_name_and_with_their_directory(fs: FileSystem) -> None:
+    with trio.fail_after(60):
+        await make_damaged(fs, "d")
+        for name in ("missing", "garbled", "wrong-bat", "bad-link"):
+            await fs.remove(f"d/{name}")
+        assert (await fs.contents("d", long=True)).unreadable == 3
+
+        await make_damaged(fs, "e/inner")
+        await fs.mkdir("broken")
+
+        def garble_broken(items: list[Any]) -> list[Any]:
+            for item in items:
+                if item[0] == "broken":
+                    item[4] = os.urandom(32)
+            return items
+
+        await rewrite_dir(fs, "/alice", garble_broken)
+        with pytest.raises(Conflict, match="cannot be read"):
+            await fs.remove("broken")
+        await fs.remove("broken", recursive=True)
+        await fs.remove("e", recursive=True)
+        await fs.remove("d", recursive=True)
+        assert await fs.contents("", long=True) == Contents([], 0)
+
+
+async def test_a_whole_malformed_directory_chunk_is_still_an_error(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        await fs.mkdir("d")
+        await fs.write_file("d/a.jpg", io.BytesIO(b"a"))
+        await rewrite_dir(fs, "d", lambda items: {"entries": items})
+        for listing in (fs.contents("d"), get_tree(fs, "d", tmp_path / "out", None)):
+            with pytest.raises(Corrupted, match="directory chunk is malformed"):
+                await listing
+        await fs.remove("d", recursive=True)
+        assert await fs.listdir() == []

@@ -390,6 +390,88 @@ def test_entry_from_cbor_rejects_malformed(value: Any) -> None:
         Entry.from_cbor(value)
 
 
+# --- directory chunks: one bad entry never hides its siblings ---------------------------------
+
+BAD_ITEMS: list[Any] = [
+    None,
+    7,
+    "a name alone",
+    {"o": 1},
+    GOOD_ENTRY[:5],  # a malformed relative capability
+    ["ok", False, bytes(31), *GOOD_ENTRY[3:]],
+    ["ok", False, GOOD_ENTRY[2], GOOD_ENTRY[3], "k" * 32, None],
+    ["ok", "yes", *GOOD_ENTRY[2:]],
+    *[[name, *GOOD_ENTRY[1:]] for name in HOSTILE_NAMES[:-1]],  # names breaking the rules
+]
+
+
+def test_dir_chunk_sets_bad_entries_aside_and_keeps_the_rest() -> None:
+    good = [Entry.link(f"file-{i}", i % 2 == 0, CHILD, CAP) for i in range(3)]
+    items: list[Any] = [e.to_cbor() for e in good]
+    for at, bad in enumerate(BAD_ITEMS):
+        items.insert((at * 2) % (len(items) + 1), bad)
+    listed = cryptree.decode_dir_chunk(cbor.encode(items))
+    assert listed.entries == good
+    assert len(listed.unreadable) == len(BAD_ITEMS)
+    # A rewrite carries the bad items over unchanged: another writer's entries are not lost.
+    again = cryptree.decode_dir_chunk(cryptree.encode_dir_chunk(listed.entries, listed.unreadable))
+    assert again == listed
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [b"", b"\xff", cbor.encode({"entries": []}), cbor.encode(7), cbor.encode([]) + b"\x00"],
+)
+def test_a_whole_malformed_dir_chunk_is_corrupted(plain: bytes) -> None:
+    with pytest.raises(Corrupted, match="directory chunk is malformed"):
+        cryptree.decode_dir_chunk(plain)
+
+
+@SOME
+@given(
+    good=st.lists(st.builds(Entry.link, file_names, st.booleans(), capabilities, st.just(CAP))),
+    bad=st.lists(st.sampled_from(BAD_ITEMS)),
+    order=st.randoms(use_true_random=False),
+)
+def test_dir_chunk_any_mix_keeps_every_valid_entry_in_order(
+    good: list[Entry], bad: list[Any], order: random.Random
+) -> None:
+    items: list[Any] = [e.to_cbor() for e in good]
+    for item in bad:
+        items.insert(order.randint(0, len(items)), item)
+    listed = cryptree.decode_dir_chunk(cbor.encode(items))
+    assert listed.entries == good
+    assert len(listed.unreadable) == len(bad)
+
+
+_DIR_PLAIN = cbor.encode([Entry.link(f"f{i}", i == 1, CHILD, CAP).to_cbor() for i in range(3)])
+
+
+@FUZZ
+@given(
+    data=st.one_of(
+        st.binary(max_size=600),
+        st.tuples(st.integers(0, len(_DIR_PLAIN) - 1), st.integers(0, 255)).map(
+            lambda edit: _DIR_PLAIN[: edit[0]] + bytes([edit[1]]) + _DIR_PLAIN[edit[0] + 1 :]
+        ),
+    )
+)
+def test_dir_chunk_decoder_fuzz(data: bytes) -> None:
+    """Random and mutated chunk plaintexts: entries and unreadable items, or Corrupted."""
+    try:
+        listed = cryptree.decode_dir_chunk(data)
+    except Corrupted:
+        return
+    assert all(isinstance(entry, Entry) for entry in listed.entries)
+    again = cryptree.decode_dir_chunk(cryptree.encode_dir_chunk(listed.entries, listed.unreadable))
+    assert again == listed
+
+
+def test_chunk_labels_follow_chunk_location() -> None:
+    labels = cryptree.chunk_labels(CAP.label, CAP.read_key)
+    assert [next(labels) for _ in range(5)] == [CAP.chunk(i)[0] for i in range(5)]
+
+
 # --- properties --------------------------------------------------------------------------------
 
 
