@@ -666,29 +666,27 @@ class NodeService:
         for key in list(self.store.keys(Space.SESSIONS, self._sessions_prefix(owner))):
             batch.delete(Space.SESSIONS, key)
 
-    def _check_session(self, owner: CID, args: Args) -> None:
-        """Raise Denied unless `args` carry a live session token of `owner`: a write needs the
-        user's signatures and a session that logout or a password change can end."""
+    def _check_session(self, owner: CID, args: Args) -> int:
+        """The expiry of the live session of `owner` whose token `args` carry, else Denied: a
+        write needs the user's signatures and a session that logout or a password change can
+        end."""
         token = args.get("session")
         if token is None:
             raise Denied("this call needs a session: log in (`pyrgos login USER`)")
         key = self._sessions_prefix(owner) + accounts.session_id(token)
         raw = self.store.get(Space.SESSIONS, key)
-        if raw is None or cbor.decode(raw) <= int(self._clock()):
+        expiry = None if raw is None else cbor.decode(raw)
+        if not isinstance(expiry, int) or expiry <= int(self._clock()):
             raise Denied(
                 "this device's session has ended (logged out, password changed or expired): "
                 "log in again (`pyrgos login USER`)"
             )
+        return expiry
 
     async def check_session(self, args: Args, requester: bytes) -> dict[str, int]:
         """Whether a device's saved session is still live, so that it learns at once, not at
         its next write, that it was logged out."""
-        owner = _key_hash_arg(args, "owner")
-        self._check_session(owner, args)
-        raw = self.store.get(
-            Space.SESSIONS, self._sessions_prefix(owner) + accounts.session_id(args["session"])
-        )
-        return {"expiry": 0 if raw is None else cbor.decode(raw)}
+        return {"expiry": self._check_session(_key_hash_arg(args, "owner"), args)}
 
     async def end_session(self, args: Args, requester: bytes) -> bool:
         """Logout: end this session (its token is the proof), or with `all` every session of
