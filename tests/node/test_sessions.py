@@ -37,6 +37,7 @@ from protocols.crypto import KdfParams, LoginKeys, SigningKey
 from protocols.errors import AuthFailed, Denied, NotFound, RateLimited
 from protocols.peerid import peer_id_of
 from protocols.pointers import PointerUpdate
+from simulations.swarm import LocalNetwork, new_node
 from tests.node.conftest import PASSWORD, RunningNode
 
 TIMEOUT = 30
@@ -302,3 +303,36 @@ async def test_failed_logins_per_source_are_throttled_across_usernames(
             await login(capi, "alice", PASSWORD)
         clock.now += 1
         assert (await login(capi, "alice", PASSWORD)).username == "alice"
+
+
+async def test_sessions_and_throttling_hold_through_a_node_that_is_not_home(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # The token travels opaquely with forwarded calls: only the home checks and ends it, and
+    # the home counts a user's failed logins whichever node they come through.
+    swarm = LocalNetwork()
+    home = new_node(Store(tmp_path / "home"))
+    other = new_node(Store(tmp_path / "other"), pki_node=home.settings.node_id)
+    urls = {}
+    for service in (home, other):
+        swarm.add(service)
+        urls[service] = await nursery.start(serve_api, service, "127.0.0.1", 0)
+    with trio.fail_after(TIMEOUT):
+        async with NodeApi(urls[home]) as api:
+            await signup(api, "alice", PASSWORD)
+        async with NodeApi(urls[other]) as api, NodeApi(urls[other]) as api_b:
+            device_a = await login(api, "alice", PASSWORD)
+            device_b = await login(api_b, "alice", PASSWORD)
+            assert await can_write(device_a)
+            assert await can_write(device_b)
+            assert await logout(device_a, everywhere=True)
+            assert not await can_write(device_b)
+            assert not list(other.store.keys(Space.SESSIONS))  # the home alone keeps them
+            wrong = await login_keys(api, "alice", "not the password at all")
+            for _ in range(accounts.FREE_FAILURES):
+                with pytest.raises(AuthFailed):
+                    await resume(api, "alice", wrong)
+        async with NodeApi(urls[home]) as api:
+            with pytest.raises(RateLimited, match="for this user"):
+                await login(api, "alice", PASSWORD)
+    assert other.stats["forwarded"] > 0
