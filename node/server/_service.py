@@ -35,6 +35,7 @@ from protocols.errors import (
     MalformedInput,
     NotFound,
     QuotaExceeded,
+    RateLimited,
     TooLarge,
     Unavailable,
 )
@@ -191,8 +192,12 @@ class NodeService:
         sources = [f"peer:{requester.hex()}" if requester else f"addr:{source}"]
         user = args.get("username")
         users = [f"user:{user}"] if home is None and isinstance(user, str) else []
-        self._source_logins.check(sources, self._clock(), "from this address")
-        self._user_logins.check(users, self._clock(), "for this user")
+        try:
+            self._source_logins.check(sources, self._clock(), "from this address")
+            self._user_logins.check(users, self._clock(), "for this user")
+        except RateLimited:
+            self.stats["logins_throttled"] += 1
+            raise
         try:
             result = await self._dispatch(entry, home, method, args, requester)
         except AuthFailed:

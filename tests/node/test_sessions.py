@@ -336,3 +336,4 @@ async def test_sessions_and_throttling_hold_through_a_node_that_is_not_home(
             with pytest.raises(RateLimited, match="for this user"):
                 await login(api, "alice", PASSWORD)
     assert other.stats["forwarded"] > 0
+    assert home.stats["logins_throttled"] == 1
