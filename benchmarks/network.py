@@ -572,6 +572,7 @@ def measure_uploads(work: Path) -> dict[str, Any]:
     of each run (the CLI, both nodes, the rest of the machine)."""
     env = dict(os.environ, PYRGOS_PROFILE=str(work / "profile"), PYRGOS_PASSWORD=PASSWORD)
     env.pop("PYRGOS_NODE", None)
+    env["PYRGOS_INSECURE_TEST_KDF"] = "1"  # the two nodes run in test mode
     local, warm = work / "upload", work / "warm-up"
     write_random(local, UPLOAD)
     write_random(warm, MiB)

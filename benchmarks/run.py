@@ -85,6 +85,10 @@ class Node:
             PYRGOS_PASSWORD=PASSWORD,
         )
         self.env.pop("PYRGOS_NODE", None)
+        # A test-mode node's clients opt in to its small KDF profile; a production one's do not.
+        self.env.pop("PYRGOS_INSECURE_TEST_KDF", None)
+        if test_mode:
+            self.env["PYRGOS_INSECURE_TEST_KDF"] = "1"
         args = ["node", "init", "--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0"]
         args += ["--quota", "16GiB", *init]
         self.cli(*args, *(["--test-mode"] if test_mode else []))

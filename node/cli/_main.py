@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Final, NoReturn
 import trio
 
 from node import client, heap
-from node.client import FileSystem, NodeApi, Profile, SavedSession, Session
+from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Profile, SavedSession, Session
 from node.home import DEFAULT_API, DEFAULT_LISTEN, NodeConfig, NodeHome, default_home, parse_size
 from protocols.cid import CID
 from protocols.errors import (
@@ -28,9 +29,11 @@ from protocols.errors import (
     Conflict,
     Denied,
     InvalidName,
+    MalformedInput,
     NotFound,
     PyrgosError,
     QuotaExceeded,
+    RateLimited,
     Unavailable,
     WeakPassword,
 )
@@ -44,9 +47,10 @@ EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
     Denied: 8,
     InvalidName: 9,
     WeakPassword: 9,
+    RateLimited: 10,
 }
 DEFAULT_NODE: Final = f"http://{DEFAULT_API}"
-EXIT_INCOMPLETE: Final = 10  # a folder download finished without the entries it could not read
+EXIT_INCOMPLETE: Final = 11  # a folder download finished without the entries it could not read
 
 
 class UsageError(Exception):
@@ -113,19 +117,19 @@ def node_url() -> str:
 @asynccontextmanager
 async def open_session(args: argparse.Namespace) -> AsyncIterator[Session]:
     saved = Profile(args.profile).load()
+    if saved.expiry <= time.time():
+        raise AuthFailed(
+            f"this device's session for {saved.username} has expired:"
+            f" run `pyrgos login {saved.username}`"
+        )
     async with NodeApi(node_url()) as api:
-        try:
-            session = await client.resume(api, saved.username, saved.login)
-        except AuthFailed as exc:
-            raise AuthFailed(
-                f"the node refused this device's saved login for {saved.username} ({exc.message});"
-                f" if the password was changed, run `pyrgos login {saved.username}`"
-            ) from None
-        yield session
+        yield await client.reopen(api, saved.username, saved.data, saved.token, saved.expiry)
 
 
 def remember(args: argparse.Namespace, session: Session) -> None:
-    Profile(args.profile).save(SavedSession(session.api.url, session.username, session.login))
+    Profile(args.profile).save(
+        SavedSession(session.api.url, session.username, session.data, session.token, session.expiry)
+    )
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -306,6 +310,13 @@ def _enter_account(
 
     session = trio.run(run)
     remember(args, session)
+    if session.weak_kdf:
+        print(
+            f"WARNING: {session.username} uses the small test KDF profile ({TEST_KDF_ENV}=1 on"
+            " a node in test mode): its password can be guessed thousands of times faster"
+            " than a real account's. Use it for tests only.",
+            file=sys.stderr,
+        )
     return session
 
 
@@ -320,7 +331,42 @@ def cmd_login(args: argparse.Namespace) -> None:
 
 
 def cmd_logout(args: argparse.Namespace) -> None:
-    print("logged out" if Profile(args.profile).clear() else "was not logged in")
+    """End the session at the home node, then forget it here. A node that cannot be reached
+    leaves a plain logout local (with a warning); `--all` then fails and keeps the file."""
+    profile = Profile(args.profile)
+    try:
+        saved = profile.load()
+    except NotFound:
+        if args.all:
+            raise
+        print("was not logged in")
+        return
+    except MalformedInput:
+        if args.all:
+            raise
+        profile.clear()
+        print("logged out (the session file was damaged)")
+        return
+
+    async def run() -> bool:
+        async with NodeApi(node_url()) as api:
+            api.session = saved.token
+            ended = await api.call("session.end", {"owner": saved.data.home.owner, "all": args.all})
+            return bool(ended)
+
+    try:
+        trio.run(run)
+    except (Unavailable, Denied) as exc:
+        if args.all:
+            raise
+        print(
+            f"warning: the node did not end this session ({exc.message});"
+            " it stays usable there until it expires: `pyrgos login` then `pyrgos logout --all`"
+            " ends every session",
+            file=sys.stderr,
+        )
+    profile.clear()
+    print("logged out everywhere" if args.all else "logged out")
 
 
 def cmd_whoami(args: argparse.Namespace) -> None:
@@ -338,7 +384,7 @@ def cmd_passwd(args: argparse.Namespace) -> None:
             return await client.change_password(session, current, new)
 
     remember(args, trio.run(run))
-    print("password changed")
+    print("password changed; every other session of this user has ended")
 
 
 # -- file commands ---------------------------------------------------------------------------
@@ -592,7 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     login = with_password(client_command("login", "log in from this device"))
     login.add_argument("user", metavar="USER")
     login.set_defaults(run=cmd_login)
-    client_command("logout", "forget this device's session").set_defaults(run=cmd_logout)
+    logout = client_command("logout", "end this device's session at the node and forget it")
+    logout.add_argument(
+        "--all", action="store_true", help="end every session of the user, on every device"
+    )
+    logout.set_defaults(run=cmd_logout)
     client_command("whoami", "show who is logged in, and where").set_defaults(run=cmd_whoami)
     with_password(client_command("passwd", "change the password (current, then new)")).set_defaults(
         run=cmd_passwd

@@ -3,9 +3,20 @@
 from node.client._api import NodeApi
 from node.client._fs import Contents, FileSystem, Listing, get_file, get_tree, put_tree, tree_size
 from node.client._profile import Profile, SavedSession, default_profile
-from node.client._session import Session, change_password, login, login_keys, resume, signup
+from node.client._session import (
+    TEST_KDF_ENV,
+    Session,
+    change_password,
+    login,
+    login_keys,
+    logout,
+    reopen,
+    resume,
+    signup,
+)
 
 __all__ = [
+    "TEST_KDF_ENV",
     "Contents",
     "FileSystem",
     "Listing",
@@ -19,7 +30,9 @@ __all__ = [
     "get_tree",
     "login",
     "login_keys",
+    "logout",
     "put_tree",
+    "reopen",
     "resume",
     "signup",
     "tree_size",

@@ -17,6 +17,10 @@ API_PREFIX: Final = "/api/v1"
 CBOR_TYPE: Final = "application/cbor"
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
 MAX_CONNECTIONS: Final = 16
+# The calls a node accepts only within a live session (docs/protocol.md, "Sessions").
+SESSION_CALLS: Final = frozenset(
+    {"block.put", "pointer.cas", "usage.get", "session.check", "session.end"}
+)
 
 
 def check_block(cid: CID, data: bytes) -> None:
@@ -52,6 +56,9 @@ class NodeApi:
         # node at `url`, read auths are made out to the home, with this node as requester.
         self.owner: CID | None = None
         self.home: bytes | None = None
+        # The session token from login: sent, opaque, with every call that needs a session;
+        # the node forwards it with the call to the user's home, which alone can check it.
+        self.session: bytes | None = None
 
     async def __aenter__(self) -> NodeApi:
         return self
@@ -83,6 +90,8 @@ class NodeApi:
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
         """Call one method of the node's table and return its CBOR result."""
+        if self.session is not None and method in SESSION_CALLS:
+            args = {"session": self.session, **(args or {})}
         body = cbor.encode_parts(args or {})  # blocks in the body are sent, not copied
         headers = {"content-type": CBOR_TYPE, "content-length": str(sum(map(len, body)))}
         try:

@@ -1,22 +1,26 @@
 """A client profile: where a device keeps its logged-in session (mode 0600).
 
-The session file holds the password-derived login keys, so commands need not ask for the
-password again; `logout` deletes it. It never holds the password itself.
+The session file holds what the password unlocked (the login data) and the node's session
+token, so commands need not ask for the password again; `logout` ends the session at the node
+and deletes it. It never holds the password nor anything derived from it, so it cannot change
+the password, and once the node has ended its session it cannot write.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from protocols import cbor
-from protocols.crypto import LoginKeys, SigningKey
-from protocols.errors import MalformedInput, NotFound
+from protocols.accounts import LoginData
+from protocols.errors import Corrupted, MalformedInput, NotFound
 
 SESSION_FILE: Final = "session.cbor"
-SESSION_VERSION: Final = 1
+SESSION_VERSION: Final = 2  # 1 held the password-derived login keys: such a file is refused
+MAX_SESSION_FILE: Final = 16 * 1024
 
 
 def default_profile() -> Path:
@@ -27,7 +31,9 @@ def default_profile() -> Path:
 class SavedSession:
     node: str
     username: str
-    login: LoginKeys
+    data: LoginData
+    token: bytes
+    expiry: int
 
 
 class Profile:
@@ -45,21 +51,27 @@ class Profile:
                 "v": SESSION_VERSION,
                 "node": saved.node,
                 "username": saved.username,
-                "login": saved.login.signing.seed,
-                "root": saved.login.root_key,
+                "data": saved.data.to_cbor(),
+                "token": saved.token,
+                "expiry": saved.expiry,
             }
         )
-        temporary = self.session_file.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-            out.flush()
-            os.fsync(out.fileno())
-        temporary.replace(self.session_file)
+        # mkstemp: a new 0600 file under a random name (O_EXCL), so nothing planted at a
+        # predictable name can receive the session or redirect the write through a link.
+        fd, temporary = tempfile.mkstemp(prefix=".session-", dir=self.path)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.session_file)
+        except BaseException:
+            os.unlink(temporary)
+            raise
 
     def load(self) -> SavedSession:
         try:
-            value = cbor.decode(self.session_file.read_bytes(), limit=4096)
+            value = cbor.decode(self.session_file.read_bytes(), limit=MAX_SESSION_FILE)
         except FileNotFoundError:
             raise NotFound(
                 "not logged in: run `pyrgos login USER` or `pyrgos signup USER`"
@@ -68,11 +80,19 @@ class Profile:
             raise MalformedInput(f"{self.session_file} is damaged: log in again") from exc
         if not isinstance(value, dict) or value.get("v") != SESSION_VERSION:
             raise MalformedInput(f"{self.session_file} is of an unknown version: log in again")
-        return SavedSession(
-            node=str(value["node"]),
-            username=str(value["username"]),
-            login=LoginKeys(SigningKey.from_seed(value["login"]), value["root"]),
-        )
+        try:
+            token, expiry = value["token"], value["expiry"]
+            if not isinstance(token, bytes) or not isinstance(expiry, int):
+                raise TypeError
+            return SavedSession(
+                node=str(value["node"]),
+                username=str(value["username"]),
+                data=LoginData.from_cbor(value["data"]),
+                token=token,
+                expiry=expiry,
+            )
+        except (KeyError, TypeError, Corrupted) as exc:
+            raise MalformedInput(f"{self.session_file} is damaged: log in again") from exc
 
     def clear(self) -> bool:
         try:

@@ -6,6 +6,7 @@ ciphertext.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import Final
@@ -29,6 +30,15 @@ from protocols.pointers import PointerUpdate
 from protocols.writerdata import WriterData
 
 RENEW_BEFORE: Final = 30 * 24 * 3600  # seconds before its expiry that a login renews a claim
+# The client's own opt-in to the small Argon2id profile (DESIGN §2). Whatever a node says, a
+# client without it derives and accepts only production-strength parameters: a node that
+# offered weak ones would get a login signature it could crack thousands of times faster.
+TEST_KDF_ENV: Final = "PYRGOS_INSECURE_TEST_KDF"
+
+
+def test_kdf_allowed() -> bool:
+    """Whether this client was told (PYRGOS_INSECURE_TEST_KDF=1) to accept the small profile."""
+    return os.environ.get(TEST_KDF_ENV) == "1"
 
 
 def now_ms() -> int:
@@ -37,12 +47,16 @@ def now_ms() -> int:
 
 @dataclass
 class Session:
-    """A logged-in user: the secrets their password unlocked, and the node they talk to."""
+    """A logged-in user: the secrets their password unlocked, the node they talk to, and the
+    node session (token, expiry in seconds) that their writes need. It keeps no
+    password-derived key: only the password proves the password (DESIGN §7)."""
 
     api: NodeApi
     username: str
-    login: LoginKeys
     data: LoginData
+    token: bytes
+    expiry: int
+    weak_kdf: bool = False  # derived with the small test profile: the password is easy to crack
 
     @property
     def identity(self) -> SigningKey:
@@ -64,6 +78,15 @@ class Session:
         return f"Session(username={self.username!r}, node={self.api.url!r})"
 
 
+def _session_reply(reply: object) -> tuple[bytes, int]:
+    if not isinstance(reply, dict):
+        raise Corrupted("the node returned a malformed session")
+    token, expiry = reply.get("session"), reply.get("expiry")
+    if not isinstance(token, bytes) or not isinstance(expiry, int):
+        raise Corrupted("the node returned a malformed session")
+    return token, expiry
+
+
 async def _derive(username: str, password: str, params: KdfParams) -> LoginKeys:
     # Argon2id with 256 MiB takes about a second: keep the event loop free meanwhile.
     return await trio.to_thread.run_sync(crypto.derive_login_keys, username, password, params)
@@ -74,13 +97,20 @@ async def _node_allows_test_kdf(api: NodeApi) -> bool:
     return bool(info.get("test_mode"))
 
 
-async def signup(api: NodeApi, username: str, password: str) -> Session:
-    """Create an account homed on the node behind `api` and return its session."""
+async def signup(
+    api: NodeApi, username: str, password: str, *, test_kdf: bool | None = None
+) -> Session:
+    """Create an account homed on the node behind `api` and return its session.
+
+    The small KDF profile is used only when the client opts in (`test_kdf`, by default
+    PYRGOS_INSECURE_TEST_KDF) and the node is in test mode; the session says so (`weak_kdf`).
+    """
     check_username(username)
     check_password(username, password)
     node_id = (await api.node_id()).decode()
-    test_mode = await _node_allows_test_kdf(api)
-    params = KdfParams.test_profile() if test_mode else KdfParams.production()
+    allowed = test_kdf_allowed() if test_kdf is None else test_kdf
+    weak = allowed and await _node_allows_test_kdf(api)
+    params = KdfParams.test_profile() if weak else KdfParams.production()
     login = await _derive(username, password, params)
     identity = SigningKey.generate()
     boxing = BoxingKey.generate()
@@ -119,23 +149,51 @@ async def signup(api: NodeApi, username: str, password: str) -> Session:
         },
     )
     api.route(owner, node_id)
-    return Session(api, username, login, data)
+    # The node session comes from a login like any other (one round trip, no second KDF).
+    _, token, expiry = await _open_node_session(api, username, login)
+    api.session = token
+    return Session(api, username, data, token, expiry, weak)
 
 
-async def login_keys(api: NodeApi, username: str, password: str) -> LoginKeys:
-    """Fetch the user's public KDF parameters and derive their login keys."""
+async def login_keys(
+    api: NodeApi, username: str, password: str, *, test_kdf: bool | None = None
+) -> LoginKeys:
+    """Fetch the user's public KDF parameters and derive their login keys. Parameters below
+    production strength are refused unless this client opted in (`test_kdf`, by default
+    PYRGOS_INSECURE_TEST_KDF): never on the node's word."""
+    return (await _login_keys(api, username, password, test_kdf))[0]
+
+
+async def _login_keys(
+    api: NodeApi, username: str, password: str, test_kdf: bool | None
+) -> tuple[LoginKeys, KdfParams]:
     check_username(username)
     reply = await api.call("account.params", {"username": username})
     params = KdfParams.from_cbor(reply.get("params"))
-    if not params.is_production_strength and not await _node_allows_test_kdf(api):
-        raise Denied("the node offers KDF parameters below the production strength")
-    return await _derive(username, password, params)
+    allowed = test_kdf_allowed() if test_kdf is None else test_kdf
+    if not params.is_production_strength and not allowed:
+        raise Denied(
+            "the node offers password-KDF parameters below production strength "
+            f"(Argon2id t={crypto.KDF_PRODUCTION_OPSLIMIT}, "
+            f"m={crypto.KDF_PRODUCTION_MEMLIMIT // 2**20} MiB), which would let it guess the "
+            f"password quickly: refused (for test accounts only, set {TEST_KDF_ENV}=1)"
+        )
+    return await _derive(username, password, params), params
 
 
 async def resume(api: NodeApi, username: str, login: LoginKeys) -> Session:
-    """Open a session from derived login keys: one round trip, no KDF."""
+    """Open a session from derived login keys: one round trip for the login, no KDF."""
+    sealed, token, expiry = await _open_node_session(api, username, login)
+    data = LoginData.open(login.root_key, username, sealed)
+    return await reopen(api, username, data, token, expiry, check=False)  # it is new
+
+
+async def _open_node_session(
+    api: NodeApi, username: str, login: LoginKeys
+) -> tuple[bytes, bytes, int]:
+    """Prove the password to the home node: (sealed login data, session token, expiry)."""
     signed = now_ms()
-    sealed = await api.call(
+    reply = await api.call(
         "account.login",
         {
             "username": username,
@@ -143,16 +201,41 @@ async def resume(api: NodeApi, username: str, login: LoginKeys) -> Session:
             "sig": accounts.sign_timed(login.signing, accounts.LOGIN, [username], signed),
         },
     )
+    sealed = reply.get("data") if isinstance(reply, dict) else None
     if not isinstance(sealed, bytes):
         raise Corrupted("the node returned malformed login data")
-    data = LoginData.open(login.root_key, username, sealed)
+    token, expiry = _session_reply(reply)
+    return sealed, token, expiry
+
+
+async def reopen(
+    api: NodeApi, username: str, data: LoginData, token: bytes, expiry: int, *, check: bool = True
+) -> Session:
+    """A session from what a device saved at login: checks that the node still holds it (a
+    device logged out elsewhere learns it here), checks the PKI, routes, renews the claim."""
+    api.session = token
+    try:
+        if check:
+            await api.call("session.check", {"owner": data.home.owner})
+    except Denied as exc:
+        raise AuthFailed(
+            f"this device's session for {username} has ended (logged out, password changed"
+            f" or expired): run `pyrgos login {username}`"
+        ) from exc
     claim = Claim.from_cbor(await api.call("pki.lookup", {"username": username}))
     if claim.identity != data.home.owner:
         raise Corrupted("the PKI names another identity for this user than their login data")
     if claim.expiry - int(time.time()) < RENEW_BEFORE:
         await renew_claim(api, data.identity, claim)
     api.route(data.home.owner, claim.home)
-    return Session(api, username, login, data)
+    return Session(api, username, data, token, expiry)
+
+
+async def logout(session: Session, *, everywhere: bool = False) -> bool:
+    """End this session at the home node (or, `everywhere`, every session of the user)."""
+    ended = await session.api.call("session.end", {"owner": session.owner, "all": everywhere})
+    session.api.session = None
+    return bool(ended)
 
 
 async def renew_claim(api: NodeApi, identity: SigningKey, claim: Claim) -> Claim:
@@ -173,18 +256,29 @@ async def renew_claim(api: NodeApi, identity: SigningKey, claim: Claim) -> Claim
     return renewed
 
 
-async def login(api: NodeApi, username: str, password: str) -> Session:
+async def login(
+    api: NodeApi, username: str, password: str, *, test_kdf: bool | None = None
+) -> Session:
     """Log in from any device: nothing is needed but the username and the password."""
-    return await resume(api, username, await login_keys(api, username, password))
+    keys, params = await _login_keys(api, username, password, test_kdf)
+    session = await resume(api, username, keys)
+    session.weak_kdf = not params.is_production_strength
+    return session
 
 
 async def change_password(session: Session, current: str, new: str) -> Session:
-    """Re-seal the login data under keys from `new` and a fresh salt; identity is unchanged."""
+    """Re-seal the login data under keys from `new` and a fresh salt; identity is unchanged.
+
+    The home node checks the current password (the request is signed by the login key it
+    derives) and ends every session of the user but the new one it returns.
+    """
     check_password(session.username, new)
     api, username = session.api, session.username
     old_keys = await login_keys(api, username, current)
-    if old_keys.signing.public != session.login.signing.public:
-        raise AuthFailed("the current password is wrong")
+    try:  # checked before anything is written; the node checks again at the update
+        await _open_node_session(api, username, old_keys)
+    except AuthFailed as exc:
+        raise AuthFailed(f"the current password is not accepted: {exc.message}") from exc
     pointer_raw = await api.call("pointer.get", {"writer": session.owner, "owner": session.owner})
     if not isinstance(pointer_raw, bytes):
         raise Corrupted("the account has no root pointer")
@@ -207,7 +301,7 @@ async def change_password(session: Session, current: str, new: str) -> Session:
     login_data = session.data.seal(new_keys.root_key, username)
     signed = now_ms()
     payload: list[object] = [username, new_keys.signing.public.to_cbor(), login_data, update]
-    await api.call(
+    reply = await api.call(
         "account.update",
         {
             "username": username,
@@ -219,4 +313,6 @@ async def change_password(session: Session, current: str, new: str) -> Session:
             "sig": accounts.sign_timed(old_keys.signing, accounts.UPDATE_LOGIN, payload, signed),
         },
     )
-    return Session(api, username, new_keys, session.data)
+    token, expiry = _session_reply(reply)
+    api.session = token
+    return Session(api, username, session.data, token, expiry, session.weak_kdf)

@@ -26,6 +26,7 @@ from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import KdfParams, VerifyKey
 from protocols.cryptree import MAX_BLOCK_BYTES
 from protocols.errors import (
+    AuthFailed,
     Conflict,
     Corrupted,
     Denied,
@@ -34,6 +35,7 @@ from protocols.errors import (
     MalformedInput,
     NotFound,
     QuotaExceeded,
+    RateLimited,
     TooLarge,
     Unavailable,
 )
@@ -79,7 +81,12 @@ HOME_ARGUMENT: Final = {
     "account.params": "username",
     "account.login": "username",
     "account.update": "username",
+    "session.end": "owner",
+    "session.check": "owner",
 }
+# The calls that prove a password: failures are throttled (protocols.accounts.LoginThrottle).
+THROTTLED: Final = frozenset({"account.login", "account.update"})
+SOURCE_FREE_FAILURES: Final = 20  # one address or peer may carry many users' logins
 
 
 @dataclass(frozen=True)
@@ -145,8 +152,15 @@ class NodeService:
         settings: NodeSettings,
         network: Network | None = None,
         pki: PkiLog | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        random: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self.store = store
+        self._clock = clock  # seconds since the epoch; virtual in tests
+        self._random = random
+        self._user_logins = accounts.LoginThrottle()
+        self._source_logins = accounts.LoginThrottle(free=SOURCE_FREE_FAILURES)
         self.settings = settings
         self.network = network
         self.pki = pki
@@ -159,8 +173,12 @@ class NodeService:
     def node_id_bytes(self) -> bytes:
         return self.settings.node_id.encode()
 
-    async def call(self, method: str, args: Any, requester: bytes = b"") -> Any:
-        """Dispatch one call; raises a PyrgosError the transport turns into an error reply."""
+    async def call(self, method: str, args: Any, requester: bytes = b"", source: str = "") -> Any:
+        """Dispatch one call; raises a PyrgosError the transport turns into an error reply.
+
+        `requester` is the calling node's peer id (empty from a client over HTTP), `source`
+        the HTTP client's address: what failed logins are counted against.
+        """
         entry = METHODS.get(method)
         if entry is None:
             raise NotFound(f"unknown method {method!r}")
@@ -168,6 +186,33 @@ class NodeService:
             raise MalformedInput("call arguments must be a CBOR map")
         self.stats["calls"] += 1
         home = await self._foreign_home(method, args, requester)
+        if method not in THROTTLED:
+            return await self._dispatch(entry, home, method, args, requester)
+        # Per source wherever the call arrives, per username at the user's home only.
+        sources = [f"peer:{requester.hex()}" if requester else f"addr:{source}"]
+        user = args.get("username")
+        users = [f"user:{user}"] if home is None and isinstance(user, str) else []
+        try:
+            self._source_logins.check(sources, self._clock(), "from this address")
+            self._user_logins.check(users, self._clock(), "for this user")
+        except RateLimited:
+            self.stats["logins_throttled"] += 1
+            raise
+        try:
+            result = await self._dispatch(entry, home, method, args, requester)
+        except AuthFailed:
+            self._source_logins.failed(sources, self._clock())
+            self._user_logins.failed(users, self._clock())
+            raise
+        except NotFound:  # an unknown username: probing counts against the source
+            self._source_logins.failed(sources, self._clock())
+            raise
+        self._user_logins.succeeded(users)
+        return result
+
+    async def _dispatch(
+        self, entry: Handler, home: str | None, method: str, args: Args, requester: bytes
+    ) -> Any:
         if home is not None and self.network is not None:
             self.stats["forwarded"] += 1
             return await self.network.call(home, method, args)
@@ -337,6 +382,7 @@ class NodeService:
         )
         if self._owner_of(writer) != owner:
             raise Denied("this writer does not belong to that owner")
+        self._check_session(owner, args)
         async with self._write_lock:
             await trio.to_thread.run_sync(self._put_blocks_sync, owner, blocks, upload)
         return [cid for cid, _ in blocks]
@@ -377,6 +423,7 @@ class NodeService:
                 if self._owner_of(writer) != owner:
                     raise Denied("this writer does not belong to that owner")
                 self._check_pointer(writer, update)
+            self._check_session(owner, args)
             with self.store.batch(sync=True) as batch:  # durable before the reply
                 for writer, update in parsed:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
@@ -523,7 +570,8 @@ class NodeService:
             raise NotFound(f"user {username!r} publishes no login parameters")
         return {"identity": claim.identity, "params": writer_data.login.to_cbor()}
 
-    async def login(self, args: Args, requester: bytes) -> bytes:
+    async def login(self, args: Args, requester: bytes) -> dict[str, Any]:
+        """The sealed login data, for a signature by the login key, and a new session."""
         username = _username_arg(args)
         account = self._account(username)
         accounts.check_timed(
@@ -532,13 +580,19 @@ class NodeService:
             [username],
             _arg(args, "time", int),
             _arg(args, "sig", bytes),
-            int(time.time() * 1000),
+            int(self._clock() * 1000),
         )
-        data: bytes = account["data"]
-        return data
+        with self.store.batch() as batch:  # a session lost to a crash only means a new login
+            token, expiry = self._open_session(batch, account["identity"])
+        return {"data": account["data"], "session": token, "expiry": expiry}
 
-    async def update_login(self, args: Args, requester: bytes) -> bool:
-        """Password change: new login key and data, and the identity root naming the new salt."""
+    async def update_login(self, args: Args, requester: bytes) -> dict[str, Any]:
+        """Password change: new login key and data, and the identity root naming the new salt.
+
+        Signed by the current login key, which only the current password derives (a device's
+        session holds no password-derived secret). It ends every session of the user and opens
+        one for the caller.
+        """
         username = _username_arg(args)
         account = self._account(username)
         new_key = VerifyKey.from_cbor(args.get("login_key"))
@@ -552,7 +606,7 @@ class NodeService:
             [username, new_key.to_cbor(), new_data, pointer_bytes],
             _arg(args, "time", int),
             _arg(args, "sig", bytes),
-            int(time.time() * 1000),
+            int(self._clock() * 1000),
         )
         async with self._write_lock:
             target = self.store.get_block(update.new.raw)
@@ -567,7 +621,9 @@ class NodeService:
                 batch.put(Space.ACCOUNTS, username.encode(), cbor.encode(account))
                 batch.put(Space.POINTERS, owner.raw, update.encode())
                 self._close_uploads(batch, args.get("uploads", []))
-        return True
+                self._end_sessions(batch, owner)
+                token, expiry = self._open_session(batch, owner, ended_all=True)
+        return {"session": token, "expiry": expiry}
 
     async def usage(self, args: Args, requester: bytes) -> dict[str, int]:
         owner = _key_hash_arg(args, "owner")
@@ -577,10 +633,83 @@ class NodeService:
             [owner],
             _arg(args, "time", int),
             _arg(args, "sig", bytes),
-            int(time.time() * 1000),
+            int(self._clock() * 1000),
         )
+        self._check_session(owner, args)
         reachable, added, quota = self._usage(owner)
         return {"used": reachable + added, "quota": quota}
+
+    # -- sessions: what `logout` and a password change revoke -------------------------------
+
+    @staticmethod
+    def _sessions_prefix(owner: CID) -> bytes:
+        return bytes([len(owner.raw)]) + owner.raw  # length first: no owner prefixes another
+
+    def _open_session(
+        self, batch: Batch, owner: CID, *, ended_all: bool = False
+    ) -> tuple[bytes, int]:
+        """A new session of `owner` (token, expiry), written in `batch`; expired sessions are
+        dropped, and the oldest live ones past MAX_SESSIONS."""
+        now = int(self._clock())
+        prefix = self._sessions_prefix(owner)
+        live: list[tuple[int, bytes]] = []
+        for key, value in [] if ended_all else self.store.items(Space.SESSIONS, prefix):
+            expiry = cbor.decode(value)
+            if not isinstance(expiry, int) or expiry <= now:
+                batch.delete(Space.SESSIONS, key)
+            else:
+                live.append((expiry, key))
+        live.sort()
+        for _, key in live[: max(0, len(live) - accounts.MAX_SESSIONS + 1)]:
+            batch.delete(Space.SESSIONS, key)
+        token = self._random(accounts.SESSION_TOKEN_BYTES)
+        expiry = now + accounts.SESSION_LIFETIME
+        batch.put(Space.SESSIONS, prefix + accounts.session_id(token), cbor.encode(expiry))
+        return token, expiry
+
+    def _end_sessions(self, batch: Batch, owner: CID) -> None:
+        for key in list(self.store.keys(Space.SESSIONS, self._sessions_prefix(owner))):
+            batch.delete(Space.SESSIONS, key)
+
+    def _check_session(self, owner: CID, args: Args) -> int:
+        """The expiry of the live session of `owner` whose token `args` carry, else Denied: a
+        write needs the user's signatures and a session that logout or a password change can
+        end."""
+        token = args.get("session")
+        if token is None:
+            raise Denied("this call needs a session: log in (`pyrgos login USER`)")
+        key = self._sessions_prefix(owner) + accounts.session_id(token)
+        raw = self.store.get(Space.SESSIONS, key)
+        expiry = None if raw is None else cbor.decode(raw)
+        if not isinstance(expiry, int) or expiry <= int(self._clock()):
+            raise Denied(
+                "this device's session has ended (logged out, password changed or expired): "
+                "log in again (`pyrgos login USER`)"
+            )
+        return expiry
+
+    async def check_session(self, args: Args, requester: bytes) -> dict[str, int]:
+        """Whether a device's saved session is still live, so that it learns at once, not at
+        its next write, that it was logged out."""
+        return {"expiry": self._check_session(_key_hash_arg(args, "owner"), args)}
+
+    async def end_session(self, args: Args, requester: bytes) -> bool:
+        """Logout: end this session (its token is the proof), or with `all` every session of
+        the user (a live token is the proof). True when something was ended."""
+        owner = _key_hash_arg(args, "owner")
+        every = args.get("all", False)
+        if not isinstance(every, bool):
+            raise MalformedInput("argument 'all' must be a boolean")
+        key = self._sessions_prefix(owner) + accounts.session_id(args.get("session"))
+        if every:
+            self._check_session(owner, args)
+            with self.store.batch(sync=True) as batch:
+                self._end_sessions(batch, owner)
+            return True
+        if not self.store.has(Space.SESSIONS, key):
+            return False
+        self.store.delete(Space.SESSIONS, key, sync=True)
+        return True
 
     # -- maintenance --------------------------------------------------------------------
 
@@ -682,6 +811,8 @@ METHODS: Final[dict[str, Handler]] = {
     "account.login": NodeService.login,
     "account.update": NodeService.update_login,
     "usage.get": NodeService.usage,
+    "session.end": NodeService.end_session,
+    "session.check": NodeService.check_session,
     "pki.lookup": NodeService.pki_lookup,
     "pki.status": NodeService.pki_status,
     "pki.entries": NodeService.pki_entries,

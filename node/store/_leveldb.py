@@ -40,6 +40,7 @@ class Space(enum.Enum):
     LINKS = b"l"
     MIRRORS = b"m"
     META = b"n"  # node-level settings
+    SESSIONS = b"e"  # owner key hash ‖ session id -> expiry (node/server/_service.py)
 
 
 class Batch:

@@ -230,6 +230,8 @@ def client(node: NodeProcess, root: Path, profile: str) -> Cli:
         PYRGOS_HOME=str(node.home),
         PYRGOS_PROFILE=str(root / profile),
         PYRGOS_PASSWORD=PASSWORD,
+        # The test nodes run in test mode; the client opts in to their small KDF profile.
+        PYRGOS_INSECURE_TEST_KDF="1",
     )
     return Cli(env, root)
 

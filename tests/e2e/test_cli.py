@@ -309,7 +309,7 @@ def test_bad_entries_and_planted_links(
     assert long_listing(alice, "damaged").keys() == {"a.jpg", "sub/"}
 
     got = alice.run("get", "damaged", tmp_path / "out")
-    assert got.code == 10, str(got)
+    assert got.code == 11, str(got)
     assert got.stderr.startswith("pyrgos: warning: skipped 7 unreadable entries"), str(got)
     assert len(got.stderr.splitlines()) == 1
     assert tree(tmp_path / "out") == {"a.jpg": b"a.jpg", "sub": None, "sub/c.jpg": b"sub/c.jpg"}
@@ -325,3 +325,35 @@ def test_bad_entries_and_planted_links(
     shown = alice.ok("ls", "damaged")
     assert (shown.lines, shown.stderr) == (["a.jpg", "sub/"], "")
     alice.ok("rm", "-r", "damaged")
+
+
+def test_accounts_weak_kdf_warning_logout_and_throttled_logins(
+    node: NodeProcess, cli: Cli, tmp_path: Path
+) -> None:
+    # Signup on a test-mode node with the client's own opt-in: the account is weak, and says so.
+    signup = cli.ok("signup", "alice")
+    assert "WARNING" in signup.stderr
+    assert "PYRGOS_INSECURE_TEST_KDF" in signup.stderr
+    # Without the opt-in, the node's word is not enough: the client refuses its parameters.
+    strict = client(node, tmp_path, "profile-strict").with_env(PYRGOS_INSECURE_TEST_KDF=None)
+    assert "below production strength" in strict.fails("login", "alice", code=8)
+
+    # logout ends the session at the node: a copy of the session file is useless.
+    profile = Path(cli.env["PYRGOS_PROFILE"])
+    saved = (profile / "session.cbor").read_bytes()
+    assert cli.ok("logout").out == "logged out\n"
+    (profile / "session.cbor").write_bytes(saved)
+    assert "`pyrgos login alice`" in cli.fails("ls", code=3)
+
+    # logout --all ends the sessions of every device.
+    other = client(node, tmp_path, "profile-other")
+    other.ok("login", "alice")
+    cli.ok("login", "alice")
+    assert cli.ok("logout", "--all").out == "logged out everywhere\n"
+    assert "has ended" in other.fails("mkdir", "x", code=3)
+
+    # Wrong passwords: a few are free, then the node says how long to wait.
+    wrong = client(node, tmp_path, "profile-wrong").with_env(PYRGOS_PASSWORD="not the password")
+    for _ in range(5):
+        assert "wrong password" in wrong.fails("login", "alice", code=3)
+    assert re.search(r"try again in \d+ seconds", wrong.fails("login", "alice", code=10))

@@ -9,13 +9,19 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, signup
+from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Session, signup
 from node.net import serve_api
 from node.server import NodeService
 from node.store import Store
 from simulations.swarm import new_node
 
 PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(autouse=True)
+def test_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test nodes run in test mode; their clients opt in to the small KDF profile."""
+    monkeypatch.setenv(TEST_KDF_ENV, "1")
 
 
 @dataclass

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, change_password, login, signup
+from node.client import FileSystem, NodeApi, Session, change_password, login, login_keys, signup
 from node.client import _session as client_session
 from node.net import API_PREFIX, MAX_BODY_BYTES, serve_api
 from node.server import METHODS, NodeService
@@ -295,9 +295,13 @@ async def test_weak_new_password_is_refused_before_sending(
 async def test_change_password_with_wrong_current_password(
     running_node: RunningNode, api: NodeApi, alice: Session
 ) -> None:
-    with trio.fail_after(TIMEOUT), unchanged(running_node.store):
-        with pytest.raises(AuthFailed, match="current password is wrong"):
-            await change_password(alice, "not the password at all", "a brand new passphrase")
+    with (
+        trio.fail_after(TIMEOUT),
+        unchanged(running_node.store),
+        pytest.raises(AuthFailed, match="current password is not accepted: wrong password"),
+    ):
+        await change_password(alice, "not the password at all", "a brand new passphrase")
+    with trio.fail_after(TIMEOUT):
         assert (await login(api, "alice", PASSWORD)).owner == alice.owner
 
 
@@ -310,7 +314,8 @@ async def test_signed_time_ten_minutes_off_is_auth_failed(
     offset_ms: int,
 ) -> None:
     signed = int(time.time() * 1000) + offset_ms
-    login_sig = accounts.sign_timed(alice.login.signing, accounts.LOGIN, ["alice"], signed)
+    keys = await login_keys(api, "alice", PASSWORD)
+    login_sig = accounts.sign_timed(keys.signing, accounts.LOGIN, ["alice"], signed)
     usage_sig = accounts.sign_timed(alice.identity, accounts.USAGE, [alice.owner], signed)
     with trio.fail_after(TIMEOUT), unchanged(running_node.store):
         with pytest.raises(AuthFailed, match="5 minutes off"):
@@ -372,14 +377,15 @@ async def test_production_node_refuses_a_small_kdf_password_change(
     prod = RunningNode(service, await nursery.start(serve_api, service, "127.0.0.1", 0), same.store)
     with trio.fail_after(TIMEOUT):
         async with NodeApi(prod.url) as api:
-            with unchanged(prod.store), pytest.raises(Denied, match="below the production"):
-                await login(api, "alice", PASSWORD)  # the client itself refuses
+            with unchanged(prod.store), pytest.raises(Denied, match="below production"):
+                await login(api, "alice", PASSWORD, test_kdf=False)  # the client itself refuses
 
             async def claims_test_mode(api: NodeApi) -> bool:
                 return True
 
             monkeypatch.setattr(client_session, "_node_allows_test_kdf", claims_test_mode)
             session = replace(alice, api=api)
+            api.session = alice.token
             watched = (Space.POINTERS, Space.ACCOUNTS, Space.PKI, Space.WRITERS)
             with unchanged(prod.store, *watched), pytest.raises(Denied, match="small KDF"):
                 await change_password(session, PASSWORD, "a brand new passphrase")
@@ -554,7 +560,13 @@ async def test_cas_on_a_stale_root_is_stale_root(
         response = await post_raw(
             http,
             "pointer.cas",
-            cbor.encode({"owner": alice.owner, "updates": [[alice.owner, late.encode()]]}),
+            cbor.encode(
+                {
+                    "owner": alice.owner,
+                    "updates": [[alice.owner, late.encode()]],
+                    "session": alice.token,
+                }
+            ),
         )
         wire_error(response, 409, "stale-root")
 

@@ -11,18 +11,24 @@ from hypothesis import strategies as st
 
 from protocols import cbor, crypto
 from protocols.accounts import (
+    FORGET_AFTER,
+    FREE_FAILURES,
     LOGIN,
     LOGIN_DATA_VERSION,
+    MAX_DELAY,
     MAX_SKEW_MS,
+    SESSION_TOKEN_BYTES,
     UPDATE_LOGIN,
     USAGE,
     LoginData,
+    LoginThrottle,
     check_timed,
+    session_id,
     sign_timed,
 )
 from protocols.crypto import BoxingKey, KdfParams, SigningKey
 from protocols.cryptree import Capability
-from protocols.errors import AuthFailed, Corrupted, MalformedInput, PyrgosError
+from protocols.errors import AuthFailed, Corrupted, MalformedInput, PyrgosError, RateLimited
 
 LOGIN_KEY = SigningKey.from_seed(bytes(range(32)))
 OTHER_KEY = SigningKey.from_seed(bytes(range(1, 33)))
@@ -279,3 +285,56 @@ def test_authentic_non_cbor_login_data_is_refused() -> None:
     )
     with pytest.raises(PyrgosError):
         LoginData.open(ROOT_KEY, "alice", sealed)
+
+
+# -- the login throttle ---------------------------------------------------------------------------
+
+
+def test_throttle_free_failures_then_doubling_delays_up_to_the_cap() -> None:
+    throttle = LoginThrottle()
+    waits = []
+    for _ in range(FREE_FAILURES + 20):
+        waits.append(throttle.wait("user:alice", 1000.0))
+        throttle.failed(["user:alice"], 1000.0)
+    assert waits[:FREE_FAILURES] == [0.0] * FREE_FAILURES
+    assert waits[FREE_FAILURES : FREE_FAILURES + 3] == [1.0, 2.0, 4.0]
+    assert max(waits) == MAX_DELAY
+    assert throttle.wait("user:bob", 1000.0) == 0.0  # keys are independent
+    with pytest.raises(RateLimited, match="try again in 900 seconds"):
+        throttle.check(["user:bob", "user:alice"], 1000.0, "for this user")
+    throttle.check(["user:alice"], 1000.0 + MAX_DELAY, "for this user")  # the wait is over
+
+
+def test_throttle_forgets_and_resets() -> None:
+    throttle = LoginThrottle(free=1)
+    for _ in range(10):
+        throttle.failed(["a", "b"], 0.0)
+    assert throttle.wait("a", 100.0) == 512.0 - 100.0
+    assert throttle.wait("a", FORGET_AFTER) == 0.0  # a quiet day: forgotten
+    throttle.failed(["a"], FORGET_AFTER)
+    assert throttle.wait("a", FORGET_AFTER) == 1.0  # counting starts afresh
+    throttle.succeeded(["b"])
+    assert throttle.wait("b", 0.0) == 0.0
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.floats(0, 1e6)), max_size=200))
+@settings(max_examples=50, deadline=None)
+def test_throttle_memory_is_bounded_and_waits_stay_under_the_cap(
+    events: list[tuple[int, float]],
+) -> None:
+    throttle = LoginThrottle(max_keys=8)
+    now = 0.0
+    for key, step in events:
+        now += step
+        throttle.failed([f"k{key}"], now)
+        assert 0.0 <= throttle.wait(f"k{key}", now) <= MAX_DELAY
+    assert len(throttle._failures) <= 8
+
+
+def test_session_ids_are_hashes_of_32_byte_tokens() -> None:
+    token = bytes(range(SESSION_TOKEN_BYTES))
+    assert session_id(token) != token
+    assert len(session_id(token)) == 32
+    for bad in (b"", token[:-1], token + b"x", "text", None):
+        with pytest.raises(MalformedInput, match="session token"):
+            session_id(bad)
