@@ -79,7 +79,8 @@ class LoginData:
         except Corrupted as exc:
             raise AuthFailed("wrong password (the login data does not decrypt)") from exc
         value = cbor.decode(crypto.unpad(plain), limit=MAX_LOGIN_DATA)
-        if not isinstance(value, dict) or value.get("v") != LOGIN_DATA_VERSION:
+        version = value.get("v") if isinstance(value, dict) else None
+        if type(version) is not int or version != LOGIN_DATA_VERSION:
             raise Corrupted("login data of an unknown version")
         try:
             return cls(
