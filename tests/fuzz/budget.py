@@ -54,6 +54,15 @@ KNOWN_FINDINGS: Final[dict[str, str]] = {
     # block.put and account.signup decode each dag-cbor block of a put (8 of 1 MiB) again.
     "block.put/dag-cbor-bombs": _ITEMS_2_5,
     "account.signup/dag-cbor-bombs": _ITEMS_2_5,
+    # Once stored, such a block costs its decoding again at every read, anonymous included:
+    # get_block parses a dag-cbor block for its BATs (1 MiB of empty arrays: ~1.1 s).
+    "block.get/dag-cbor-bombs": _ITEMS_2_5,
+    # Not in issue 7: champ.get bounds the keys (64) but not the nodes walked. A user's CHAMP
+    # of 64 chains of 4 keys sharing 248 bits (3,165 nodes of ~100 bytes, 0.3 MiB of quota)
+    # makes one anonymous champ.get walk and return every node: ~85 ms of CPU on the event
+    # loop (node decoding in protocols/champ.py, LevelDB reads). Needs a bound on the nodes
+    # one lookup may visit (or on the blocks one answer may carry).
+    "champ.get/deep-chains": "new: bound the nodes one champ.get may walk",
 }
 
 # Worst-case shapes of a known finding run at this size instead of the decoder's cap, so the

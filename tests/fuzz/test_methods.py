@@ -473,3 +473,59 @@ def test_logged_in_calls_reach_the_rules(node: Node) -> None:
     assert set(result) == {"used", "quota"}
     methods = {method for method, _ in node.valid_calls}
     assert {"account.signup", "block.put", "pointer.cas", "account.login"} <= methods
+
+
+def test_block_get_of_a_stored_bomb(node: Node) -> None:
+    """A structured block of the most decoding work, once stored (puts decode it but do not
+    bound it), costs its decoding again at every anonymous read: the node parses it for its
+    BATs."""
+    key = "block.get/dag-cbor-bombs"
+    block = shape("empty-arrays", shape_bytes(key, 1024 * 1024) - 16)
+    cid = CID.of(CODEC_DAG_CBOR, block)
+    with node.store.batch() as batch:
+        node.store.put_block(batch, cid.raw, block)
+
+    async def read() -> None:
+        with trio.fail_after(TIMEOUT):
+            await via_service(node, key, "block.get", {"cid": cid})
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=node.app), base_url=ORIGIN, trust_env=False
+            ) as client:
+                response, error, _ = await within_budget_async(
+                    key, lambda: client.get(f"{API_PREFIX}/block/{cid.text}"), "a block GET"
+                )
+                assert error is None
+                assert response is not None
+                assert response.status_code in (200, 403)
+
+    trio.run(read)
+
+
+CHAINS = 64  # one per key of a champ.get, each as deep as a CHAMP goes
+
+
+def test_champ_get_down_deep_chains(node: Node) -> None:
+    """A CHAMP built to make a batch lookup walk the most nodes: 64 groups of 4 keys that
+    share 248 bits each hang 64 chains of ~50 nodes; one key down each chain walks them all."""
+    key = "champ.get/deep-chains"
+    blocks = champ.MemoryBlocks()
+    entries: dict[bytes, CID] = {}
+    for group in range(CHAINS):
+        prefix = bytes([group]) * 31
+        for last in range(4):
+            entries[prefix + bytes([last])] = LINKS[3]
+    root = finish_sync(champ.build(blocks, entries))
+    with node.store.batch() as batch:
+        for cid, data in blocks.blocks.items():
+            node.store.put_block(batch, cid.raw, data)
+    keys = [bytes([group]) * 31 + b"\x07" for group in range(CHAINS)]
+    trio.run(call_everywhere, node, key, "champ.get", {"root": root, "keys": keys}, "service")
+
+
+def finish_sync(coroutine: Any) -> Any:
+    """Run a coroutine that never suspends (its block source is a dict) to its result."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the coroutine suspended")
