@@ -346,6 +346,13 @@ async def call_everywhere(node: Node, key: str, method: str, args: Any, where: s
             await via_rpc(node, key, encode_frame(request))
 
 
+# Text an HTTP client can put in a URL path segment or query (it escapes the rest).
+_URL_TEXT = st.text(
+    st.characters(
+        min_codepoint=0x21, exclude_categories=["Cc", "Cs"], exclude_characters="/?#%&\\"
+    ),
+    max_size=80,
+)
 ENTRY_POINTS = ["service", "http", "rpc"]
 
 
@@ -381,7 +388,7 @@ async def _mutated_http(node: Node, method: str, body: bytes) -> None:
 @given(
     method=st.one_of(
         st.sampled_from(sorted(METHODS)),
-        st.text(st.characters(min_codepoint=0x21, exclude_characters="/?#%\\"), max_size=70),
+        _URL_TEXT,
     ),
     body=st.one_of(st.binary(max_size=512), decoded_values.map(cbor.encode)),
     content_type=st.sampled_from([CBOR_TYPE, "text/plain", "application/json", ""]),
@@ -529,3 +536,38 @@ def finish_sync(coroutine: Any) -> Any:
     except StopIteration as done:
         return done.value
     raise AssertionError("the coroutine suspended")
+
+
+@FUZZ_CALLS
+@given(data=st.data())
+def test_block_route_with_random_parameters(node: Node, data: st.DataObject) -> None:
+    """GET /block/<cid>?auth=…&owner=…: texts of stored and unknown CIDs, read auths and
+    owners, valid and mutated, answer a block or a typed error."""
+    cid = data.draw(st.one_of(st.sampled_from([c.text for c in node.cids]), _URL_TEXT), label="cid")
+    auth = bats.ReadAuth(bats.inline_id(bytes(32)), int(time.time()), bytes(32)).to_text()
+    params = {}
+    if data.draw(st.booleans(), label="with auth"):
+        params["auth"] = data.draw(st.one_of(st.just(auth), _URL_TEXT), label="auth")
+    if data.draw(st.booleans(), label="with owner"):
+        params["owner"] = data.draw(
+            st.one_of(st.just(node.owner.text), st.just(node.cids[0].text), _URL_TEXT),
+            label="owner",
+        )
+
+    async def read() -> None:
+        with trio.fail_after(TIMEOUT):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=node.app), base_url=ORIGIN, trust_env=False
+            ) as client:
+                response, error, _ = await within_budget_async(
+                    "block-route",
+                    lambda: client.get(f"{API_PREFIX}/block/{cid}", params=params),
+                    f"GET {cid!r} {params!r}",
+                )
+        assert error is None
+        assert response is not None
+        if response.status_code != 200:
+            reply = cbor.decode(response.content)
+            _check_wire_error(reply["error"], reply["message"], "block GET")
+
+    trio.run(read)
