@@ -31,31 +31,38 @@ MEASUREMENTS: Final = 3
 _ITEM_2 = "issue 7 item 2: CBOR decoding bounded in items before the work is done"
 _ITEMS_2_5 = "issue 7 items 2 and 5: structured blocks validated (and bounded) at put"
 _BOMBS = ("empty-arrays", "small-ints", "many-keys", "cids")
+# Costs below: process CPU time under `python -X dev`, measured on the shapes of SHAPES.
 KNOWN_FINDINGS: Final[dict[str, str]] = {
-    # protocols/cbor.py has no item-count bound: 1 MiB of empty arrays costs ~1.1 s of CPU,
-    # 64 KiB ~0.1 s (cbor2 builds every list, then _check_types and the canonical re-encode
-    # walk them in Python). Every decoder whose input cap is 32 KiB or more inherits it: the
-    # block decoder, the frames of both wire protocols, a PKI page, a stored block's BATs.
+    # protocols/cbor.py bounds bytes, not items: cbor2 builds every list and map, then
+    # _check_types and the canonical re-encode walk them again in Python. At 1 MiB: empty
+    # arrays ~830 ms, small ints ~375 ms, short map keys ~190 ms, CID links ~95 ms. Every
+    # decoder whose cap is 1 MiB or more inherits it: the block decoder (cbor.decode's
+    # default), block answers, the rpc frame (9 MiB: ~11 s), a PKI page, a stored block's BATs.
     **{
         f"{decoder}/{bomb}": _ITEM_2
         for decoder in (
             "cbor.decode",
             "frames.rpc",
-            "frames.block-request",
             "frames.block-answer",
             "pki.page",
             "bats.block_bat_ids",
         )
         for bomb in _BOMBS
     },
-    # The HTTP API and the rpc server decode a body (9 MiB) or frame before they look at the
-    # method: ~10 s of CPU for any method, no account needed (the anonymous freeze).
+    # A block request frame (64 KiB cap) of empty arrays: ~51 ms; of small ints ~24 ms, which
+    # a loaded machine can push over.
+    "frames.block-request/empty-arrays": _ITEM_2,
+    "frames.block-request/small-ints": _ITEM_2,
+    # The HTTP API and the rpc server decode the whole body (9 MiB) or frame before they look
+    # at the method, for any caller: node.info with 9 MiB of empty arrays ~11.6 s, small ints
+    # ~3.7 s, map keys ~2.4 s, CID links ~1.3 s; an rpc frame of empty arrays ~11 s.
     **{f"{transport}/{bomb}": _ITEM_2 for transport in ("http", "rpc") for bomb in _BOMBS},
-    # block.put and account.signup decode each dag-cbor block of a put (8 of 1 MiB) again.
+    # block.put and account.signup decode each dag-cbor block of a put again, and store it:
+    # 8 blocks of 1 MiB of empty arrays, signed by the user's writer, ~13 s, accepted.
     "block.put/dag-cbor-bombs": _ITEMS_2_5,
     "account.signup/dag-cbor-bombs": _ITEMS_2_5,
     # Once stored, such a block costs its decoding again at every read, anonymous included:
-    # get_block parses a dag-cbor block for its BATs (1 MiB of empty arrays: ~1.1 s).
+    # get_block parses a dag-cbor block for its BATs (1 MiB of empty arrays: ~0.85-1.5 s).
     "block.get/dag-cbor-bombs": _ITEMS_2_5,
     # Not in issue 7: champ.get bounds the keys (64) but not the nodes walked. A user's CHAMP
     # of 64 chains of 4 keys sharing 248 bits (3,165 nodes of ~100 bytes, 0.3 MiB of quota)
