@@ -64,6 +64,11 @@ KNOWN_FINDINGS: Final[dict[str, str]] = {
     # Once stored, such a block costs its decoding again at every read, anonymous included:
     # get_block parses a dag-cbor block for its BATs (1 MiB of empty arrays: ~0.85-1.5 s).
     "block.get/dag-cbor-bombs": _ITEMS_2_5,
+    # And at every put that would cross the quota: the exact recount (_charge, under the
+    # write lock) decodes every dag-cbor block the user's root reaches, so bombs linked from
+    # WriterData `owned` make each such put cost their decoding while all writers wait (four
+    # 1 MiB bombs: ~1.9 s per put of one small block; 64 MiB of them would be a minute).
+    "block.put/over-quota-recount": "issue 7 items 4 and 5: bounded blocks, no long lock",
     # Not in issue 7: champ.get bounds the keys (64) but not the nodes walked. A user's CHAMP
     # of 64 chains of 4 keys sharing 248 bits (3,165 nodes of ~100 bytes, 0.3 MiB of quota)
     # makes one anonymous champ.get walk and return every node: ~85 ms of CPU on the event

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from protocols.errors import ERRORS_BY_CODE, PyrgosError
 from protocols.frames import FrameDecoder, encode_frame
 from protocols.pki import Claim, NodeRecord, record_to_cbor
 from protocols.pointers import PointerUpdate
+from protocols.writerdata import WriterData
 from simulations.swarm import new_node
 from tests.fuzz.budget import (
     FUZZ_CALLS,
@@ -571,3 +573,42 @@ def test_block_route_with_random_parameters(node: Node, data: st.DataObject) -> 
             _check_wire_error(reply["error"], reply["message"], "block GET")
 
     trio.run(read)
+
+
+def test_put_over_quota_recounts_stored_bombs(node: Node) -> None:
+    """A put that would cross the quota recounts the user's reachable bytes exactly, under
+    the write lock, decoding every dag-cbor block the user's root reaches: structured blocks
+    the user stored (and linked from WriterData `owned`) make every such put cost their
+    decoding, while every other writer on the node waits."""
+    key = "block.put/over-quota-recount"
+    per_block = shape_bytes(key, 1024 * 1024) - 16
+    bombs = [shape(name, per_block) for name in BOMBS]
+    owner, identity = node.owner, node.identity
+
+    def put_args(blocks: list[bytes]) -> dict[str, Any]:
+        cids = [CID.of(CODEC_DAG_CBOR, block) for block in blocks]
+        return {
+            "owner": owner,
+            "writer": owner,
+            "blocks": [[CODEC_DAG_CBOR, block] for block in blocks],
+            "sigs": [sign_put(identity, cid) for cid in cids],
+        }
+
+    async def run() -> None:
+        with trio.fail_after(TIMEOUT * 4):
+            links = await node.service.call("block.put", put_args(bombs))
+            current = PointerUpdate.decode(node.store.get(Space.POINTERS, owner.raw) or b"")
+            root = WriterData.decode(node.store.get_block(current.new.raw) or b"")
+            linked = replace(root, owned=links).encode()
+            (new_root,) = await node.service.call("block.put", put_args([linked]))
+            update = PointerUpdate.create(identity, current.new, new_root, current.sequence + 1)
+            await node.service.call(
+                "pointer.cas", {"owner": owner, "updates": [[owner, update.encode()]]}
+            )
+            usage = cbor.decode(node.store.get(Space.USAGE, owner.raw) or b"")
+            usage["reachable"], usage["added"] = usage["quota"], 0  # full, by the running count
+            with node.store.batch() as batch:
+                batch.put(Space.USAGE, owner.raw, cbor.encode(usage))
+            await via_service(node, key, "block.put", put_args([cbor.encode("one more")]))
+
+    trio.run(run)
