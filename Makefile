@@ -16,12 +16,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check node protocols simulations tests benchmarks
 	$(VENV)/bin/mypy node protocols simulations
 
-# A fixed seed makes `make test` repeatable; `make fuzz` explores new inputs each run.
+# A fixed seed makes `make test` repeatable (tests/fuzz runs a few inputs per decoder and
+# method); `make fuzz` explores new inputs each run, many more of them (PYRGOS_FUZZ=deep).
 test: lint
 	$(PY) -X dev -b -m pytest -q --hypothesis-seed=0
 
 fuzz: $(STAMP)
-	$(PY) -X dev -b -m pytest -q tests/protocols -p no:cacheprovider
+	PYRGOS_FUZZ=deep $(PY) -X dev -b -m pytest -q tests/protocols tests/fuzz -p no:cacheprovider
 
 run: $(STAMP)
 	$(VENV)/bin/pyrgos node init --exist-ok

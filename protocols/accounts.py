@@ -152,7 +152,9 @@ class LoginData:
 
     @classmethod
     def from_cbor(cls, value: object) -> LoginData:
-        if not isinstance(value, dict) or value.get("v") != LOGIN_DATA_VERSION:
+        if not isinstance(value, dict) or type(value.get("v")) is not int:
+            raise Corrupted("login data of an unknown version")
+        if value["v"] != LOGIN_DATA_VERSION:
             raise Corrupted("login data of an unknown version")
         try:
             return cls(

@@ -264,7 +264,9 @@ class VerifyKey:
 
     @classmethod
     def from_cbor(cls, value: object) -> VerifyKey:
-        if isinstance(value, list) and value and value[0] == KEY_TYPE_HYBRID_SIGN:
+        # Type first: a decoded value may be bytes, and bytes == int is a BytesWarning.
+        kind = value[0] if isinstance(value, list) and value else None
+        if type(kind) is int and kind == KEY_TYPE_HYBRID_SIGN:
             raise MalformedInput("hybrid signing keys are not supported yet")
         return cls(_key_body(value, KEY_TYPE_ED25519, SIGN_PUBLIC_BYTES, "signing key"))
 

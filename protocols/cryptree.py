@@ -315,7 +315,7 @@ class Node:
         value = cbor.decode(block, limit=MAX_NODE_BYTES)
         if not isinstance(value, dict) or set(value) != {"v", "bats", "base", "meta", "data"}:
             raise MalformedInput("not a cryptree node")
-        if value["v"] != NODE_VERSION:
+        if type(value["v"]) is not int or value["v"] != NODE_VERSION:
             raise MalformedInput(f"unknown cryptree node version {value['v']!r}")
         base, meta, data = value["base"], value["meta"], value["data"]
         if not isinstance(base, bytes) or not isinstance(meta, bytes):

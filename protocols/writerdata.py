@@ -46,7 +46,7 @@ class WriterData:
     @classmethod
     def decode(cls, data: bytes) -> WriterData:
         value = cbor.decode(data, limit=MAX_WRITER_DATA)
-        if not isinstance(value, dict) or value.get("v") != VERSION:
+        if not isinstance(value, dict) or type(value.get("v")) is not int or value["v"] != VERSION:
             raise MalformedInput("not a WriterData block of a known version")
         controller, tree = value.get("controller"), value.get("tree")
         if not isinstance(controller, CID) or not controller.is_identity:
