@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.client import FileSystem, NodeApi, login, signup
+from node.client._api import SESSION_CALLS
 from node.net import API_PREFIX, MAX_BODY_BYTES, build_app
 from node.net._rpc import serve_rpc
 from node.server import METHODS, NodeService
@@ -75,6 +76,8 @@ class RecordingApi(NodeApi):
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
+        if self.session is not None and method in SESSION_CALLS:  # as NodeApi sends it
+            args = {"session": self.session, **(args or {})}
         self.calls.append((method, dict(args or {})))
         return await super().call(method, args)
 
@@ -194,6 +197,8 @@ def _typed(node: Node) -> dict[str, st.SearchStrategy[Any]]:
             mutated_value(_values(node, "record")),
         ),
         "token": st.text(max_size=40),
+        "session": st.one_of(st.sampled_from(_values(node, "session")), sized_bytes),
+        "all": st.one_of(st.booleans(), decoded_values),
     }
 
 
@@ -205,10 +210,10 @@ def _values(node: Node, name: str) -> list[Any]:
 ARGUMENTS: dict[str, list[str]] = {
     "node.info": [],
     "block.get": ["cid", "auth", "owner"],
-    "block.put": ["owner", "writer", "upload", "blocks", "sigs"],
+    "block.put": ["owner", "writer", "upload", "blocks", "sigs", "session"],
     "champ.get": ["root", "keys"],
     "pointer.get": ["writer", "owner"],
-    "pointer.cas": ["owner", "updates", "uploads"],
+    "pointer.cas": ["owner", "updates", "uploads", "session"],
     "account.signup": [
         "claim",
         "login_key",
@@ -229,7 +234,9 @@ ARGUMENTS: dict[str, list[str]] = {
         "time",
         "sig",
     ],
-    "usage.get": ["owner", "time", "sig"],
+    "usage.get": ["owner", "time", "sig", "session"],
+    "session.check": ["owner", "session"],
+    "session.end": ["owner", "session", "all"],
     "pki.lookup": ["username"],
     "pki.status": [],
     "pki.entries": ["after", "limit"],
@@ -477,6 +484,7 @@ def test_logged_in_calls_reach_the_rules(node: Node) -> None:
         "owner": node.owner,
         "time": signed,
         "sig": accounts.sign_timed(node.identity, accounts.USAGE, [node.owner], signed),
+        "session": _values(node, "session")[-1],
     }
     result = trio.run(node.service.call, "usage.get", args)
     assert set(result) == {"used", "quota"}
@@ -584,6 +592,7 @@ def test_put_over_quota_recounts_stored_bombs(node: Node) -> None:
     per_block = shape_bytes(key, 1024 * 1024) - 16
     bombs = [shape(name, per_block) for name in BOMBS]
     owner, identity = node.owner, node.identity
+    session = _values(node, "session")[-1]
 
     def put_args(blocks: list[bytes]) -> dict[str, Any]:
         cids = [CID.of(CODEC_DAG_CBOR, block) for block in blocks]
@@ -592,6 +601,7 @@ def test_put_over_quota_recounts_stored_bombs(node: Node) -> None:
             "writer": owner,
             "blocks": [[CODEC_DAG_CBOR, block] for block in blocks],
             "sigs": [sign_put(identity, cid) for cid in cids],
+            "session": session,
         }
 
     async def run() -> None:
@@ -603,7 +613,8 @@ def test_put_over_quota_recounts_stored_bombs(node: Node) -> None:
             (new_root,) = await node.service.call("block.put", put_args([linked]))
             update = PointerUpdate.create(identity, current.new, new_root, current.sequence + 1)
             await node.service.call(
-                "pointer.cas", {"owner": owner, "updates": [[owner, update.encode()]]}
+                "pointer.cas",
+                {"owner": owner, "updates": [[owner, update.encode()]], "session": session},
             )
             usage = cbor.decode(node.store.get(Space.USAGE, owner.raw) or b"")
             usage["reachable"], usage["added"] = usage["quota"], 0  # full, by the running count
