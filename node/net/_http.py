@@ -35,6 +35,7 @@ API_PREFIX: Final = "/api/v1"
 MAX_BODY_BYTES: Final = rpc.MAX_CALL_BYTES  # the largest body of any method (a block put)
 CBOR_TYPE: Final = "application/cbor"
 MiB: Final = 1024 * 1024
+CLOSE_GRACE: Final = 1.0  # seconds a connection's task may take to wind up once its socket closed
 
 
 @dataclass(frozen=True)
@@ -226,10 +227,48 @@ async def serve_api(
             await trio.aclose_forcefully(stream)
             return
         open_connections += 1
-        try:
-            await TCPServer(app, config, context, {}, stream)  # type: ignore[arg-type]
-        finally:
-            open_connections -= 1
+        with trio.CancelScope() as scope:
+            counted = _CountedStream(stream, scope)
+            try:
+                await TCPServer(app, config, context, {}, counted)  # type: ignore[arg-type]
+            finally:
+                counted.release()
+
+    class _CountedStream:
+        """The connection's socket, handing its slot back when either side ends it, and
+        giving the connection's task CLOSE_GRACE to wind up: hypercorn would keep it (and the
+        socket) until its idle timer runs out."""
+
+        def __init__(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+            self._stream = stream
+            self._scope = scope
+            self._held = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._stream, name)
+
+        def release(self) -> None:
+            nonlocal open_connections
+            if self._held:
+                self._held = False
+                open_connections -= 1
+                self._scope.deadline = trio.current_time() + CLOSE_GRACE
+
+        async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+            """hypercorn treats the client's end of stream as a disconnect (the app's answer
+            is dropped), then waits out its idle timer: the slot is free from here."""
+            try:
+                data = await self._stream.receive_some(max_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.release()
+                raise
+            if not data:
+                self.release()
+            return data
+
+        async def aclose(self) -> None:
+            self.release()
+            await self._stream.aclose()
 
     address = listeners[0].socket.getsockname()
     bound = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
