@@ -13,8 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
+import h11
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
@@ -183,6 +186,41 @@ def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlett
     )
 
 
+class _H11Protocol(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, answering requests h11 cannot parse in the API's CBOR
+    error form rather than with an empty body."""
+
+    async def _send_error_response(self, status_code: int) -> None:
+        message = f"the request is not valid HTTP/1.1 (HTTP {status_code})"
+        body = cbor.encode({"error": MalformedInput.code, "message": message})
+        headers = [
+            (b"content-type", CBOR_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *self.config.response_headers("h11"),
+        ]
+        # A peer that left mid-request gets here too, while the connection is being closed
+        # by another task: then there is no one to tell.
+        with contextlib.suppress(trio.BusyResourceError, trio.BrokenResourceError):
+            await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+            await self._send_h11_event(h11.Data(data=body))
+            await self._send_h11_event(h11.EndOfMessage())
+
+
+class _TCPServer(TCPServer):
+    """hypercorn's connection handler with `_H11Protocol` in place of its own."""
+
+    @property
+    def protocol(self) -> ProtocolWrapper:
+        return self._wrapper
+
+    @protocol.setter
+    def protocol(self, wrapper: ProtocolWrapper) -> None:
+        if type(wrapper.protocol) is H11Protocol:  # the same state; only the method differs
+            wrapper.protocol.__class__ = _H11Protocol
+        self._wrapper = wrapper
+
+
 def _busy_reply() -> bytes:
     """What a connection over the cap gets before it is closed: a 503 in the API's form."""
     body = cbor.encode({"error": Unavailable.code, "message": "the node has too many connections"})
@@ -230,7 +268,9 @@ async def serve_api(
         with trio.CancelScope() as scope:
             counted = _CountedStream(stream, scope)
             try:
-                await TCPServer(app, config, context, {}, counted)  # type: ignore[arg-type]
+                await _TCPServer(app, config, context, {}, counted)  # type: ignore[arg-type]
+            except Exception as exc:  # one connection's failure must not end the server
+                log.info("an HTTP connection ended on an error: %r", exc)
             finally:
                 counted.release()
 

@@ -3,6 +3,7 @@ connections, and block reads that must not tell who holds what."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -241,7 +242,8 @@ async def test_wrong_verbs_name_the_allowed_ones_and_wrong_types_are_415(
             response = await http.get(f"{API_PREFIX}/call/node.info")
             assert (response.status_code, response.headers["allow"]) == (405, "POST")
             response = await http.post(f"{API_PREFIX}/block/{CID.of(CODEC_RAW, b'x').text}")
-            assert (response.status_code, response.headers["allow"]) == (405, "GET, HEAD")
+            assert response.status_code == 405
+            assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
             for content_type in ("text/plain", "application/json", "application/cbor-seq"):
                 response = await http.post(
                     f"{API_PREFIX}/call/node.info",
@@ -317,3 +319,35 @@ async def test_block_reads_tell_only_a_holder_of_its_bat_whether_it_is_here(
     assert await answer(held, bats.make_read_auth(secret, held, b"", node, now)) == "data"
     good = bats.make_read_auth(secret, missing, b"", node, now)
     assert (await answer(missing, good)).startswith("not-found")
+
+
+async def send_in_pieces(stream: trio.SocketStream, data: bytes) -> None:
+    with contextlib.suppress(trio.BrokenResourceError):
+        for start in range(0, len(data), 4096):
+            await stream.send_all(data[start : start + 4096])
+            await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no host
+        (
+            b"POST /api/v1/call/node.info HTTP/1.1\r\nhost: a\r\ncontent-length: x\r\n\r\n",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\nhost: a\r\nx: " + b"y" * 100_000 + b"\r\n\r\n", 431),
+    ],
+)
+async def test_requests_h11_cannot_parse_get_the_api_error_form(
+    nursery: trio.Nursery, store: Store, request_bytes: bytes, status: int
+) -> None:
+    _, url = await start(nursery, store)
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream(*host_port(url))
+        async with trio.open_nursery() as sending:
+            sending.start_soon(send_in_pieces, stream, request_bytes)
+            reply = await read_all(stream)
+        await stream.aclose()
+    assert "not valid HTTP/1.1" in api_error(reply, status)["message"]
