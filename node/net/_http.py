@@ -49,7 +49,7 @@ class ApiLimits:
     max_connections: int = 256  # open at once; more are answered 503 and closed at once
     max_buffered_bytes: int = 64 * MiB  # request bodies held across all requests at once
     body_timeout: float = 60.0  # seconds a body may take to arrive whole (9 MiB: 150 KiB/s)
-    idle_timeout: float = 75.0  # seconds a connection may send nothing, between or in requests
+    idle_timeout: float = 75.0  # seconds a connection may wait between requests, or send a head
 
 
 class _Budget:
@@ -249,8 +249,10 @@ async def serve_api(
     config = Config()
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    # Runs from a connection's start or its last answer until a request head is whole, so it
+    # cuts idle connections and trickled heads; hypercorn's read_timeout would also cut a
+    # client waiting (silently) for a long call, such as a collection, to answer.
     config.keep_alive_timeout = limits.idle_timeout
-    config.read_timeout = limits.idle_timeout  # type: ignore[assignment]  # a float works
     config.h11_max_incomplete_size = 64 * 1024
     app = wrap_app(build_app(service, limits), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     context = WorkerContext(None)

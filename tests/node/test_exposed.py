@@ -351,3 +351,21 @@ async def test_requests_h11_cannot_parse_get_the_api_error_form(
             reply = await read_all(stream)
         await stream.aclose()
     assert "not valid HTTP/1.1" in api_error(reply, status)["message"]
+
+
+async def test_a_trickled_request_head_is_cut(nursery: trio.Nursery, store: Store) -> None:
+    _, url = await start(nursery, store, idle_timeout=0.5)
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream(*host_port(url))
+        async with trio.open_nursery() as dripping:
+
+            async def drip() -> None:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    for byte in head("node.info", 0):
+                        await stream.send_all(bytes([byte]))
+                        await trio.sleep(0.1)
+
+            dripping.start_soon(drip)
+            assert await read_all(stream) == b""  # closed, never answered
+            dripping.cancel_scope.cancel()
+        await stream.aclose()
