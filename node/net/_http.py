@@ -93,7 +93,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def _check_content_type(request: Request) -> None:
     """A call's body is CBOR and says so; an empty body may say nothing."""
     declared = request.headers.get("content-type")
-    if declared is None and request.headers.get("content-length") in ("0", None):
+    length = request.headers.get("content-length")
+    bodiless = length == "0" or (length is None and "transfer-encoding" not in request.headers)
+    if declared is None and bodiless:
         return
     if (declared or "").split(";")[0].strip().lower() != CBOR_TYPE:
         raise _UnsupportedType(f"a call's body must be sent as {CBOR_TYPE}")

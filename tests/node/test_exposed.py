@@ -253,6 +253,16 @@ async def test_wrong_verbs_name_the_allowed_ones_and_wrong_types_are_415(
                 assert response.status_code == 415
                 assert response.headers["content-type"] == CBOR_TYPE
                 assert CBOR_TYPE in cbor.decode(response.content)["message"]
+            untyped = http.build_request("POST", f"{API_PREFIX}/call/node.info")
+            del untyped.headers["content-length"]
+            untyped.headers["transfer-encoding"] = "chunked"
+            untyped.stream = Body(cbor.encode({}))
+            for request in (
+                http.build_request("POST", f"{API_PREFIX}/call/node.info", content=b"\xa0"),
+                untyped,
+            ):
+                assert "content-type" not in request.headers
+                assert (await http.send(request)).status_code == 415
             response = await http.post(
                 f"{API_PREFIX}/call/node.info",
                 content=cbor.encode({}),
