@@ -300,14 +300,15 @@ async def serve_api(
 
         async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
             """hypercorn treats the client's end of stream as a disconnect (the app's answer
-            is dropped), then waits out its idle timer: the slot is free from here."""
+            is dropped), then waits out its idle timer: the socket is closed and the slot
+            free from here, so a client that connects and leaves in a loop holds nothing."""
             try:
                 data = await self._stream.receive_some(max_bytes)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.release()
+                await self.aclose()
                 raise
             if not data:
-                self.release()
+                await self.aclose()
             return data
 
         async def aclose(self) -> None:

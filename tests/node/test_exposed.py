@@ -379,3 +379,32 @@ async def test_a_trickled_request_head_is_cut(nursery: trio.Nursery, store: Stor
             assert await read_all(stream) == b""  # closed, never answered
             dripping.cancel_scope.cancel()
         await stream.aclose()
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+async def test_clients_that_connect_and_leave_hold_no_descriptors(
+    nursery: trio.Nursery, store: Store
+) -> None:
+    """Each connection a client ends frees its socket at once, not when an idle timer runs
+    out: connecting and leaving in a loop cannot use up the node's descriptors."""
+    _, url = await start(nursery, store, max_connections=8)
+    async with NodeApi(url) as api:
+        await api.call("node.info")
+        baseline = open_fds()
+        with trio.fail_after(TIMEOUT):
+            for index in range(300):
+                stream = await trio.open_tcp_stream(*host_port(url))
+                if index % 2:
+                    await stream.send_all(head("block.put", 1000)[:20])  # part of a head
+                await stream.aclose()
+            for _ in range(500):
+                if open_fds() <= baseline + 4:
+                    break
+                await trio.sleep(0.01)
+            else:
+                raise AssertionError(f"{open_fds() - baseline} descriptors still held")
+            assert (await api.call("node.info"))["node"]
