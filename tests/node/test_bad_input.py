@@ -840,6 +840,7 @@ async def test_oversized_body_is_too_large(
     assert size > 9 * MiB
     with trio.fail_after(TIMEOUT), no_calls(running_node), unchanged(running_node.store):
         request = http.build_request("POST", f"{API_PREFIX}/call/block.put")
+        request.headers["content-type"] = CBOR_TYPE
         del request.headers["content-length"]
         if framing == "content-length":
             request.headers["content-length"] = str(size)
