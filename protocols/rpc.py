@@ -17,7 +17,8 @@ Maps have exactly these keys; anything else is MalformedInput.
 
 Call limits, the same over HTTP and the tunnel: a call's arguments are at most
 `args_limit(method)` bytes of CBOR (CALL_BYTES for the methods that carry blocks, SMALL_CALL for
-every other) and at most MAX_CALL_ITEMS items; both are checked before anything is decoded.
+every other) and at most MAX_CALL_ITEMS items. Items are counted before anything is decoded;
+the size before the method runs (over HTTP, before the body is read).
 """
 
 from __future__ import annotations
