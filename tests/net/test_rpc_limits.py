@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from node.net import RPC_PROTOCOL, open_host, serve_node
 from node.net._rpc import RpcClient, serve_rpc
+from node.store import Store
 from protocols import cbor, rpc
 from protocols.cid import encode_varint
 from protocols.errors import TooLarge
+from simulations.swarm import new_node
+from tests.net.test_host import LOOPBACK
 
 PEER = "12D3KooWAnonymousPeer"
 LIMIT = 5  # seconds: every test here finishes in a fraction of that
@@ -97,3 +102,42 @@ async def test_a_frame_of_too_many_items_ends_the_stream_undecoded(
     assert decoded == []
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(PEER in m and "(too-large)" in m and "items" in m for m in messages)
+
+
+@pytest.mark.filterwarnings("ignore:Comparison between bytes and string:BytesWarning:varint")
+async def test_bombs_from_an_anonymous_libp2p_peer_leave_other_peers_answered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over real libp2p (Noise, Yamux): two 9 MiB frames of 9 million empty arrays from a
+    peer with a fresh key, while another peer's node.info must answer within a second."""
+    store = Store(tmp_path / "db")
+    try:
+        service = new_node(store)
+        async with (
+            open_host(tmp_path / "node.key", LOOPBACK) as node,
+            open_host(tmp_path / "anonymous.key", []) as stranger,
+            open_host(tmp_path / "caller.key", []) as caller,
+        ):
+            serve_node(node, service)
+            frame = request_frame("block.put", bomb(rpc.MAX_CALL_BYTES - 16))
+            with trio.fail_after(30):
+                calls = RpcClient(await caller.open_stream(node.peer_id, node.addrs, RPC_PROTOCOL))
+                async with calls:
+                    await calls.call("node.info", {})
+                    async with trio.open_nursery() as bombs:
+                        for _ in range(2):
+                            stream = await stranger.open_stream(
+                                node.peer_id, node.addrs, RPC_PROTOCOL
+                            )
+                            bombs.start_soon(send_until_closed, stream, frame)
+                        await trio.sleep(0.05)  # the bombs are on their way
+                        for _ in range(3):
+                            with trio.fail_after(1):
+                                info = await calls.call("node.info", {})
+                            assert info["node"] == service.settings.node_id
+            assert service.stats["calls"] == 4  # the bombs never reached the method table
+        refusals = [r.getMessage() for r in caplog.records if "(too-large)" in r.getMessage()]
+        assert len(refusals) == 2
+        assert all(stranger.peer_id in m and "items" in m for m in refusals)
+    finally:
+        store.close()
