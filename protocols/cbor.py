@@ -31,9 +31,9 @@ MAX_DEPTH: Final = 64
 DEFAULT_LIMIT: Final = 1024 * 1024 + 8 * 1024  # one block
 BULK_BYTES: Final = 64 * 1024  # byte strings this long are passed on and checked uncopied
 # Items (every value, container, map key and tag counts one) a decode accepts unless its
-# caller says otherwise: the largest legitimate message, a PKI page of 1,000 entries or a
-# directory of 500 children, holds a few thousand; decoding this many costs a few ms.
-DEFAULT_MAX_ITEMS: Final = 65_536
+# caller says otherwise: the largest legitimate messages, a PKI page of 1,000 entries or a
+# directory chunk of 500 children, hold under 10,000; refusing one more costs about 20 ms.
+DEFAULT_MAX_ITEMS: Final = 32_768
 
 
 def _default(encoder: Any, value: object) -> None:
