@@ -8,6 +8,10 @@ Messages that carry blocks hold byte strings of a megabyte or more. Copying one 
 everything else about the message (a fresh buffer of that size is page-faulted in), so
 `encode_parts` hands such strings on as pieces of their own, and `decode` checks the bytes
 around them in place against the input instead of re-encoding the whole message.
+
+Before cbor2 sees a byte, `decode` walks the heads alone (`check_shape`): it counts items and
+depth and steps over string payloads by their length, so a body of millions of tiny items is
+refused after at most `max_items` steps, whatever its size.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ TAG_CID: Final = 42
 MAX_DEPTH: Final = 64
 DEFAULT_LIMIT: Final = 1024 * 1024 + 8 * 1024  # one block
 BULK_BYTES: Final = 64 * 1024  # byte strings this long are passed on and checked uncopied
+# Items (every value, container, map key and tag counts one) a decode accepts unless its
+# caller says otherwise: the largest legitimate messages, a PKI page of 1,000 entries or a
+# directory chunk of 500 children, hold under 10,000; refusing one more costs about 20 ms.
+DEFAULT_MAX_ITEMS: Final = 32_768
 
 
 def _default(encoder: Any, value: object) -> None:
@@ -150,12 +158,69 @@ def _is_encoding_of(value: CBORValue, data: bytes | bytearray, bulky: bool) -> b
     return position == len(data)
 
 
-def decode(data: bytes | bytearray | memoryview, limit: int = DEFAULT_LIMIT) -> CBORValue:
-    """Decode canonical DAG-CBOR, rejecting anything `encode` would not produce."""
+def check_shape(data: bytes | bytearray, max_items: int = DEFAULT_MAX_ITEMS) -> None:
+    """Refuse, before any decoding, CBOR of more than `max_items` items or nested deeper than
+    MAX_DEPTH, and heads that cannot be well-formed (indefinite or reserved lengths, a string
+    or container that claims more than the bytes left, trailing bytes). Costs one step per
+    head, never per byte: string payloads are stepped over by their declared length."""
+    size = len(data)
+    if size <= max_items:
+        return  # every item takes a byte at least; cbor2 itself bounds the depth
+    position = 0
+    items = 0
+    pending = [1]  # per open container: items still to come in it (the top level holds one)
+    while pending:
+        if pending[-1] == 0:
+            pending.pop()
+            continue
+        if position >= size:
+            raise MalformedInput("invalid CBOR: truncated")
+        initial = data[position]
+        position += 1
+        items += 1
+        if items > max_items:
+            raise TooLarge(f"CBOR of more than {max_items} items is over the limit")
+        major, info = initial >> 5, initial & 0x1F
+        if info < 24:
+            argument = info
+        elif info < 28:
+            width = 1 << (info - 24)
+            argument = int.from_bytes(data[position : position + width], "big")
+            position += width
+        else:
+            raise MalformedInput("invalid CBOR: indefinite or reserved length")
+        if major == 6:  # a tag: the item it wraps stands in its place
+            continue
+        pending[-1] -= 1
+        if major in (2, 3):
+            position += argument
+        elif major in (4, 5):
+            count = argument * (major - 3)  # a map holds a key and a value per entry
+            if count > max_items - items:  # each of them counts: refuse before walking any
+                raise TooLarge(f"CBOR of more than {max_items} items is over the limit")
+            if count > size - position:  # each item takes a byte at least
+                raise MalformedInput("invalid CBOR: a container claims more than the input")
+            if count:
+                if len(pending) > MAX_DEPTH:
+                    raise MalformedInput("CBOR nested too deeply")
+                pending.append(count)
+    if position != size:
+        raise MalformedInput("invalid CBOR: truncated or trailing bytes")
+
+
+def decode(
+    data: bytes | bytearray | memoryview,
+    limit: int = DEFAULT_LIMIT,
+    *,
+    max_items: int = DEFAULT_MAX_ITEMS,
+) -> CBORValue:
+    """Decode canonical DAG-CBOR, rejecting anything `encode` would not produce: over `limit`
+    bytes or `max_items` items is TooLarge, refused before any decoding."""
     if len(data) > limit:
         raise TooLarge(f"CBOR of {len(data)} bytes is over the limit of {limit}")
     if isinstance(data, memoryview):
         data = bytes(data)
+    check_shape(data, max_items)
     try:
         value = cbor2.loads(
             data,
@@ -171,6 +236,28 @@ def decode(data: bytes | bytearray | memoryview, limit: int = DEFAULT_LIMIT) -> 
     if not _is_encoding_of(value, data, _check_types(value)):
         raise MalformedInput("CBOR is not in canonical form")
     return value
+
+
+def encoded_length(value: CBORValue) -> int:
+    """`len(encode(value))` without encoding: one step per item, strings only measured."""
+    if isinstance(value, bytes | bytearray):
+        return len(_head(2, len(value))) + len(value)
+    if isinstance(value, str):
+        size = len(value.encode())
+        return len(_head(3, size)) + size
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, int):
+        return len(_head(0, value if value >= 0 else -1 - value))
+    if isinstance(value, CID):
+        payload = len(value.raw) + 1
+        return 2 + len(_head(2, payload)) + payload  # tag 42 takes a two-byte head
+    if isinstance(value, list):
+        return len(_head(4, len(value))) + sum(map(encoded_length, value))
+    if isinstance(value, dict):
+        pairs = sum(encoded_length(key) + encoded_length(item) for key, item in value.items())
+        return len(_head(5, len(value))) + pairs
+    raise TypeError(f"cannot encode {type(value).__name__} as CBOR")
 
 
 def iter_links(value: CBORValue) -> list[CID]:

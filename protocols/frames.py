@@ -30,7 +30,8 @@ def frame_parts(value: CBORValue) -> list[bytes]:
 
 
 class FrameDecoder:
-    """Splits a byte stream into CBOR messages, each at most `max_frame` bytes of body.
+    """Splits a byte stream into CBOR messages, each at most `max_frame` bytes of body and
+    `max_items` CBOR items.
 
     After it raises (TooLarge for a declared length over the cap, MalformedInput for anything
     else) the decoder stays failed: the stream is out of step and must be closed.
@@ -39,10 +40,17 @@ class FrameDecoder:
     once when complete, so each of its bytes is copied once, not into a buffer and out again.
     """
 
-    def __init__(self, max_frame: int, large: int = cbor.BULK_BYTES) -> None:
+    def __init__(
+        self,
+        max_frame: int,
+        large: int = cbor.BULK_BYTES,
+        *,
+        max_items: int = cbor.DEFAULT_MAX_ITEMS,
+    ) -> None:
         if max_frame < 1:
             raise ValueError("max_frame must be positive")
         self.max_frame = max_frame
+        self.max_items = max_items  # per message, refused before it is decoded
         self.large = large
         self._buffer = bytearray()  # bytes not yet placed: lengths, small frames
         self._length: int | None = None  # declared body length of the frame being read
@@ -103,7 +111,7 @@ class FrameDecoder:
             return b""
         body = b"".join(self._pieces)
         self._pieces, self._have, self._length = None, 0, None
-        messages.append(cbor.decode(body, limit=self.max_frame))
+        messages.append(cbor.decode(body, limit=self.max_frame, max_items=self.max_items))
         return data[need:]
 
     def _drain(self, messages: list[CBORValue]) -> None:
@@ -133,7 +141,7 @@ class FrameDecoder:
             end = start + self._length
             with memoryview(buffer) as view:  # one copy of the body, not two
                 body = bytes(view[start:end])
-            messages.append(cbor.decode(body, limit=self.max_frame))
+            messages.append(cbor.decode(body, limit=self.max_frame, max_items=self.max_items))
             start, self._length = end, None
         del buffer[:start]
 

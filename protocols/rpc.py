@@ -14,6 +14,11 @@ Each message is one frame (protocols/frames.py) of at most MAX_FRAME bytes of CB
 - `error.code`: 1 to 64 characters, a PyrgosError code (protocols/errors.py) or "internal" for a
   failure the server does not explain; `error.message`: at most 1024 characters, for a user.
 Maps have exactly these keys; anything else is MalformedInput.
+
+Call limits, the same over HTTP and the tunnel: a call's arguments are at most
+`args_limit(method)` bytes of CBOR (CALL_BYTES for the methods that carry blocks, SMALL_CALL for
+every other) and at most MAX_CALL_ITEMS items. Items are counted before anything is decoded;
+the size before the method runs (over HTTP, before the body is read).
 """
 
 from __future__ import annotations
@@ -21,11 +26,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from protocols.cbor import CBORValue
-from protocols.errors import MalformedInput, PyrgosError, error_from_code
+from protocols.cbor import CBORValue, encoded_length
+from protocols.errors import MalformedInput, PyrgosError, TooLarge, error_from_code
 
 MiB: Final = 1024 * 1024
-MAX_FRAME: Final = 9 * MiB + 64 * 1024  # one HTTP API body (9 MiB) and its envelope
+MAX_CALL_BYTES: Final = 9 * MiB  # one put of 8 blocks of 1 MiB and its framing
+SMALL_CALL: Final = 64 * 1024  # the largest other call (a login update: 4 KiB) many times over
+# The methods whose arguments carry blocks: the only ones that need megabytes.
+CALL_BYTES: Final = {"block.put": MAX_CALL_BYTES, "account.signup": MAX_CALL_BYTES}
+# Items in one call's arguments: a put of 64 blocks holds about 300. Refusing past this
+# before decoding keeps a megabyte body of tiny items from costing seconds of CPU.
+MAX_CALL_ITEMS: Final = 4096
+MAX_FRAME: Final = MAX_CALL_BYTES + 64 * 1024  # one call's arguments and its envelope
+MAX_REQUEST_ITEMS: Final = MAX_CALL_ITEMS + 8  # and the envelope's: a map, 3 keys, id, method
 MAX_ID: Final = 2**63 - 1
 MAX_METHOD_CHARS: Final = 64
 MAX_CODE_CHARS: Final = 64
@@ -52,6 +65,19 @@ class Reply:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def args_limit(method: str) -> int:
+    """The most bytes of CBOR the arguments of a call to `method` may take."""
+    return CALL_BYTES.get(method, SMALL_CALL)
+
+
+def check_args_size(method: str, args: dict[str, Any]) -> None:
+    """TooLarge when a call's arguments (decoded: items are already bounded) are over its
+    method's byte limit."""
+    limit = args_limit(method)
+    if encoded_length(args) > limit:
+        raise TooLarge(f"the arguments of {method[:MAX_METHOD_CHARS]} are at most {limit} bytes")
 
 
 def _is_id(value: object) -> bool:
@@ -81,13 +107,14 @@ def _unparse(parsed: Request) -> CBORValue:
 
 
 def parse_request(value: CBORValue) -> Request:
-    """A received request, or MalformedInput."""
+    """A received request, or MalformedInput (TooLarge for arguments over the method's limit)."""
     if not isinstance(value, dict) or set(value) != {"id", "method", "args"}:
         raise MalformedInput("an rpc request is {id, method, args}")
     call_id = _check_id(value["id"])
     method = _check_text(value["method"], "an rpc method", MAX_METHOD_CHARS)
     if not isinstance(value["args"], dict):
         raise MalformedInput("rpc arguments must be a CBOR map")
+    check_args_size(method, value["args"])
     return Request(call_id, method, value["args"])
 
 

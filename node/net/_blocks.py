@@ -19,6 +19,7 @@ from protocols.bats import ReadAuth
 from protocols.blockexchange import (
     DEFAULT_WINDOW,
     MAX_ANSWER_FRAME,
+    MAX_ENTRIES,
     MAX_QUEUED,
     MAX_REQUEST_FRAME,
     AuthFor,
@@ -38,6 +39,10 @@ ANSWER_BATCH_BYTES: Final = 256 * 1024  # block bytes a server looks up before i
 ANSWER_BATCH_SECONDS: Final = 0.005  # nor does a slow lookup hold finished answers back longer
 ANSWERING_TASKS: Final = 2
 READY_RESULTS: Final = 4  # results a fetch holds for a slow consumer before it stops reading
+# CBOR items per message, refused before decoding: a want is about 10 items (a cancel 2) and
+# a request holds at most MAX_ENTRIES of them; an answer is a map of at most 3 entries.
+REQUEST_ITEMS: Final = 16 * MAX_ENTRIES
+ANSWER_ITEMS: Final = 16
 
 
 async def serve_blocks(
@@ -62,7 +67,7 @@ async def serve_blocks(
     lock and the Yamux and Noise work are paid once per batch. Two tasks take turns, so one
     looks up while the other's batch is being written.
     """
-    framed = Framed(stream, MAX_REQUEST_FRAME, read_timeout)
+    framed = Framed(stream, MAX_REQUEST_FRAME, read_timeout, max_items=REQUEST_ITEMS)
     responder = Responder(max_queued)
     requester = peer_id.encode()
     queued = trio.Event()
@@ -186,7 +191,9 @@ async def open_block_fetch(
     """
     requester = Requester(wants, sources=len(streams), window=window, authorize=authorize)
     changed = trio.lowlevel.ParkingLot()
-    framed = [Framed(stream, MAX_ANSWER_FRAME, read_timeout) for stream in streams]
+    framed = [
+        Framed(stream, MAX_ANSWER_FRAME, read_timeout, max_items=ANSWER_ITEMS) for stream in streams
+    ]
 
     async def run_source(index: int) -> None:
         try:

@@ -16,6 +16,7 @@ from typing import Final
 import trio
 
 from node.net._stream import WRITE_UNIT, Stream
+from protocols import cbor
 from protocols.cbor import CBORValue
 from protocols.errors import PyrgosError, Unavailable
 from protocols.frames import FrameDecoder, frame_parts
@@ -55,12 +56,13 @@ class Framed:
         *,
         idle_timeout: float | None = None,
         write_timeout: float | None = None,
+        max_items: int = cbor.DEFAULT_MAX_ITEMS,
     ) -> None:
         self.stream = stream
         self.read_timeout = read_timeout
         self.idle_timeout = read_timeout if idle_timeout is None else idle_timeout
         self.write_timeout = read_timeout if write_timeout is None else write_timeout
-        self._decoder = FrameDecoder(max_frame)
+        self._decoder = FrameDecoder(max_frame, max_items=max_items)
         self._ready: deque[CBORValue] = deque()
         self._send_lock = trio.Lock()
         self._outbox: deque[list[bytes]] = deque()  # frames (in pieces) awaiting a write

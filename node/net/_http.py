@@ -2,39 +2,76 @@
 
 `POST /api/v1/call/<method>` takes a CBOR map of arguments and answers the CBOR result (200) or
 `{"error": code, "message": text}` with a 4xx/5xx status. `GET /api/v1/block/<cid>?auth=...`
-answers the block's bytes. Bodies over the limit are refused before they are read in full.
+answers the block's bytes. What a stranger can make the server hold is bounded: connections,
+body bytes across requests, a body's size per method and the time it may take to arrive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any, Final
 
+import h11
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from node.server import NodeService
-from protocols import bats, cbor
+from protocols import bats, cbor, rpc
 from protocols.cid import CID
-from protocols.errors import MalformedInput, NotFound, PyrgosError, TooLarge
+from protocols.errors import MalformedInput, NotFound, PyrgosError, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/api/v1"
-MAX_BODY_BYTES: Final = 9 * 1024 * 1024  # one put of 8 blocks of 1 MiB and its framing
+MAX_BODY_BYTES: Final = rpc.MAX_CALL_BYTES  # the largest body of any method (a block put)
 CBOR_TYPE: Final = "application/cbor"
+MiB: Final = 1024 * 1024
+CLOSE_GRACE: Final = 1.0  # seconds a connection's task may take to wind up once its socket closed
 
 
-def _error(exc: PyrgosError) -> Response:
+@dataclass(frozen=True)
+class ApiLimits:
+    """What the API server holds for its callers at most; the defaults suit a node on the
+    open internet with clients that send puts of 2 MiB, four at a time."""
+
+    max_connections: int = 256  # open at once; more are answered 503 and closed at once
+    max_buffered_bytes: int = 64 * MiB  # request bodies held across all requests at once
+    body_timeout: float = 60.0  # seconds a body may take to arrive whole (9 MiB: 150 KiB/s)
+    idle_timeout: float = 75.0  # seconds a connection may wait between requests, or send a head
+
+
+class _Budget:
+    """Body bytes held across requests: a body that does not fit is refused (503), not
+    queued, so a crowd of slow bodies cannot grow the node's memory."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.total:
+            raise Unavailable("the node is holding too many request bodies; try again soon")
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+def _error(exc: PyrgosError, status: int | None = None) -> Response:
     body = cbor.encode({"error": exc.code, "message": exc.message})
-    return Response(body, status_code=exc.http_status, media_type=CBOR_TYPE)
+    return Response(body, status_code=status or exc.http_status, media_type=CBOR_TYPE)
 
 
 def _internal_error() -> Response:
@@ -44,45 +81,87 @@ def _internal_error() -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Unknown paths and wrong verbs answer in the API's CBOR error form too."""
+    """Unknown paths and wrong verbs answer in the API's CBOR error form too; a 405 names
+    the verbs allowed (`Allow`)."""
     status = exc.status_code if isinstance(exc, HTTPException) else 400
     kind = NotFound if status == 404 else MalformedInput
     body = cbor.encode({"error": kind.code, "message": f"no such API endpoint (HTTP {status})"})
-    return Response(body, status_code=status, media_type=CBOR_TYPE)
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return Response(body, status_code=status, media_type=CBOR_TYPE, headers=headers)
 
 
-async def _read_body(request: Request) -> bytearray:
+def _check_content_type(request: Request) -> None:
+    """A call's body is CBOR and says so; an empty body may say nothing."""
+    declared = request.headers.get("content-type")
+    length = request.headers.get("content-length")
+    bodiless = length == "0" or (length is None and "transfer-encoding" not in request.headers)
+    if declared is None and bodiless:
+        return
+    if (declared or "").split(";")[0].strip().lower() != CBOR_TYPE:
+        raise _UnsupportedType(f"a call's body must be sent as {CBOR_TYPE}")
+
+
+class _UnsupportedType(MalformedInput):
+    http_status = 415
+
+
+async def _read_body(request: Request, limit: int, budget: _Budget) -> tuple[bytearray, int]:
     """The request body, gathered in one growing buffer (never the parts and their join at
-    once: a put's body is megabytes, and several are in flight)."""
+    once: a put's body is megabytes, and several are in flight), and the budget it took.
+    A declared length is taken from the budget before a byte is read."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise TooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise TooLarge(f"the body of this call is at most {limit} bytes")
+    _check_content_type(request)
+    taken = int(declared) if declared is not None else 0
+    budget.take(taken)
     body = bytearray()
-    async with contextlib.aclosing(request.stream()) as stream:
-        async for part in stream:
-            if len(body) + len(part) > MAX_BODY_BYTES:
-                raise TooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
-            body += part
-    return body
+    try:
+        async with contextlib.aclosing(request.stream()) as stream:
+            async for part in stream:
+                if len(body) + len(part) > limit:
+                    raise TooLarge(f"the body of this call is at most {limit} bytes")
+                if len(body) + len(part) > taken:  # chunked: taken as it comes
+                    grow = len(body) + len(part) - taken
+                    budget.take(grow)
+                    taken += grow
+                body += part
+    except BaseException:
+        budget.give(taken)
+        raise
+    return body, taken
 
 
-def build_app(service: NodeService) -> Starlette:
+def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlette:
     """The ASGI app serving `service`'s method table."""
+    limits = limits or ApiLimits()
+    budget = _Budget(limits.max_buffered_bytes)
 
     async def call(request: Request) -> Response:
         method = request.path_params["method"]
+        taken = 0
         try:
-            body = await _read_body(request)
-            args = cbor.decode(body, limit=MAX_BODY_BYTES) if body else {}
+            limit = rpc.args_limit(method)
+            with trio.fail_after(limits.body_timeout):
+                body, taken = await _read_body(request, limit, budget)
+            args = cbor.decode(body, limit=limit, max_items=rpc.MAX_CALL_ITEMS) if body else {}
             del body  # the blocks now live in `args`: the body need not wait for the answer
             source = request.client.host if request.client is not None else ""
             result: Any = await service.call(method, args, source=source)
             return Response(cbor.encode(result), media_type=CBOR_TYPE)
+        except trio.TooSlowError:
+            late = Unavailable(f"the request body did not arrive within {limits.body_timeout} s")
+            return _error(late, 408)
+        except ClientDisconnect:
+            log.debug("a client left during a call to %s", method[:64])
+            return _error(Unavailable("the client disconnected"))
         except PyrgosError as exc:
             return _error(exc)
         except Exception:
             log.exception("internal error in %s", method[:64])
             return _internal_error()
+        finally:
+            budget.give(taken)
 
     async def get_block(request: Request) -> Response:
         try:
@@ -110,25 +189,135 @@ def build_app(service: NodeService) -> Starlette:
     )
 
 
+class _H11Protocol(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, answering requests h11 cannot parse in the API's CBOR
+    error form rather than with an empty body."""
+
+    async def _send_error_response(self, status_code: int) -> None:
+        message = f"the request is not valid HTTP/1.1 (HTTP {status_code})"
+        body = cbor.encode({"error": MalformedInput.code, "message": message})
+        headers = [
+            (b"content-type", CBOR_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *self.config.response_headers("h11"),
+        ]
+        # A peer that left mid-request gets here too, while the connection is being closed
+        # by another task: then there is no one to tell.
+        with contextlib.suppress(trio.BusyResourceError, trio.BrokenResourceError):
+            await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+            await self._send_h11_event(h11.Data(data=body))
+            await self._send_h11_event(h11.EndOfMessage())
+
+
+class _TCPServer(TCPServer):
+    """hypercorn's connection handler with `_H11Protocol` in place of its own."""
+
+    @property
+    def protocol(self) -> ProtocolWrapper:
+        return self._wrapper
+
+    @protocol.setter
+    def protocol(self, wrapper: ProtocolWrapper) -> None:
+        if type(wrapper.protocol) is H11Protocol:  # the same state; only the method differs
+            wrapper.protocol.__class__ = _H11Protocol
+        self._wrapper = wrapper
+
+
+def _busy_reply() -> bytes:
+    """What a connection over the cap gets before it is closed: a 503 in the API's form."""
+    body = cbor.encode({"error": Unavailable.code, "message": "the node has too many connections"})
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"content-type: {CBOR_TYPE}\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\nretry-after: 1\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def serve_api(
     service: NodeService,
     host: str,
     port: int,
     *,
+    limits: ApiLimits | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,  # trio.TaskStatus[str],
 ) -> None:
-    """Serve the API until cancelled; reports the URL it listens on (port 0 picks one)."""
+    """Serve the API until cancelled; reports the URL it listens on (port 0 picks one).
+
+    Connections are accepted here rather than by hypercorn's own loop, which has no cap: one
+    over `limits.max_connections` is answered 503 and closed, so strangers cannot use up the
+    process's file descriptors."""
+    limits = limits or ApiLimits()
     config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 75
+    # Runs from a connection's start or its last answer until a request head is whole, so it
+    # cuts idle connections and trickled heads; hypercorn's read_timeout would also cut a
+    # client waiting (silently) for a long call, such as a collection, to answer.
+    config.keep_alive_timeout = limits.idle_timeout
     config.h11_max_incomplete_size = 64 * 1024
-    config.graceful_timeout = 2
+    app = wrap_app(build_app(service, limits), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    context = WorkerContext(None)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    open_connections = 0
 
-    async def started_serve(*, task_status: Any) -> None:
-        await serve(build_app(service), config, task_status=task_status)  # type: ignore[arg-type]
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal open_connections
+        if open_connections >= limits.max_connections:
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+                await stream.send_all(_busy_reply())
+            await trio.aclose_forcefully(stream)
+            return
+        open_connections += 1
+        with trio.CancelScope() as scope:
+            counted = _CountedStream(stream, scope)
+            try:
+                await _TCPServer(app, config, context, {}, counted)  # type: ignore[arg-type]
+            except Exception as exc:  # one connection's failure must not end the server
+                log.info("an HTTP connection ended on an error: %r", exc)
+            finally:
+                counted.release()
 
+    class _CountedStream:
+        """The connection's socket, handing its slot back when either side ends it, and
+        giving the connection's task CLOSE_GRACE to wind up: hypercorn would keep it (and the
+        socket) until its idle timer runs out."""
+
+        def __init__(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+            self._stream = stream
+            self._scope = scope
+            self._held = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._stream, name)
+
+        def release(self) -> None:
+            nonlocal open_connections
+            if self._held:
+                self._held = False
+                open_connections -= 1
+                self._scope.deadline = trio.current_time() + CLOSE_GRACE
+
+        async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+            """hypercorn treats the client's end of stream as a disconnect (the app's answer
+            is dropped), then waits out its idle timer: the socket is closed and the slot
+            free from here, so a client that connects and leaves in a loop holds nothing."""
+            try:
+                data = await self._stream.receive_some(max_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.aclose()
+                raise
+            if not data:
+                await self.aclose()
+            return data
+
+        async def aclose(self) -> None:
+            self.release()
+            await self._stream.aclose()
+
+    address = listeners[0].socket.getsockname()
+    bound = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(started_serve)
-        task_status.started(binds[0])
+        task_status.started(f"http://{bound}")
+        await trio.serve_listeners(handle, listeners, handler_nursery=nursery)

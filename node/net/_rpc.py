@@ -18,7 +18,7 @@ from node.net._framed import DEFAULT_TIMEOUT, Framed, log_stream_end
 from node.net._stream import Stream
 from protocols import rpc
 from protocols.cbor import CBORValue
-from protocols.errors import MalformedInput, PyrgosError, Unavailable
+from protocols.errors import MalformedInput, PyrgosError, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ async def serve_rpc(
     with a logged error; nothing the peer does makes this raise. The stream closes after
     `read_timeout` seconds without a request.
     """
-    framed = Framed(stream, rpc.MAX_FRAME, read_timeout)
+    framed = Framed(stream, rpc.MAX_FRAME, read_timeout, max_items=rpc.MAX_REQUEST_ITEMS)
     requester = peer_id.encode()
     slots = trio.Semaphore(max_concurrent)
     failures: list[PyrgosError] = []
@@ -89,7 +89,7 @@ async def _reply(message: CBORValue, dispatch: Dispatch, requester: bytes) -> CB
     """The reply to one request. Raises MalformedInput only for a request with no usable id."""
     try:
         request = rpc.parse_request(message)
-    except MalformedInput as exc:
+    except (MalformedInput, TooLarge) as exc:
         call_id = rpc.request_id(message)
         if call_id is None:
             raise
