@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from node.store import Space, Store
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR
-from protocols.errors import MalformedInput
+from protocols.errors import MalformedInput, TooLarge
 from protocols.pointers import PointerUpdate
+from protocols.structured import structured_links
 
 log = logging.getLogger(__name__)
 _UPLOAD_ID = 16
@@ -25,9 +26,10 @@ def _links(store: Store, cid: CID) -> list[CID]:
     if data is None:
         return []
     try:
-        return cbor.iter_links(cbor.decode(data))
-    except MalformedInput:
-        log.warning("a stored block does not decode; its links are not followed")
+        return structured_links(data)
+    except (MalformedInput, TooLarge):
+        # Only a block stored before blocks were checked at put can be here.
+        log.warning("a stored block is not a known structured block; its links are not followed")
         return []
 
 

@@ -40,6 +40,7 @@ from protocols.errors import (
 from protocols.names import check_username
 from protocols.pki import Claim, NodeRecord, record_from_cbor
 from protocols.pointers import PointerUpdate, check_update
+from protocols.structured import check_structured
 from protocols.writerdata import WriterData, controller_of
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,8 @@ class NodeService:
             if len(data) > MAX_BLOCK_BYTES:
                 raise TooLarge(f"a block is at most {MAX_BLOCK_BYTES} bytes")
             if codec == CODEC_DAG_CBOR:
-                cbor.decode(data)  # only canonical CBOR is stored
+                # Only known, small shapes: a collection must decode them all cheaply.
+                check_structured(data)
             cid = CID.of(codec, data)
             if not isinstance(sig, bytes):
                 raise MalformedInput("block signatures must be bytes")
