@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from node.server._gc import collect_garbage, reachable_bytes
+from node.server._gc import Collection, reachable_bytes, stored_key, stored_record
 from node.server._pki import PkiLog, SyncResult
 from node.store import Batch, Space, Store
 from protocols import accounts, bats, cbor, champ
@@ -154,6 +154,8 @@ class NodeService:
         self._pki_sync = trio.Lock()
         self.stats: Counter[str] = Counter()
         self._write_lock = trio.Lock()
+        self._gc_lock = trio.Lock()  # one collection at a time
+        self._collection: Collection | None = None  # the running one, told of every write
         self._blocks = StoreBlocks(store)
 
     @property
@@ -305,6 +307,8 @@ class NodeService:
         if reachable + added + extra > quota:
             # The running count only grows between collections: count exactly before refusing.
             reachable, added = reachable_bytes(self.store, owner, int(time.time())), 0
+            if self._collection is not None:
+                self._collection.note_recount(owner)
             if reachable + extra > quota:
                 raise QuotaExceeded(
                     f"this write needs {extra} bytes but only {max(0, quota - reachable)} "
@@ -315,17 +319,31 @@ class NodeService:
     def _put_blocks_sync(
         self, owner: CID, blocks: list[tuple[CID, bytes]], upload: bytes | None
     ) -> None:
-        fresh = [(c, d) for c, d in blocks if not self.store.has_block(c.raw)]
-        usage = self._charge(owner, sum(len(d) for _, d in fresh))
+        unique = dict(blocks)
+        fresh = [(c, d) for c, d in unique.items() if not self.store.has_block(c.raw)]
+        # Every block a user puts counts for them until a collection decides it (it is then
+        # reachable, pinned, or gone): a record of the put, in the batch that stores it.
+        running = self._collection
+        charged = [
+            (c, d)
+            for c, d in unique.items()
+            if running is not None or not self.store.has(Space.STORED, stored_key(owner, c))
+        ]
+        extra = sum(len(d) for _, d in charged)
+        usage = self._charge(owner, extra)
         now = int(time.time())
         with self.store.batch() as batch:
             for cid, data in fresh:
                 self.store.put_block(batch, cid.raw, data)
+            for cid, data in charged:
+                batch.put(Space.STORED, stored_key(owner, cid), stored_record(len(data)))
             if upload is not None:
                 batch.put(Space.UPLOADS, upload, cbor.encode([owner, now + UPLOAD_TTL]))
                 for cid, _ in blocks:
                     batch.put(Space.UPLOADS, upload + cid.raw, b"")
             batch.put(Space.USAGE, owner.raw, usage)
+        if running is not None:
+            running.note_put(owner, unique, extra)
         self.stats["blocks_stored"] += len(fresh)
 
     async def block_put(self, args: Args, requester: bytes) -> list[CID]:
@@ -383,6 +401,9 @@ class NodeService:
                 for writer, update in parsed:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
                 self._close_uploads(batch, uploads)
+            if self._collection is not None:
+                for _, update in parsed:
+                    self._collection.note_root(owner, update.new)
         return True
 
     def _close_uploads(self, batch: Batch, uploads: object) -> None:
@@ -587,8 +608,27 @@ class NodeService:
     # -- maintenance --------------------------------------------------------------------
 
     async def collect_garbage(self) -> dict[str, int]:
-        async with self._write_lock:
-            return await trio.to_thread.run_sync(collect_garbage, self.store, int(time.time()))
+        """Collect garbage while serving: writers wait for one short step at a time, never for
+        the mark (see node/server/_gc.py)."""
+        async with self._gc_lock:
+            async with self._write_lock:
+                run = await trio.to_thread.run_sync(Collection, self.store, int(time.time()))
+                self._collection = run
+            try:
+                await trio.to_thread.run_sync(run.mark)
+                await trio.to_thread.run_sync(run.plan)
+                more = True
+                while more:
+                    async with self._write_lock:
+                        more = await trio.to_thread.run_sync(run.step)
+                async with self._write_lock:
+                    stats = await trio.to_thread.run_sync(run.finish)
+                    self._collection = None
+            finally:
+                self._collection = None
+            if stats["deleted"]:
+                await trio.to_thread.run_sync(self.store.compact)
+            return stats
 
     # -- routing ----------------------------------------------------------------------------
 
