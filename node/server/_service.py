@@ -156,6 +156,7 @@ class NodeService:
         self._write_lock = trio.Lock()
         self._gc_lock = trio.Lock()  # one collection at a time
         self._collection: Collection | None = None  # the running one, told of every write
+        self._counted: set[bytes] = set()  # owners counted exactly, no pointer moved since
         self._blocks = StoreBlocks(store)
 
     @property
@@ -304,16 +305,21 @@ class NodeService:
     def _charge(self, owner: CID, extra: int) -> bytes:
         """The new usage record after storing `extra` bytes, or QuotaExceeded."""
         reachable, added, quota = self._usage(owner)
-        if reachable + added + extra > quota:
+        if reachable + added + extra > quota and owner.raw not in self._counted:
             # The running count only grows between collections: count exactly before refusing.
+            # Usage falls only when a pointer moves (or at a collection), so one exact count
+            # holds until then: refused puts in a row do not each mark the user's tree.
             reachable, added = reachable_bytes(self.store, owner, int(time.time())), 0
             if self._collection is not None:
                 self._collection.note_recount(owner)
-            if reachable + extra > quota:
-                raise QuotaExceeded(
-                    f"this write needs {extra} bytes but only {max(0, quota - reachable)} "
-                    f"of the quota of {quota} bytes are free"
-                )
+            self._counted.add(owner.raw)
+            self.store.put(Space.USAGE, owner.raw, self._usage_record(reachable, 0, quota))
+        if reachable + added + extra > quota:
+            free = max(0, quota - reachable - added)
+            raise QuotaExceeded(
+                f"this write needs {extra} bytes but only {free} of the quota of {quota} "
+                "bytes are free"
+            )
         return self._usage_record(reachable, added + extra, quota)
 
     def _put_blocks_sync(
@@ -401,6 +407,7 @@ class NodeService:
                 for writer, update in parsed:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
                 self._close_uploads(batch, uploads)
+            self._counted.discard(owner.raw)
             if self._collection is not None:
                 for _, update in parsed:
                     self._collection.note_root(owner, update.new)
@@ -624,6 +631,7 @@ class NodeService:
                 async with self._write_lock:
                     stats = await trio.to_thread.run_sync(run.finish)
                     self._collection = None
+                    self._counted.clear()  # space may have been freed: count again
             finally:
                 self._collection = None
             if stats["deleted"]:

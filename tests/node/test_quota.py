@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -12,6 +13,7 @@ import trio
 from node.client import FileSystem, NodeApi, Session, signup
 from node.client._blocks import new_upload_id
 from node.net import serve_api
+from node.server import _service as service_module
 from node.store import Store
 from protocols.blocks import sign_put
 from protocols.cid import CID, CODEC_RAW
@@ -95,3 +97,30 @@ async def test_unlinked_puts_count_until_collected(
         used_after, _ = await FileSystem(bob).usage()
         assert used_after < used - accepted + BLOCK
         await _put(bob, os.urandom(BLOCK))
+
+
+async def test_refused_puts_do_not_each_recount(
+    small_node: RunningNode, bob: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exact count (a mark of the user's tree, under the write lock) holds until a pointer
+    moves: a user cannot make the node recount with every refused put."""
+    counts = []
+    real = service_module.reachable_bytes
+
+    def counting(*args: Any) -> int:
+        counts.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(service_module, "reachable_bytes", counting)
+    with trio.fail_after(30):
+        await _store_until_refused(bob, None)
+        assert len(counts) == 1
+        for _ in range(5):
+            with pytest.raises(QuotaExceeded):
+                await _put(bob, os.urandom(BLOCK))
+        assert len(counts) == 1
+        upload = new_upload_id()
+        await _close_upload_without_linking(bob, upload)  # a pointer moved: count again
+        with pytest.raises(QuotaExceeded):
+            await _put(bob, os.urandom(BLOCK))
+        assert len(counts) == 2
