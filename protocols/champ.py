@@ -227,6 +227,12 @@ def _decode_node(data: bytes, at: _At | None) -> _Node:
     return node
 
 
+def check_node(data: bytes) -> None:
+    """Raise MalformedInput unless `data` is a well-formed CHAMP node (checks that need no
+    place in the trie: a node stores it at put, before anything links it)."""
+    _decode_node(data, None)
+
+
 def _check_root(root: CID) -> None:
     if root.codec != CODEC_DAG_CBOR or root.mh_code != MH_SHA2_256:
         raise MalformedInput("a CHAMP root must be a sha2-256 dag-cbor CID")

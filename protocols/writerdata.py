@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR
@@ -12,6 +12,11 @@ from protocols.errors import MalformedInput, TooLarge
 
 VERSION: Final = 1
 MAX_WRITER_DATA: Final = 16 * 1024
+# An owner proof is a signed statement of about 150 bytes. 32 of them (more writers than a
+# user makes today) still fit a WriterData with its login and boxing keys in MAX_WRITER_DATA,
+# and keep a hostile `owned` small in items.
+MAX_OWNED: Final = 32
+MAX_OWNER_PROOF: Final = 256
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,7 @@ class WriterData:
     tree: CID
     login: KdfParams | None = None
     boxing: BoxingPublicKey | None = None
-    owned: list[Any] = field(default_factory=list)
+    owned: list[bytes] = field(default_factory=list)
     links: CID | None = None
 
     def to_cbor(self) -> dict[str, object]:
@@ -54,11 +59,13 @@ class WriterData:
         if not isinstance(tree, CID) or tree.codec != CODEC_DAG_CBOR:
             raise MalformedInput("WriterData tree must link a CHAMP root")
         owned = value.get("owned", [])
-        if not isinstance(owned, list):
-            raise MalformedInput("WriterData owned must be a list")
+        if not isinstance(owned, list) or len(owned) > MAX_OWNED:
+            raise MalformedInput(f"WriterData owned must be a list of at most {MAX_OWNED} proofs")
+        if not all(type(p) is bytes and len(p) <= MAX_OWNER_PROOF for p in owned):
+            raise MalformedInput(f"each owner proof must be at most {MAX_OWNER_PROOF} bytes")
         links = value.get("links")
-        if links is not None and not isinstance(links, CID):
-            raise MalformedInput("WriterData links must be a CID")
+        if links is not None and (not isinstance(links, CID) or links.codec != CODEC_DAG_CBOR):
+            raise MalformedInput("WriterData links must link a CHAMP root")
         unknown = set(value) - {"v", "controller", "tree", "owned", "login", "boxing", "links"}
         if unknown:
             raise MalformedInput(f"unknown WriterData fields: {sorted(unknown)}")

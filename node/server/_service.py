@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from node.server._gc import collect_garbage, reachable_bytes
+from node.server._gc import Collection, reachable_bytes, stored_key, stored_record
 from node.server._pki import PkiLog, SyncResult
 from node.store import Batch, Space, Store
 from protocols import accounts, bats, cbor, champ
@@ -43,6 +43,7 @@ from protocols.errors import (
 from protocols.names import check_username
 from protocols.pki import Claim, NodeRecord, record_from_cbor
 from protocols.pointers import PointerUpdate, check_update
+from protocols.structured import check_structured
 from protocols.writerdata import WriterData, controller_of
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,9 @@ class NodeService:
         self._pki_sync = trio.Lock()
         self.stats: Counter[str] = Counter()
         self._write_lock = trio.Lock()
+        self._gc_lock = trio.Lock()  # one collection at a time
+        self._collection: Collection | None = None  # the running one, told of every write
+        self._counted: set[bytes] = set()  # owners counted exactly, no pointer moved since
         self._blocks = StoreBlocks(store)
 
     @property
@@ -338,7 +342,8 @@ class NodeService:
             if len(data) > MAX_BLOCK_BYTES:
                 raise TooLarge(f"a block is at most {MAX_BLOCK_BYTES} bytes")
             if codec == CODEC_DAG_CBOR:
-                cbor.decode(data)  # only canonical CBOR is stored
+                # Only known, small shapes: a collection must decode them all cheaply.
+                check_structured(data)
             cid = CID.of(codec, data)
             if not isinstance(sig, bytes):
                 raise MalformedInput("block signatures must be bytes")
@@ -363,30 +368,51 @@ class NodeService:
     def _charge(self, owner: CID, extra: int) -> bytes:
         """The new usage record after storing `extra` bytes, or QuotaExceeded."""
         reachable, added, quota = self._usage(owner)
-        if reachable + added + extra > quota:
+        if reachable + added + extra > quota and owner.raw not in self._counted:
             # The running count only grows between collections: count exactly before refusing.
+            # Usage falls only when a pointer moves (or at a collection), so one exact count
+            # holds until then: refused puts in a row do not each mark the user's tree.
             reachable, added = reachable_bytes(self.store, owner, int(time.time())), 0
-            if reachable + extra > quota:
-                raise QuotaExceeded(
-                    f"this write needs {extra} bytes but only {max(0, quota - reachable)} "
-                    f"of the quota of {quota} bytes are free"
-                )
+            if self._collection is not None:
+                self._collection.note_recount(owner)
+            self._counted.add(owner.raw)
+            self.store.put(Space.USAGE, owner.raw, self._usage_record(reachable, 0, quota))
+        if reachable + added + extra > quota:
+            free = max(0, quota - reachable - added)
+            raise QuotaExceeded(
+                f"this write needs {extra} bytes but only {free} of the quota of {quota} "
+                "bytes are free"
+            )
         return self._usage_record(reachable, added + extra, quota)
 
     def _put_blocks_sync(
         self, owner: CID, blocks: list[tuple[CID, bytes]], upload: bytes | None
     ) -> None:
-        fresh = [(c, d) for c, d in blocks if not self.store.has_block(c.raw)]
-        usage = self._charge(owner, sum(len(d) for _, d in fresh))
+        unique = dict(blocks)
+        fresh = [(c, d) for c, d in unique.items() if not self.store.has_block(c.raw)]
+        # Every block a user puts counts for them until a collection decides it (it is then
+        # reachable, pinned, or gone): a record of the put, in the batch that stores it.
+        running = self._collection
+        charged = [
+            (c, d)
+            for c, d in unique.items()
+            if running is not None or not self.store.has(Space.STORED, stored_key(owner, c))
+        ]
+        extra = sum(len(d) for _, d in charged)
+        usage = self._charge(owner, extra)
         now = int(time.time())
         with self.store.batch() as batch:
             for cid, data in fresh:
                 self.store.put_block(batch, cid.raw, data)
+            for cid, data in charged:
+                batch.put(Space.STORED, stored_key(owner, cid), stored_record(len(data)))
             if upload is not None:
                 batch.put(Space.UPLOADS, upload, cbor.encode([owner, now + UPLOAD_TTL]))
                 for cid, _ in blocks:
                     batch.put(Space.UPLOADS, upload + cid.raw, b"")
             batch.put(Space.USAGE, owner.raw, usage)
+        if running is not None:
+            running.note_put(owner, unique, extra)
         self.stats["blocks_stored"] += len(fresh)
 
     async def block_put(self, args: Args, requester: bytes) -> list[CID]:
@@ -446,6 +472,10 @@ class NodeService:
                 for writer, update in parsed:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
                 self._close_uploads(batch, uploads)
+            self._counted.discard(owner.raw)
+            if self._collection is not None:
+                for _, update in parsed:
+                    self._collection.note_root(owner, update.new)
         return True
 
     def _close_uploads(self, batch: Batch, uploads: object) -> None:
@@ -732,8 +762,28 @@ class NodeService:
     # -- maintenance --------------------------------------------------------------------
 
     async def collect_garbage(self) -> dict[str, int]:
-        async with self._write_lock:
-            return await trio.to_thread.run_sync(collect_garbage, self.store, int(time.time()))
+        """Collect garbage while serving: writers wait for one short step at a time, never for
+        the mark (see node/server/_gc.py)."""
+        async with self._gc_lock:
+            async with self._write_lock:
+                run = await trio.to_thread.run_sync(Collection, self.store, int(time.time()))
+                self._collection = run
+            try:
+                await trio.to_thread.run_sync(run.mark)
+                await trio.to_thread.run_sync(run.plan)
+                more = True
+                while more:
+                    async with self._write_lock:
+                        more = await trio.to_thread.run_sync(run.step)
+                async with self._write_lock:
+                    stats = await trio.to_thread.run_sync(run.finish)
+                    self._collection = None
+                    self._counted.clear()  # space may have been freed: count again
+            finally:
+                self._collection = None
+            if stats["deleted"]:
+                await trio.to_thread.run_sync(self.store.compact)
+            return stats
 
     # -- routing ----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class Space(enum.Enum):
     BATS = b"t"  # mirror BAT id -> secret
     UPLOADS = b"u"  # upload id ‖ CID -> (): blocks an upload in progress needs
     USAGE = b"s"  # owner key hash -> usage record
+    STORED = b"y"  # len(owner) ‖ owner key hash ‖ CID -> varint size: put since the last GC
     INBOX = b"i"
     LINKS = b"l"
     MIRRORS = b"m"
@@ -120,6 +121,22 @@ class Store:
             self._next_sequence += 1
         batch.put(Space.BLOCKS, sequence, data)
         batch.put(Space.BLOCK_INDEX, cid, sequence + encode_varint(len(data)))
+
+    def next_sequence(self) -> int:
+        """The sequence number the next stored block will get: every block stored so far has a
+        smaller one."""
+        with self._sequence_lock:
+            return self._next_sequence
+
+    def block_entries(self) -> Iterator[tuple[bytes, int, int]]:
+        """(CID, sequence number, size) of every stored block, without reading the blocks."""
+        for cid, entry in self.items(Space.BLOCK_INDEX):
+            yield cid, int.from_bytes(entry[:8], "big"), decode_varint(entry, 8)[0]
+
+    def block_sequence(self, cid: bytes) -> int | None:
+        """The arrival sequence number of a stored block, None when it is not stored."""
+        key = self.block_key(cid)
+        return None if key is None else int.from_bytes(key, "big")
 
     def block_key(self, cid: bytes) -> bytes | None:
         """Where a block lives in the BLOCKS keyspace, or None when it is not stored."""

@@ -143,6 +143,12 @@ async def root_of(api: NodeApi, session: Session) -> tuple[PointerUpdate, Writer
     return pointer, WriterData.decode(await api.get_block(pointer.new))
 
 
+def structured(n: int) -> bytes:
+    """A distinct structured block a node accepts at put (a one-entry CHAMP node)."""
+    entry = [bytes([n]) * 32, champ.EMPTY_ROOT]
+    return cbor.encode([(1 << 31).to_bytes(4, "big"), bytes(4), [[entry]], []])
+
+
 def variant(writer_data: WriterData, n: int) -> bytes:
     """A distinct WriterData of the same writer (same tree and login parameters)."""
     return replace(writer_data, links=CID.of(CODEC_DAG_CBOR, cbor.encode(n))).encode()
@@ -399,13 +405,13 @@ async def test_production_node_refuses_a_small_kdf_password_change(
 async def test_block_put_signed_by_a_foreign_key(
     running_node: RunningNode, api: NodeApi, alice: Session
 ) -> None:
-    block = cbor.encode({"hello": "world"})
+    block = structured(1)
     with trio.fail_after(TIMEOUT), unchanged(running_node.store):
         with pytest.raises(InvalidSignature, match="not signed by the writer"):
             await put(api, alice.owner, [block], SigningKey.generate(), writer=alice.owner)
         # One good signature does not carry a bad one.
         cid = CID.of(CODEC_DAG_CBOR, block)
-        other = cbor.encode({"hello": "there"})
+        other = structured(2)
         with pytest.raises(InvalidSignature):
             await api.call(
                 "block.put",
@@ -422,7 +428,7 @@ async def test_block_put_by_a_writer_not_homed_here(
     running_node: RunningNode, api: NodeApi, alice: Session
 ) -> None:
     stranger = SigningKey.generate()
-    block = cbor.encode({"hello": "world"})
+    block = structured(1)
     with trio.fail_after(TIMEOUT), unchanged(running_node.store):
         with pytest.raises(Denied, match="does not belong to a user homed on this node"):
             await put(api, alice.owner, [block], stranger)
@@ -448,7 +454,7 @@ BAD_PUTS: list[tuple[str, type[PyrgosError], str]] = [
 
 
 def bad_put_args(session: Session, shape: str) -> dict[str, Any]:
-    block = cbor.encode({"a": 1})
+    block = structured(1)
     blocks: Any = [[CODEC_DAG_CBOR, block]]
     extra: dict[str, Any] = {}
     if shape == "too-many":
@@ -576,7 +582,7 @@ async def test_pointer_to_a_block_that_is_not_writer_data(
 ) -> None:
     with trio.fail_after(TIMEOUT):
         pointer, writer_data = await root_of(api, alice)
-        (not_wd,) = await put(api, alice.owner, [cbor.encode({"v": 1})], alice.identity)
+        (not_wd,) = await put(api, alice.owner, [structured(3)], alice.identity)
         missing = CID.of(CODEC_DAG_CBOR, variant(writer_data, 99))  # never stored
         for target in (not_wd, writer_data.tree, missing):
             update = PointerUpdate.create(alice.identity, pointer.new, target, pointer.sequence + 1)

@@ -12,7 +12,14 @@ from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import BoxingKey, KdfParams, SigningKey
 from protocols.errors import MalformedInput, TooLarge
-from protocols.writerdata import MAX_WRITER_DATA, VERSION, WriterData, controller_of
+from protocols.writerdata import (
+    MAX_OWNED,
+    MAX_OWNER_PROOF,
+    MAX_WRITER_DATA,
+    VERSION,
+    WriterData,
+    controller_of,
+)
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 IDENTITY = SigningKey.from_seed(bytes(range(32)))
@@ -53,6 +60,10 @@ BAD: dict[str, Any] = {
     "no tree": {k: v for k, v in GOOD.items() if k != "tree"},
     "raw tree": {**GOOD, "tree": CID.of(CODEC_RAW, b"x")},
     "owned map": {**GOOD, "owned": {}},
+    "owned over the count": {**GOOD, "owned": [b""] * (MAX_OWNED + 1)},
+    "owned proof too long": {**GOOD, "owned": [bytes(MAX_OWNER_PROOF + 1)]},
+    "owned proof not bytes": {**GOOD, "owned": [[]]},
+    "raw links": {**GOOD, "links": CID.of(CODEC_RAW, b"x")},
     "links bytes": {**GOOD, "links": LINKS.raw},
     "unknown field": {**GOOD, "public": []},
     "login malformed": {**GOOD, "login": {"t": 1}},
