@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from protocols.errors import PyrgosError
 from protocols.pki import NodeRecord
 
 log = logging.getLogger(__name__)
-PKI_SYNC_INTERVAL = 2.0  # seconds between a mirror's pulls of new PKI entries
 # Seconds: bounds what LevelDB's read mmaps add to the node's RSS. Compactions read table files
 # fast while a big upload runs, so a longer interval lets more pages pile up in between.
 MAPPED_PAGES_INTERVAL = 0.05
@@ -79,20 +79,31 @@ async def _publish_addresses(service: NodeService, key: SigningKey, addrs: list[
             return
         except PyrgosError as exc:
             log.warning("could not publish this node's addresses yet: %s", exc.message)
+        except Exception:
+            log.exception("could not publish this node's addresses yet")  # retried, never fatal
         await trio.sleep(delay)
         delay = min(delay * 2, 60)
 
 
-async def _follow_pki(service: NodeService) -> None:
-    """A mirror pulls new PKI entries continually (and on demand, when a lookup misses)."""
-    delay = PKI_SYNC_INTERVAL
+async def follow_pki(service: NodeService, rng: random.Random | None = None) -> None:
+    """A mirror pulls new PKI entries continually (and on demand, when a lookup misses).
+
+    Nothing a pull meets ends this loop or the node: while the PKI node is away the mirror
+    serves from its copy and retries with a capped, jittered backoff (`rng`), and
+    `pki status` says so. The delays run on trio's clock, so tests run them in virtual time.
+    """
+    rng = rng or random.Random()
     while True:
         try:
             await service.sync_pki()
-            delay = PKI_SYNC_INTERVAL
         except PyrgosError as exc:
             log.warning("PKI sync failed: %s", exc.message)
-            delay = min(delay * 2, 60)
+        except Exception:
+            # A fault in this node's own code must not stop the mirror: logged, retried.
+            log.exception("PKI sync failed")
+            service.pki_health.failed(service.clock(), "internal error (see the node's log)")
+        delay = service.pki_health.delay(rng.random())
+        service.pki_health.next_retry = service.clock() + delay
         await trio.sleep(delay)
 
 
@@ -141,7 +152,7 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                     nursery.start_soon(_keep_memory_flat, store)
                     nursery.start_soon(_publish_addresses, service, key, p2p.addrs)
                     if config.pki:
-                        nursery.start_soon(_follow_pki, service)
+                        nursery.start_soon(follow_pki, service)
                     if config.gc_interval > 0:
                         nursery.start_soon(_collect_periodically, service, config.gc_interval)
                     # What starting made (the host, the app, lazily imported modules) lives

@@ -592,3 +592,68 @@ def verify_served(
             f"which is not the head the PKI node signed ({head.seq}, {head.hash})"
         )
     return pending
+
+
+# ================================================================================================
+# a mirror's view of its PKI node
+
+SYNC_INTERVAL: Final = 2.0  # seconds between a mirror's pulls while its PKI node answers
+RETRY_FIRST: Final = 2.0  # seconds before the first retry after a failed pull
+# A mirror notices its PKI node's return within a minute, and a PKI node that comes back sees
+# at most one pull per mirror per minute meanwhile.
+RETRY_CAP: Final = 60.0
+# A retry waits between half and all of its backoff, drawn at random, so that mirrors that lost
+# the PKI node together do not all come back to it in the same instant.
+RETRY_JITTER: Final = 0.5
+
+
+@dataclass
+class SyncHealth:
+    """Whether a mirror reaches its PKI node: the last success, the last error, the failures in
+    a row since, and when the next pull is due (times in seconds of the node's clock)."""
+
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    failures: int = 0
+    next_retry: float | None = None
+
+    @property
+    def reachable(self) -> bool | None:
+        """None until the first pull ended either way."""
+        if self.last_success is None and self.last_error is None:
+            return None
+        return self.failures == 0
+
+    def succeeded(self, now: float) -> None:
+        self.last_success = now
+        self.failures = 0
+
+    def failed(self, now: float, message: str) -> None:
+        self.last_error = message
+        self.last_error_time = now
+        self.failures += 1
+
+    def delay(self, jitter: float) -> float:
+        """Seconds until the next pull: the interval while the PKI node answers, else a backoff
+        doubling from RETRY_FIRST up to RETRY_CAP, shortened by `jitter` (0 to 1) times
+        RETRY_JITTER."""
+        if self.failures == 0:
+            return SYNC_INTERVAL
+        backoff = min(RETRY_CAP, RETRY_FIRST * 2.0 ** min(self.failures - 1, 16))
+        return backoff * (1.0 - RETRY_JITTER * min(max(jitter, 0.0), 1.0))
+
+    def to_cbor(self) -> dict[str, object]:
+        """Whole seconds, as every other time on the wire."""
+
+        def seconds(moment: float | None) -> int | None:
+            return None if moment is None else int(moment)
+
+        return {
+            "reachable": self.reachable,
+            "last_success": seconds(self.last_success),
+            "last_error": self.last_error,
+            "last_error_time": seconds(self.last_error_time),
+            "failures": self.failures,
+            "next_retry": seconds(self.next_retry),
+        }

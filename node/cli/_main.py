@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -255,7 +256,23 @@ def cmd_pki_lookup(args: argparse.Namespace) -> None:
 
 
 def cmd_pki_status(args: argparse.Namespace) -> None:
-    _print_record(_ask_node("pki.status", {}), args.json)
+    status = _ask_node("pki.status", {})
+    if args.json:
+        _print_record(status, True)
+        return
+    health = status.pop("pki_node_health", None)  # a mirror's: is its PKI node reachable
+    _print_record(status, False)
+    if isinstance(health, dict):
+        reachable = {True: "yes", False: "NO", None: "not tried yet"}.get(health.get("reachable"))
+        print(f"{'reachable':15} {reachable}")
+        for key in ("last_success", "last_error_time", "next_retry"):
+            moment = health.get(key)
+            shown = "-"
+            if isinstance(moment, int):
+                shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+            print(f"{key:15} {shown}")
+        print(f"{'last_error':15} {health.get('last_error') or '-'}")
+        print(f"{'failures':15} {health.get('failures')}")
 
 
 def cmd_node_gc(args: argparse.Namespace) -> None:

@@ -33,12 +33,13 @@ from protocols.errors import (
     InvalidSignature,
     MalformedInput,
     NotFound,
+    PyrgosError,
     QuotaExceeded,
     TooLarge,
     Unavailable,
 )
 from protocols.names import check_username
-from protocols.pki import Claim, NodeRecord, record_from_cbor
+from protocols.pki import Claim, NodeRecord, SyncHealth, record_from_cbor
 from protocols.pointers import PointerUpdate, check_update
 from protocols.writerdata import WriterData, controller_of
 
@@ -151,6 +152,8 @@ class NodeService:
         self.network = network
         self.pki = pki
         self._pki_sync = trio.Lock()
+        self.pki_health = SyncHealth()  # how this mirror reaches its PKI node (`pki status`)
+        self.clock: Callable[[], float] = time.time  # wall clock of `pki status`; injectable
         self.stats: Counter[str] = Counter()
         self._write_lock = trio.Lock()
         self._blocks = StoreBlocks(store)
@@ -198,8 +201,7 @@ class NodeService:
         else:
             return None
         if home is None and self.pki is not None and self.pki.role == "mirror":
-            with trio.move_on_after(PKI_SYNC_TIMEOUT):
-                await self.sync_pki()
+            await self._sync_on_demand()
             home = (
                 self.home_of_identity(user)
                 if isinstance(user, CID)
@@ -415,8 +417,7 @@ class NodeService:
     async def _claim_synced(self, username: str) -> Claim:
         """The claim for `username`, pulling new PKI entries first when this mirror lacks it."""
         if self._log().lookup(username) is None and self._log().role == "mirror":
-            with trio.move_on_after(PKI_SYNC_TIMEOUT):
-                await self.sync_pki()
+            await self._sync_on_demand()
         return self._claim(username)
 
     async def _submit(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -430,8 +431,7 @@ class NodeService:
         reply: dict[str, Any] = await self.network.call(
             pki.pki_node, "pki.submit", {"record": record}
         )
-        with trio.move_on_after(PKI_SYNC_TIMEOUT):
-            await self.sync_pki()
+        await self._sync_on_demand()
         return reply
 
     async def publish(self, record: NodeRecord) -> None:
@@ -439,22 +439,47 @@ class NodeService:
         await self._submit({"node": record.to_cbor()})
 
     async def sync_pki(self) -> SyncResult | None:
-        """Pull and apply new entries from the PKI node until caught up (mirrors only)."""
+        """Pull and apply new entries from the PKI node until caught up (mirrors only).
+
+        Never re-entered: a pull whose call fails may ask for a sync again (to learn new
+        addresses) from inside this one, and that inner request returns None at once. Every
+        pull is recorded in `pki_health`, success or error, and errors are raised.
+        """
         pki = self._log()
         if pki.role == "root" or self.network is None:
             return None
+        if self._pki_sync.statistics().owner is trio.lowlevel.current_task():
+            return None
         async with self._pki_sync:
-            while True:
-                page = await self.network.call(
-                    pki.pki_node, "pki.entries", {"after": pki.seq(), "limit": PKI_PAGE}
-                )
-                if not isinstance(page, dict):
-                    raise MalformedInput("the PKI node sent a malformed page")
-                result = await trio.to_thread.run_sync(
-                    pki.apply_from_mirror, page.get("entries"), page.get("head")
-                )
-                if result.refusal is not None or result.applied == 0:
-                    return result
+            try:
+                while True:
+                    page = await self.network.call(
+                        pki.pki_node, "pki.entries", {"after": pki.seq(), "limit": PKI_PAGE}
+                    )
+                    if not isinstance(page, dict):
+                        raise MalformedInput("the PKI node sent a malformed page")
+                    result = await trio.to_thread.run_sync(
+                        pki.apply_from_mirror, page.get("entries"), page.get("head")
+                    )
+                    if result.refusal is not None or result.applied == 0:
+                        self.pki_health.succeeded(self.clock())
+                        return result
+            except PyrgosError as exc:
+                self.pki_health.failed(self.clock(), exc.message)
+                raise
+
+    async def _sync_on_demand(self) -> None:
+        """Pull new PKI entries before answering from the local copy; a PKI node that is away
+        (recorded in `pki_health`) leaves the answer to what this node already holds."""
+        with trio.move_on_after(PKI_SYNC_TIMEOUT) as scope:
+            try:
+                await self.sync_pki()
+            except PyrgosError as exc:
+                log.info("on-demand PKI sync failed: %s", exc.message)
+        if scope.cancelled_caught:
+            self.pki_health.failed(
+                self.clock(), f"the PKI node did not answer within {PKI_SYNC_TIMEOUT} s"
+            )
 
     def _check_kdf(self, params: KdfParams) -> None:
         if not params.is_production_strength and not self.settings.test_mode:
@@ -647,7 +672,10 @@ class NodeService:
         return (await self._claim_synced(check_username(_username_arg(args)))).to_cbor()
 
     async def pki_status(self, args: Args, requester: bytes) -> dict[str, Any]:
-        return self._log().status().to_cbor()
+        status = self._log().status().to_cbor()
+        if self._log().role == "mirror":
+            status["pki_node_health"] = self.pki_health.to_cbor()
+        return status
 
     async def pki_entries(self, args: Args, requester: bytes) -> dict[str, Any]:
         after, limit = _arg(args, "after", int), _arg(args, "limit", int)
