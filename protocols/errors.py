@@ -98,6 +98,13 @@ class WeakPassword(PyrgosError):
     code = "weak-password"
 
 
+class RateLimited(PyrgosError):
+    """Too many attempts (failed logins); the message says how long to wait."""
+
+    code = "rate-limited"
+    http_status = 429
+
+
 class Unavailable(PyrgosError):
     """A node that cannot be reached or is not running."""
 
@@ -121,6 +128,7 @@ ERRORS_BY_CODE: dict[str, type[PyrgosError]] = {
         QuotaExceeded,
         InvalidName,
         WeakPassword,
+        RateLimited,
         Unavailable,
     )
 }

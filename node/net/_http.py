@@ -75,7 +75,8 @@ def build_app(service: NodeService) -> Starlette:
             body = await _read_body(request)
             args = cbor.decode(body, limit=MAX_BODY_BYTES) if body else {}
             del body  # the blocks now live in `args`: the body need not wait for the answer
-            result: Any = await service.call(method, args)
+            client = request.client  # the source that per-source limits (signups) count
+            result: Any = await service.call(method, args, source=client.host if client else "")
             return Response(cbor.encode(result), media_type=CBOR_TYPE)
         except PyrgosError as exc:
             return _error(exc)

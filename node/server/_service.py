@@ -7,6 +7,7 @@ thread so the event loop keeps serving.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import secrets
 import time
@@ -35,11 +36,21 @@ from protocols.errors import (
     NotFound,
     PyrgosError,
     QuotaExceeded,
+    RateLimited,
     TooLarge,
     Unavailable,
 )
 from protocols.names import check_username
-from protocols.pki import Claim, NodeRecord, SyncHealth, record_from_cbor
+from protocols.pki import (
+    Claim,
+    DailyLimit,
+    NodeRecord,
+    Record,
+    SyncHealth,
+    check_submission,
+    record_from_cbor,
+    record_to_cbor,
+)
 from protocols.pointers import PointerUpdate, check_update
 from protocols.writerdata import WriterData, controller_of
 
@@ -71,6 +82,15 @@ class Network(Protocol):
 # that receives one for a user homed elsewhere forwards it there and relays the answer.
 PKI_PAGE: Final = 1000  # entries per PKI sync request
 PKI_SYNC_TIMEOUT: Final = 10  # seconds an on-demand PKI sync may take
+# At the PKI node: nodes that join a day (a node id costs nothing to make, so their records
+# are capped), records a known node publishes a day (one per start), and updates a day of one
+# username's claim (a renewal each login near expiry, a move of home now and then).
+NEW_NODES_PER_DAY: Final = 100
+NODE_RECORDS_PER_DAY: Final = 100
+CLAIM_UPDATES_PER_DAY: Final = 10
+# Who is calling, for per-source limits: the client's address over HTTP, the peer id that
+# Noise authenticated over libp2p; set by `call` for the call's task.
+_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("source", default="")
 HOME_ARGUMENT: Final = {
     "block.put": "owner",
     "pointer.get": "owner",
@@ -90,6 +110,11 @@ class NodeSettings:
     default_quota: int = GiB
     admin_token: str = ""  # empty: maintenance calls are refused
     addrs: tuple[str, ...] = ()  # this node's full multiaddrs, once listening
+    # Names a node may add to the PKI a day: its own signups, and at the PKI node also each
+    # other node's new claims. A home server's users sign up by the handful.
+    max_daily_signups: int = 100
+    max_source_signups: int = 10  # signups a day from one client address or peer
+    signup_token: str = ""  # when set, signup presents it (and is then not limited per source)
 
 
 def _arg(args: Args, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -137,6 +162,18 @@ def stored_block(store: Store, cid: CID) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class _Signup:
+    """A signup that passed every check of this node, ready to claim and store."""
+
+    claim: Claim
+    blocks: list[tuple[CID, bytes]]
+    account: bytes
+    mirror_bat: bytes
+    pointer: PointerUpdate
+    size: int
+
+
 class NodeService:
     """One node's state and rules; transports call `call`."""
 
@@ -154,6 +191,14 @@ class NodeService:
         self._pki_sync = trio.Lock()
         self.pki_health = SyncHealth()  # how this mirror reaches its PKI node (`pki status`)
         self.clock: Callable[[], float] = time.time  # wall clock of `pki status`; injectable
+        # Signups here, and appends at the PKI node: what a stranger can add to the PKI.
+        self._signups = DailyLimit(settings.max_daily_signups)
+        self._source_signups = DailyLimit(settings.max_source_signups)
+        self._home_claims = DailyLimit(settings.max_daily_signups)
+        self._new_nodes = DailyLimit(NEW_NODES_PER_DAY)
+        self._node_records = DailyLimit(NODE_RECORDS_PER_DAY)
+        self._claim_updates = DailyLimit(CLAIM_UPDATES_PER_DAY)
+        self._signing_up: set[str | CID] = set()  # names and keys of signups under way
         self.stats: Counter[str] = Counter()
         self._write_lock = trio.Lock()
         self._blocks = StoreBlocks(store)
@@ -162,8 +207,15 @@ class NodeService:
     def node_id_bytes(self) -> bytes:
         return self.settings.node_id.encode()
 
-    async def call(self, method: str, args: Any, requester: bytes = b"") -> Any:
-        """Dispatch one call; raises a PyrgosError the transport turns into an error reply."""
+    async def call(
+        self, method: str, args: Any, requester: bytes = b"", *, source: str | None = None
+    ) -> Any:
+        """Dispatch one call; raises a PyrgosError the transport turns into an error reply.
+
+        `source` names the caller for per-source limits (the HTTP transport passes the client's
+        address); by default it is the requester.
+        """
+        _SOURCE.set(source if source is not None else requester.decode(errors="replace"))
         entry = METHODS.get(method)
         if entry is None:
             raise NotFound(f"unknown method {method!r}")
@@ -420,23 +472,56 @@ class NodeService:
             await self._sync_on_demand()
         return self._claim(username)
 
-    async def _submit(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Have a PKI record appended: here on the PKI node, else there (then pull it)."""
+    async def _submit(self, record: Record, submitter: str) -> dict[str, Any]:
+        """Have a PKI record appended: here on the PKI node (if `submitter` may have it
+        appended, see `_admit`), else there (then pull it). From a mirror, the PKI node sees
+        this node as the submitter."""
         pki = self._log()
         if pki.role == "root":
-            entry = await trio.to_thread.run_sync(pki.append, record_from_cbor(record))
+            release = self._admit(record, submitter)
+            try:
+                entry = await trio.to_thread.run_sync(pki.append, record)
+            except BaseException:
+                release()
+                raise
             return {"seq": entry.seq, "hash": entry.hash}
         if self.network is None:
             raise Unavailable("this node cannot reach its PKI node")
         reply: dict[str, Any] = await self.network.call(
-            pki.pki_node, "pki.submit", {"record": record}
+            pki.pki_node, "pki.submit", {"record": record_to_cbor(record)}
         )
         await self._sync_on_demand()
         return reply
 
+    def _admit(self, record: Record, submitter: str) -> Callable[[], None]:
+        """At the PKI node: refuse what `submitter` may not have appended (protocols.pki
+        `check_submission`) and count it against the daily limits; returns what gives the
+        count back if the append fails. A record already held is answered, never counted."""
+        pki = self._log()
+        check_submission(pki.index, record, submitter, pki.pki_node)
+        now = self.clock()
+        if pki.holds(record):
+            return lambda: None
+        if isinstance(record, NodeRecord):
+            if record.node == pki.pki_node:
+                return lambda: None
+            known = pki.node_record(record.node) is not None
+            limit, key = (self._node_records, record.node) if known else (self._new_nodes, "")
+            limit.take(key, now, "node records")
+        else:
+            current = pki.lookup(record.username)
+            owned = current is not None and current.identity in (record.identity, record.previous)
+            if owned:
+                limit, key = self._claim_updates, record.username
+                limit.take(key, now, f"updates of the claim of {record.username!r}")
+            else:
+                limit, key = self._home_claims, record.home
+                limit.take(key, now, f"new names homed on node {record.home}")
+        return lambda: limit.give_back(key)
+
     async def publish(self, record: NodeRecord) -> None:
         """Put this node's record (its addresses) in the PKI."""
-        await self._submit({"node": record.to_cbor()})
+        await self._submit(record, self.settings.node_id)
 
     async def sync_pki(self) -> SyncResult | None:
         """Pull and apply new entries from the PKI node until caught up (mirrors only).
@@ -490,11 +575,15 @@ class NodeService:
             raise MalformedInput("login data must be at most 16 KiB of bytes")
         return data
 
-    async def signup(self, args: Args, requester: bytes) -> bool:
+    def _check_signup(self, args: Args) -> _Signup:
+        """Every check of a signup but the PKI's verdict, before anything is claimed or stored:
+        a signup the node would refuse must never leave its name claimed (all or nothing)."""
         claim = Claim.from_cbor(args.get("claim"))
         claim.verify()
         if claim.home != self.settings.node_id:
             raise Denied("the claim names another home node")
+        if claim.previous is not None:
+            raise MalformedInput("a signup claims a name with a new key, not a key change")
         owner = claim.identity
         login_key = VerifyKey.from_cbor(args.get("login_key"))
         login_data = self._check_login_data(args.get("login_data"))
@@ -503,37 +592,81 @@ class NodeService:
         update = PointerUpdate.decode(_arg(args, "pointer", bytes))
         blocks = self._validate_blocks(owner, args.get("blocks"), args.get("sigs"))
         staged = dict(blocks)
-        writer_data = WriterData.decode(staged.get(update.new, b""))
+        if update.new not in staged:
+            raise MalformedInput("the first pointer must name the WriterData sent with the signup")
+        writer_data = WriterData.decode(staged[update.new])
         if writer_data.login is None:
             raise MalformedInput("the identity WriterData must publish its login parameters")
         self._check_kdf(writer_data.login)
+        check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
         size = sum(len(d) for d in staged.values())
         if size > self.settings.default_quota:
             raise QuotaExceeded("the initial blocks exceed the quota")
+        if self.store.has(Space.WRITERS, owner.raw):
+            raise Conflict("this identity key is already registered")
+        if self.store.has(Space.ACCOUNTS, claim.username.encode()):
+            raise Conflict(f"the username {claim.username!r} is taken")
         account = cbor.encode(
             {"identity": owner, "login_key": login_key.to_cbor(), "data": login_data}
         )
-        if self.store.has(Space.WRITERS, owner.raw):
-            raise Conflict("this identity key is already registered")
-        # The PKI decides first (first come, first served, at the PKI node): a loser writes
-        # nothing here.
-        await self._submit({"claim": claim.to_cbor()})
-        async with self._write_lock:
-            if self.store.has(Space.WRITERS, owner.raw):
-                raise Conflict("this identity key is already registered")
-            check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
-            with self.store.batch(sync=True) as batch:
-                for cid, data in blocks:
-                    self.store.put_block(batch, cid.raw, data)
-                batch.put(Space.ACCOUNTS, claim.username.encode(), account)
-                batch.put(Space.WRITERS, owner.raw, owner.raw)
-                batch.put(Space.BATS, bats.hashed_id(mirror_bat), mirror_bat)
-                batch.put(Space.POINTERS, owner.raw, update.encode())
-                batch.put(
-                    Space.USAGE,
-                    owner.raw,
-                    self._usage_record(size, 0, self.settings.default_quota),
-                )
+        return _Signup(claim, blocks, account, mirror_bat, update, size)
+
+    def _take_signup(self, args: Args) -> Callable[[], None]:
+        """The signup token and the daily limits (per node, and per source unless the token
+        was presented); returns what gives the counts back if the signup fails."""
+        token = args.get("token")
+        expected = self.settings.signup_token
+        invited = bool(expected) and isinstance(token, str)
+        if expected and not (
+            invited and secrets.compare_digest(str(token).encode(), expected.encode())
+        ):
+            raise Denied("this node signs up only with its signup token: ask its operator")
+        now, source = self.clock(), _SOURCE.get()
+        self._signups.take("", now, "signups on this node")
+        if not invited:
+            try:
+                self._source_signups.take(source, now, "signups from one address")
+            except RateLimited:
+                self._signups.give_back("")
+                raise
+
+        def give_back() -> None:
+            self._signups.give_back("")
+            if not invited:
+                self._source_signups.give_back(source)
+
+        return give_back
+
+    async def signup(self, args: Args, requester: bytes) -> bool:
+        signup = await trio.to_thread.run_sync(self._check_signup, args)
+        claim, owner = signup.claim, signup.claim.identity
+        if claim.username in self._signing_up or owner in self._signing_up:
+            raise Conflict(f"a signup for {claim.username!r} or this key is already under way")
+        give_back = self._take_signup(args)
+        self._signing_up |= {claim.username, owner}
+        try:
+            # The PKI decides first (first come, first served, at the PKI node): a loser
+            # writes nothing here. Nothing after it can refuse: all was checked above, and
+            # the names and key under way are held against concurrent signups.
+            await self._submit(claim, self.settings.node_id)
+            async with self._write_lock:
+                with self.store.batch(sync=True) as batch:
+                    for cid, data in signup.blocks:
+                        self.store.put_block(batch, cid.raw, data)
+                    batch.put(Space.ACCOUNTS, claim.username.encode(), signup.account)
+                    batch.put(Space.WRITERS, owner.raw, owner.raw)
+                    batch.put(Space.BATS, bats.hashed_id(signup.mirror_bat), signup.mirror_bat)
+                    batch.put(Space.POINTERS, owner.raw, signup.pointer.encode())
+                    batch.put(
+                        Space.USAGE,
+                        owner.raw,
+                        self._usage_record(signup.size, 0, self.settings.default_quota),
+                    )
+        except BaseException:
+            give_back()
+            raise
+        finally:
+            self._signing_up -= {claim.username, owner}
         log.info("signed up a user")
         return True
 
@@ -685,10 +818,18 @@ class NodeService:
         return page.to_cbor()
 
     async def pki_submit(self, args: Args, requester: bytes) -> dict[str, Any]:
+        """A record from another node or a client. A mirror checks it as the PKI node would
+        before passing it on as its own submission, so it vouches only for what it may."""
         record = args.get("record")
         if not isinstance(record, dict):
             raise MalformedInput("record must be a PKI record map")
-        return await self._submit(record)
+        parsed = record_from_cbor(record)
+        submitter = requester.decode(errors="replace")
+        if self._log().role == "mirror":
+            if isinstance(parsed, Claim) and self._log().lookup(parsed.username) is None:
+                await self._sync_on_demand()
+            check_submission(self._log().index, parsed, submitter, self._log().pki_node)
+        return await self._submit(parsed, submitter)
 
     async def admin_gc(self, args: Args, requester: bytes) -> dict[str, int]:
         token = _arg(args, "token", str)
