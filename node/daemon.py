@@ -9,6 +9,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # fast while a big upload runs, so a longer interval lets more pages pile up in between.
 MAPPED_PAGES_INTERVAL = 0.05
 GC_EVERY_TICKS = 50  # a full collection every 2.5 s
+FIRST_PUBLISH_TIMEOUT = 5.0  # seconds a starting node waits for its node record to be taken
 
 
 async def _collect_periodically(service: NodeService, interval: int) -> None:
@@ -65,22 +67,37 @@ def _node_key(home: NodeHome) -> SigningKey:
     return SigningKey.from_seed(seed)
 
 
-async def _publish_addresses(service: NodeService, key: SigningKey, addrs: list[str]) -> None:
+async def _publish_addresses(
+    service: NodeService,
+    key: SigningKey,
+    addrs: list[str],
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,  # trio.TaskStatus[None]
+) -> None:
     """Put this node's addresses in the PKI (a node record), retrying until the PKI node
-    answers: other nodes find this one by them."""
+    answers: other nodes find this one by them, and the PKI node takes claims only for
+    homes it knows. Started once the first try ended (or FIRST_PUBLISH_TIMEOUT passed), so a
+    node whose PKI node answers is known there before its first signup."""
     plain = [addr.split("/p2p/")[0] for addr in addrs]
-    delay = 1.0
+    delay, first = 1.0, True
     while True:
         # Numbered after the last record the PKI holds, even if the clock stepped back.
         last = None if service.pki is None else service.pki.node_record(service.settings.node_id)
         seq = max(int(time.time()), 0 if last is None else last.seq + 1)
-        try:
-            await service.publish(NodeRecord.create(key, plain, seq))
+        published = False
+        with trio.move_on_after(FIRST_PUBLISH_TIMEOUT if first else float("inf")):
+            try:
+                await service.publish(NodeRecord.create(key, plain, seq))
+                published = True
+            except PyrgosError as exc:
+                log.warning("could not publish this node's addresses yet: %s", exc.message)
+            except Exception:
+                log.exception("could not publish this node's addresses yet")  # never fatal
+        if first:
+            task_status.started()
+            first = False
+        if published:
             return
-        except PyrgosError as exc:
-            log.warning("could not publish this node's addresses yet: %s", exc.message)
-        except Exception:
-            log.exception("could not publish this node's addresses yet")  # retried, never fatal
         await trio.sleep(delay)
         delay = min(delay * 2, 60)
 
@@ -130,6 +147,9 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                     default_quota=config.quota,
                     admin_token=home.admin_token(),
                     addrs=tuple(p2p.addrs),
+                    max_daily_signups=config.max_daily_signups,
+                    max_source_signups=config.max_source_signups,
+                    signup_token=home.signup_token(),
                 ),
                 pki=pki,
             )
@@ -150,7 +170,7 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                 written.replace(home.api_file)
                 try:
                     nursery.start_soon(_keep_memory_flat, store)
-                    nursery.start_soon(_publish_addresses, service, key, p2p.addrs)
+                    await nursery.start(_publish_addresses, service, key, p2p.addrs)
                     if config.pki:
                         nursery.start_soon(follow_pki, service)
                     if config.gc_interval > 0:

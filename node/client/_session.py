@@ -74,8 +74,11 @@ async def _node_allows_test_kdf(api: NodeApi) -> bool:
     return bool(info.get("test_mode"))
 
 
-async def signup(api: NodeApi, username: str, password: str) -> Session:
-    """Create an account homed on the node behind `api` and return its session."""
+async def signup(
+    api: NodeApi, username: str, password: str, *, token: str | None = None
+) -> Session:
+    """Create an account homed on the node behind `api` and return its session; `token` is
+    the node's signup token, when it needs one."""
     check_username(username)
     check_password(username, password)
     node_id = (await api.node_id()).decode()
@@ -116,7 +119,8 @@ async def signup(api: NodeApi, username: str, password: str) -> Session:
             "pointer": PointerUpdate.create(identity, None, root, 1).encode(),
             "blocks": [[cid.codec, block] for cid, block in staged],
             "sigs": [sign_put(identity, cid) for cid, _ in staged],
-        },
+        }
+        | ({} if token is None else {"token": token}),
     )
     api.route(owner, node_id)
     return Session(api, username, login, data)

@@ -1,0 +1,120 @@
+"""The PKI node dies and comes back under two mirrors (real processes on 127.0.0.1).
+
+The mirrors keep serving their users while it is away and say so in `pki status`; once it is
+back (on the same address, as a restarted node would be), what it appended reaches them.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import STOP_TIMEOUT, NodeProcess, init_node
+from tests.e2e.test_network import Cluster, node_info, wait_until
+
+pytestmark = pytest.mark.e2e
+
+DOWN_TIMEOUT = 20.0  # seconds for a mirror to notice that its PKI node is gone
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, so that the PKI node can come back on it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def kill(node: NodeProcess) -> None:
+    """SIGKILL: no goodbye to the mirrors, as when the machine fails."""
+    process, node.process = node.process, None
+    assert process is not None
+    process.kill()
+    process.wait(timeout=STOP_TIMEOUT)
+    node.api_file.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    homes = [tmp_path / f"node{n}" for n in (1, 2, 3)]
+    nodes = (
+        NodeProcess(homes[0], tmp_path / "node1.log"),
+        NodeProcess(homes[1], tmp_path / "node2.log"),
+        NodeProcess(homes[2], tmp_path / "node3.log"),
+    )
+    with ExitStack() as running:
+        init_node(homes[0], "--listen", f"/ip4/127.0.0.1/tcp/{free_port()}")
+        nodes[0].start()
+        running.callback(_stop, nodes[0])
+        listen = [a for a in node_info(nodes[0])["listen"] if "/p2p/" in a]
+        for node in nodes[1:]:
+            init_node(node.home, "--pki", listen[0])
+            node.start()
+            running.callback(_stop, node)
+        (tmp_path / "clients").mkdir()
+        yield Cluster(nodes, tmp_path / "clients")
+
+
+def _stop(node: NodeProcess) -> None:
+    if node.process is not None:
+        node.stop_cleanly()
+
+
+def health(cluster: Cluster, node: NodeProcess) -> dict[str, Any]:
+    value: dict[str, Any] = cluster.status(node)["pki_node_health"]
+    return value
+
+
+def test_mirrors_outlive_their_pki_node_and_catch_up(cluster: Cluster, tmp_path: Path) -> None:
+    root, node2, node3 = cluster.nodes
+    alice = cluster.device(node2, "alice-on-2")
+    bob = cluster.device(node3, "bob-on-3")
+    cluster.ok(alice, "signup", "alice")
+    cluster.ok(bob, "signup", "bob")
+    (tmp_path / "note.txt").write_bytes(b"kept while the PKI node is away\n")
+    cluster.ok(alice, "put", tmp_path / "note.txt", "note.txt")
+    cluster.ok(bob, "put", tmp_path / "note.txt", "note.txt")
+    cluster.wait_synced()
+    for mirror in (node2, node3):
+        assert health(cluster, mirror)["reachable"] is True
+
+    kill(root)
+    for mirror in (node2, node3):
+        wait_until(
+            lambda m=mirror: health(cluster, m)["reachable"] is False,  # type: ignore[misc]
+            DOWN_TIMEOUT,
+            lambda: cluster.logs(),
+        )
+    # Both mirrors still serve their users (and each other's), and say where they stand.
+    alice_on_3 = cluster.device(node3, "alice-on-3")
+    cluster.ok(alice_on_3, "login", "alice")
+    for cli in (alice, bob, alice_on_3):
+        assert cluster.ok(cli, "cat", "note.txt").stdout == (tmp_path / "note.txt").read_bytes()
+    for mirror in (node2, node3):
+        assert mirror.process is not None
+        assert mirror.process.poll() is None, cluster.logs()
+        shown = health(cluster, mirror)
+        assert shown["failures"] >= 1, shown
+        assert shown["last_error"], shown
+        assert shown["next_retry"] is not None, shown
+    status_text = cluster.ok(cluster.device(node2, "status"), "pki", "status").out
+    assert "reachable       NO" in status_text, status_text
+
+    # The PKI node comes back on its address; a user signed up there meanwhile reaches both
+    # mirrors, and they report it reachable again.
+    root.start()
+    dave = cluster.device(root, "dave-on-1")
+    cluster.ok(dave, "signup", "dave")
+    root_id = node_info(root)["node_id"]
+    for mirror in (node2, node3):
+        assert cluster.lookup(mirror, "dave")[1] == root_id
+        assert health(cluster, mirror)["reachable"] is True
+    cluster.wait_synced()
+    for mirror in (node2, node3):
+        assert health(cluster, mirror)["failures"] == 0
+    assert cluster.ok(alice, "cat", "note.txt").stdout == (tmp_path / "note.txt").read_bytes()
