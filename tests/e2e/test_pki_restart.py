@@ -79,9 +79,12 @@ def test_mirrors_outlive_their_pki_node_and_catch_up(cluster: Cluster, tmp_path:
     (tmp_path / "note.txt").write_bytes(b"kept while the PKI node is away\n")
     cluster.ok(alice, "put", tmp_path / "note.txt", "note.txt")
     cluster.ok(bob, "put", tmp_path / "note.txt", "note.txt")
-    cluster.wait_synced()
     for mirror in (node2, node3):
-        assert health(cluster, mirror)["reachable"] is True
+        wait_until(
+            lambda m=mirror: health(cluster, m)["reachable"] is True,  # type: ignore[misc]
+            DOWN_TIMEOUT,
+            lambda: cluster.logs(),
+        )
 
     kill(root)
     for mirror in (node2, node3):
