@@ -561,6 +561,10 @@ class NodeService:
                 await self.sync_pki()
             except PyrgosError as exc:
                 log.info("on-demand PKI sync failed: %s", exc.message)
+            except Exception:
+                # Never the caller's failure: a signup whose claim the PKI took must not fail.
+                log.exception("on-demand PKI sync failed")
+                self.pki_health.failed(self.clock(), "internal error (see the node's log)")
         if scope.cancelled_caught:
             self.pki_health.failed(
                 self.clock(), f"the PKI node did not answer within {PKI_SYNC_TIMEOUT} s"
@@ -611,7 +615,7 @@ class NodeService:
         )
         return _Signup(claim, blocks, account, mirror_bat, update, size)
 
-    def _take_signup(self, args: Args) -> Callable[[], None]:
+    def _take_signup(self, args: Args, source: str) -> Callable[[], None]:
         """The signup token and the daily limits (per node, and per source unless the token
         was presented); returns what gives the counts back if the signup fails."""
         token = args.get("token")
@@ -621,7 +625,7 @@ class NodeService:
             invited and secrets.compare_digest(str(token).encode(), expected.encode())
         ):
             raise Denied("this node signs up only with its signup token: ask its operator")
-        now, source = self.clock(), _SOURCE.get()
+        now = self.clock()
         self._signups.take("", now, "signups on this node")
         if not invited:
             try:
@@ -638,11 +642,12 @@ class NodeService:
         return give_back
 
     async def signup(self, args: Args, requester: bytes) -> bool:
+        source = _SOURCE.get()
         signup = await trio.to_thread.run_sync(self._check_signup, args)
         claim, owner = signup.claim, signup.claim.identity
         if claim.username in self._signing_up or owner in self._signing_up:
             raise Conflict(f"a signup for {claim.username!r} or this key is already under way")
-        give_back = self._take_signup(args)
+        give_back = self._take_signup(args, source)
         self._signing_up |= {claim.username, owner}
         try:
             # The PKI decides first (first come, first served, at the PKI node): a loser

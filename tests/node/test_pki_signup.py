@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from node.client import NodeApi, login, signup
+from node.net import serve_api
 from node.server import NodeService
 from node.store import Space, Store
 from protocols import cbor
@@ -295,3 +296,16 @@ def test_a_daily_limit_forgets_windows_that_ended() -> None:
         limit.take("late", 1001.0, "signups")
     limit.give_back("late")
     limit.take("late", 1002.0, "signups")
+
+
+async def test_over_http_the_source_is_the_clients_address(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    root, _ = swarm_of(tmp_path, max_source_signups=1)
+    url = await nursery.start(serve_api, root, "127.0.0.1", 0)
+    with trio.fail_after(30):
+        async with NodeApi(url) as api:
+            await signup(api, "ann", PASSWORD)
+            with pytest.raises(RateLimited, match="one address"):
+                await signup(api, "ben", PASSWORD)
+    await sign_up(root, "ben", source="10.0.0.2")  # another address still may
