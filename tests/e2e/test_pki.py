@@ -1,7 +1,9 @@
-"""The PKI node dies and comes back under two mirrors (real processes on 127.0.0.1).
+"""The PKI with real processes on 127.0.0.1: a PKI node that dies and comes back under two
+mirrors, and a node whose signup needs a token and is limited per address.
 
-The mirrors keep serving their users while it is away and say so in `pki status`; once it is
-back (on the same address, as a restarted node would be), what it appended reaches them.
+The mirrors keep serving their users while the PKI node is away and say so in `pki status`;
+once it is back (on the same address, as a restarted node would be), what it appended reaches
+them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import STOP_TIMEOUT, NodeProcess, init_node
+from tests.e2e.conftest import STOP_TIMEOUT, NodeProcess, base_env, client, init_node, pyrgos
 from tests.e2e.test_network import Cluster, node_info, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -121,3 +123,27 @@ def test_mirrors_outlive_their_pki_node_and_catch_up(cluster: Cluster, tmp_path:
     for mirror in (node2, node3):
         assert health(cluster, mirror)["failures"] == 0
     assert cluster.ok(alice, "cat", "note.txt").stdout == (tmp_path / "note.txt").read_bytes()
+
+
+def test_signup_token_and_limits_from_the_cli(tmp_path: Path) -> None:
+    bad = pyrgos(
+        "node", "init", "--home", tmp_path / "bad", "--max-daily-signups", "-1", env=base_env()
+    )
+    assert bad.code == 2, str(bad)
+    assert bad.stderr.startswith("pyrgos: error: "), str(bad)
+    assert len(bad.stderr.splitlines()) == 1, str(bad)
+    home = tmp_path / "node"
+    init_node(home, "--signup-token", "let-me-in", "--max-daily-signups", "2")
+    assert (home / "signup-token").stat().st_mode & 0o777 == 0o600
+    node = NodeProcess(home, tmp_path / "node.log")
+    node.start()
+    try:
+        cli = client(node, tmp_path, "profile")
+        assert "signup token" in cli.fails("signup", "ann")
+        assert "signup token" in cli.fails("signup", "ann", "--signup-token", "wrong")
+        cli.ok("signup", "ann", "--signup-token", "let-me-in")
+        cli.with_env(PYRGOS_SIGNUP_TOKEN="let-me-in").ok("signup", "ben")
+        limited = cli.fails("signup", "cat", "--signup-token", "let-me-in")
+        assert "at most 2 a day" in limited, limited
+    finally:
+        node.stop_cleanly()
