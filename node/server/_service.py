@@ -42,6 +42,7 @@ from protocols.errors import (
 )
 from protocols.names import check_username
 from protocols.pki import (
+    RETRY_FIRST,
     Claim,
     DailyLimit,
     NodeRecord,
@@ -555,7 +556,16 @@ class NodeService:
 
     async def _sync_on_demand(self) -> None:
         """Pull new PKI entries before answering from the local copy; a PKI node that is away
-        (recorded in `pki_health`) leaves the answer to what this node already holds."""
+        (recorded in `pki_health`) leaves the answer to what this node already holds. While
+        it is away, lookups of unknown names try it at most once per RETRY_FIRST seconds:
+        strangers' lookups cannot turn a mirror into a dialler of its PKI node."""
+        health = self.pki_health
+        if (
+            health.failures
+            and health.last_error_time is not None
+            and self.clock() - health.last_error_time < RETRY_FIRST
+        ):
+            return
         with trio.move_on_after(PKI_SYNC_TIMEOUT) as scope:
             try:
                 await self.sync_pki()

@@ -22,6 +22,7 @@ from tests.e2e.test_network import Cluster, node_info, wait_until
 pytestmark = pytest.mark.e2e
 
 DOWN_TIMEOUT = 20.0  # seconds for a mirror to notice that its PKI node is gone
+BACK_TIMEOUT = 30.0  # seconds for a mirror to learn of a user signed up after the return
 
 
 def free_port() -> int:
@@ -65,6 +66,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def _stop(node: NodeProcess) -> None:
     if node.process is not None:
         node.stop_cleanly()
+
+
+def knows(node: NodeProcess, user: str) -> bool:
+    found = pyrgos("pki", "lookup", user, env=base_env(PYRGOS_NODE=node.url))
+    return found.code == 0
 
 
 def health(cluster: Cluster, node: NodeProcess) -> dict[str, Any]:
@@ -117,6 +123,12 @@ def test_mirrors_outlive_their_pki_node_and_catch_up(cluster: Cluster, tmp_path:
     cluster.ok(dave, "signup", "dave")
     root_id = node_info(root)["node_id"]
     for mirror in (node2, node3):
+        # A lookup that misses pulls at once (at most every 2 s while the PKI node was away).
+        wait_until(
+            lambda m=mirror: knows(m, "dave"),  # type: ignore[misc]
+            BACK_TIMEOUT,
+            lambda: cluster.logs(),
+        )
         assert cluster.lookup(mirror, "dave")[1] == root_id
         assert health(cluster, mirror)["reachable"] is True
     cluster.wait_synced()
