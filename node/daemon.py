@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import random
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -21,11 +23,11 @@ from protocols.errors import PyrgosError
 from protocols.pki import NodeRecord
 
 log = logging.getLogger(__name__)
-PKI_SYNC_INTERVAL = 2.0  # seconds between a mirror's pulls of new PKI entries
 # Seconds: bounds what LevelDB's read mmaps add to the node's RSS. Compactions read table files
 # fast while a big upload runs, so a longer interval lets more pages pile up in between.
 MAPPED_PAGES_INTERVAL = 0.05
 GC_EVERY_TICKS = 50  # a full collection every 2.5 s
+FIRST_PUBLISH_TIMEOUT = 5.0  # seconds a starting node waits for its node record to be taken
 
 
 async def _collect_periodically(service: NodeService, interval: int) -> None:
@@ -65,34 +67,60 @@ def _node_key(home: NodeHome) -> SigningKey:
     return SigningKey.from_seed(seed)
 
 
-async def _publish_addresses(service: NodeService, key: SigningKey, addrs: list[str]) -> None:
+async def _publish_addresses(
+    service: NodeService,
+    key: SigningKey,
+    addrs: list[str],
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,  # trio.TaskStatus[None]
+) -> None:
     """Put this node's addresses in the PKI (a node record), retrying until the PKI node
-    answers: other nodes find this one by them."""
+    answers: other nodes find this one by them, and the PKI node takes claims only for
+    homes it knows. Started once the first try ended (or FIRST_PUBLISH_TIMEOUT passed), so a
+    node whose PKI node answers is known there before its first signup."""
     plain = [addr.split("/p2p/")[0] for addr in addrs]
-    delay = 1.0
+    delay, first = 1.0, True
     while True:
         # Numbered after the last record the PKI holds, even if the clock stepped back.
         last = None if service.pki is None else service.pki.node_record(service.settings.node_id)
         seq = max(int(time.time()), 0 if last is None else last.seq + 1)
-        try:
-            await service.publish(NodeRecord.create(key, plain, seq))
+        published = False
+        with trio.move_on_after(FIRST_PUBLISH_TIMEOUT if first else float("inf")):
+            try:
+                await service.publish(NodeRecord.create(key, plain, seq))
+                published = True
+            except PyrgosError as exc:
+                log.warning("could not publish this node's addresses yet: %s", exc.message)
+            except Exception:
+                log.exception("could not publish this node's addresses yet")  # never fatal
+        if first:
+            task_status.started()
+            first = False
+        if published:
             return
-        except PyrgosError as exc:
-            log.warning("could not publish this node's addresses yet: %s", exc.message)
         await trio.sleep(delay)
         delay = min(delay * 2, 60)
 
 
-async def _follow_pki(service: NodeService) -> None:
-    """A mirror pulls new PKI entries continually (and on demand, when a lookup misses)."""
-    delay = PKI_SYNC_INTERVAL
+async def follow_pki(service: NodeService, rng: random.Random | None = None) -> None:
+    """A mirror pulls new PKI entries continually (and on demand, when a lookup misses).
+
+    Nothing a pull meets ends this loop or the node: while the PKI node is away the mirror
+    serves from its copy and retries with a capped, jittered backoff (`rng`), and
+    `pki status` says so. The delays run on trio's clock, so tests run them in virtual time.
+    """
+    rng = rng or random.Random()
     while True:
         try:
             await service.sync_pki()
-            delay = PKI_SYNC_INTERVAL
         except PyrgosError as exc:
             log.warning("PKI sync failed: %s", exc.message)
-            delay = min(delay * 2, 60)
+        except Exception:
+            # A fault in this node's own code must not stop the mirror: logged, retried.
+            log.exception("PKI sync failed")
+            service.pki_health.failed(service.clock(), "internal error (see the node's log)")
+        delay = service.pki_health.delay(rng.random())
+        service.pki_health.next_retry = service.clock() + delay
         await trio.sleep(delay)
 
 
@@ -119,6 +147,9 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                     default_quota=config.quota,
                     admin_token=home.admin_token(),
                     addrs=tuple(p2p.addrs),
+                    max_daily_signups=config.max_daily_signups,
+                    max_source_signups=config.max_source_signups,
+                    signup_token=home.signup_token(),
                 ),
                 pki=pki,
             )
@@ -139,9 +170,9 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                 written.replace(home.api_file)
                 try:
                     nursery.start_soon(_keep_memory_flat, store)
-                    nursery.start_soon(_publish_addresses, service, key, p2p.addrs)
+                    await nursery.start(_publish_addresses, service, key, p2p.addrs)
                     if config.pki:
-                        nursery.start_soon(_follow_pki, service)
+                        nursery.start_soon(follow_pki, service)
                     if config.gc_interval > 0:
                         nursery.start_soon(_collect_periodically, service, config.gc_interval)
                     # What starting made (the host, the app, lazily imported modules) lives

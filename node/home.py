@@ -1,8 +1,8 @@
 """A node's home directory: its settings, its persisted identity key, its database.
 
 Layout: `node.toml` (settings), `node.key` (Ed25519, libp2p format, mode 0600), `db/` (the
-LevelDB), `admin-token` (authorises maintenance calls, mode 0600), `api` (the API URL, present
-while the node runs).
+LevelDB), `admin-token` (authorises maintenance calls, mode 0600), `signup-token` (when signup
+needs one, mode 0600), `api` (the API URL, present while the node runs).
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ DEFAULT_API: Final = "127.0.0.1:8000"
 DEFAULT_QUOTA: Final = 1024**3  # 1 GiB per user
 DEFAULT_GC_INTERVAL: Final = 3600
 DEFAULT_LISTEN: Final = "/ip4/0.0.0.0/tcp/4001"  # seconds between scheduled collections
+# Signups a day (as NodeSettings): a home server's users sign up by the handful, and a
+# stranger who finds the node cannot fill the PKI with names.
+DEFAULT_MAX_DAILY_SIGNUPS: Final = 100
+DEFAULT_MAX_SOURCE_SIGNUPS: Final = 10
 UNITS: Final = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -68,10 +72,18 @@ class NodeConfig:
     gc_interval: int = DEFAULT_GC_INTERVAL
     listen: str = DEFAULT_LISTEN
     pki: str = ""  # the PKI node's full multiaddr (…/p2p/ID); empty: this node is the PKI root
+    max_daily_signups: int = DEFAULT_MAX_DAILY_SIGNUPS
+    max_source_signups: int = DEFAULT_MAX_SOURCE_SIGNUPS
 
     @property
     def pki_root(self) -> bool:
         return not self.pki
+
+
+def _check_limits(config: NodeConfig) -> None:
+    for name in ("max_daily_signups", "max_source_signups"):
+        if getattr(config, name) < 0:
+            raise MalformedInput(f"{name} is a number of signups a day, 0 or more")
 
 
 class NodeHome:
@@ -101,14 +113,21 @@ class NodeHome:
         return self.path / "admin-token"
 
     @property
+    def signup_token_file(self) -> Path:
+        return self.path / "signup-token"
+
+    @property
     def initialised(self) -> bool:
         return self.config_file.exists() and self.key_file.exists()
 
-    def init(self, config: NodeConfig) -> str:
-        """Create the home; return the new node's id."""
+    def init(self, config: NodeConfig, signup_token: str = "") -> str:
+        """Create the home; return the new node's id. With `signup_token`, signup needs it."""
         if self.initialised:
             raise PyrgosError(f"a node is already initialised in {self.path}")
         parse_host_port(config.api)
+        _check_limits(config)
+        if signup_token != signup_token.strip() or len(signup_token) > 256:
+            raise MalformedInput("a signup token is at most 256 characters, without spaces around")
         check_multiaddr(config.listen)
         if config.pki:
             check_multiaddr(config.pki, peer=True)
@@ -119,6 +138,8 @@ class NodeHome:
         save_identity(create_new_key_pair(), self.key_file)
         self.key_file.chmod(0o600)
         self._write_private(self.token_file, secrets.token_hex(32))
+        if signup_token:
+            self._write_private(self.signup_token_file, signup_token)
         lines = [
             "# pyrgos node settings",
             f"api = {json.dumps(config.api)}",
@@ -127,6 +148,8 @@ class NodeHome:
             f"gc_interval = {config.gc_interval}",
             f"listen = {json.dumps(config.listen)}",
             f"pki = {json.dumps(config.pki)}",
+            f"max_daily_signups = {config.max_daily_signups}",
+            f"max_source_signups = {config.max_source_signups}",
         ]
         self.config_file.write_text("\n".join(lines) + "\n")
         return self.node_id()
@@ -154,8 +177,11 @@ class NodeHome:
             gc_interval=int(raw.get("gc_interval", DEFAULT_GC_INTERVAL)),
             listen=str(raw.get("listen", DEFAULT_LISTEN)),
             pki=str(raw.get("pki", "")),
+            max_daily_signups=int(raw.get("max_daily_signups", DEFAULT_MAX_DAILY_SIGNUPS)),
+            max_source_signups=int(raw.get("max_source_signups", DEFAULT_MAX_SOURCE_SIGNUPS)),
         )
         parse_host_port(config.api)
+        _check_limits(config)
         return config
 
     def node_id(self) -> str:
@@ -168,6 +194,13 @@ class NodeHome:
 
     def admin_token(self) -> str:
         return self.token_file.read_text().strip()
+
+    def signup_token(self) -> str:
+        """The token signup must present, or "" when signup is open (within its limits)."""
+        try:
+            return self.signup_token_file.read_text().strip()
+        except FileNotFoundError:
+            return ""
 
     def running_api(self) -> str | None:
         """The URL the running node wrote, if any."""

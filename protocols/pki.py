@@ -16,7 +16,14 @@ from typing import Final, Protocol, TypeAlias
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR, MH_SHA2_256
 from protocols.crypto import SIGNATURE_BYTES, SigningKey, VerifyKey
-from protocols.errors import Conflict, Corrupted, InvalidSignature, MalformedInput
+from protocols.errors import (
+    Conflict,
+    Corrupted,
+    Denied,
+    InvalidSignature,
+    MalformedInput,
+    RateLimited,
+)
 from protocols.names import check_username
 from protocols.peerid import check_peer_id, peer_id_of, peer_key
 
@@ -592,3 +599,140 @@ def verify_served(
             f"which is not the head the PKI node signed ({head.seq}, {head.hash})"
         )
     return pending
+
+
+# ================================================================================================
+# a mirror's view of its PKI node
+
+SYNC_INTERVAL: Final = 2.0  # seconds between a mirror's pulls while its PKI node answers
+RETRY_FIRST: Final = 2.0  # seconds before the first retry after a failed pull
+# A mirror notices its PKI node's return within a minute, and a PKI node that comes back sees
+# at most one pull per mirror per minute meanwhile.
+RETRY_CAP: Final = 60.0
+# A retry waits between half and all of its backoff, drawn at random, so that mirrors that lost
+# the PKI node together do not all come back to it in the same instant.
+RETRY_JITTER: Final = 0.5
+
+
+@dataclass
+class SyncHealth:
+    """Whether a mirror reaches its PKI node: the last success, the last error, the failures in
+    a row since, and when the next pull is due (times in seconds of the node's clock)."""
+
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    failures: int = 0
+    next_retry: float | None = None
+
+    @property
+    def reachable(self) -> bool | None:
+        """None until the first pull ended either way."""
+        if self.last_success is None and self.last_error is None:
+            return None
+        return self.failures == 0
+
+    def succeeded(self, now: float) -> None:
+        self.last_success = now
+        self.failures = 0
+
+    def failed(self, now: float, message: str) -> None:
+        self.last_error = message
+        self.last_error_time = now
+        self.failures += 1
+
+    def delay(self, jitter: float) -> float:
+        """Seconds until the next pull: the interval while the PKI node answers, else a backoff
+        doubling from RETRY_FIRST up to RETRY_CAP, shortened by `jitter` (0 to 1) times
+        RETRY_JITTER."""
+        if self.failures == 0:
+            return SYNC_INTERVAL
+        backoff = min(RETRY_CAP, RETRY_FIRST * 2.0 ** min(self.failures - 1, 16))
+        return backoff * (1.0 - RETRY_JITTER * min(max(jitter, 0.0), 1.0))
+
+    def to_cbor(self) -> dict[str, object]:
+        """Whole seconds, as every other time on the wire."""
+
+        def seconds(moment: float | None) -> int | None:
+            return None if moment is None else int(moment)
+
+        return {
+            "reachable": self.reachable,
+            "last_success": seconds(self.last_success),
+            "last_error": self.last_error,
+            "last_error_time": seconds(self.last_error_time),
+            "failures": self.failures,
+            "next_retry": seconds(self.next_retry),
+        }
+
+
+# ================================================================================================
+# who may submit what to the PKI node (checked there only: mirrors check the log, not its origin)
+
+DAY: Final = 24 * 3600
+
+
+def check_submission(index: PkiIndex, record: Record, submitter: str, pki_node: str) -> None:
+    """Every rule of who may have a record appended, in one place (the PKI node, before
+    `apply_entry`); `submitter` is the node that submitted it, as Noise authenticated it ("" for
+    an anonymous client), or the PKI node itself for its own signups and record.
+
+      1. A node record is submitted by the node it names.
+      2. A claim's home is a node the PKI knows: the PKI node itself or a node with a record.
+      3. A claim that gives a name to a key that does not hold it (a new name, or a name
+         whose claim expired) is attested by its home: submitted by that node, after a
+         signup there. So no name is claimed without an account on a node that answers for it.
+      4. The current key's updates, renewals and key changes are signed by that key and may
+         come from anyone (a client renews through whatever node it uses).
+    """
+    if isinstance(record, NodeRecord):
+        if submitter not in (record.node, pki_node):  # 1
+            raise Denied("a node record is submitted by the node it names")
+        return
+    if record.home != pki_node and index.node(record.home) is None:  # 2
+        raise Denied(
+            f"the claim's home {record.home} is not a node the PKI knows: a node publishes its "
+            "record when it starts"
+        )
+    current = index.claim(record.username)
+    owner_signed = current is not None and current.identity in (record.identity, record.previous)
+    if not owner_signed and submitter != record.home:  # 3, 4
+        raise Denied("a new claim is submitted by its home node, when a user signs up there")
+
+
+@dataclass
+class DailyLimit:
+    """At most `limit` events per key (a source, a node) in each window of `window` seconds,
+    the window starting at the key's first event. Events are taken before the work they allow
+    and given back if it fails, so only what succeeded counts. Windows that ended are dropped
+    as new keys arrive, so the table holds only the keys of the last window."""
+
+    limit: int
+    window: float = DAY
+    _used: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def take(self, key: str, now: float, what: str) -> None:
+        """Count one event for `key`, or raise RateLimited saying when to try again."""
+        start, count = self._used.get(key, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        if count >= self.limit:
+            wait = int(start + self.window - now) + 1
+            raise RateLimited(f"{what}: at most {self.limit} a day; try again in {wait} s")
+        if key not in self._used:
+            self._prune(now)
+        self._used[key] = (start, count + 1)
+
+    def give_back(self, key: str) -> None:
+        start, count = self._used.get(key, (0.0, 0))
+        if count > 1:
+            self._used[key] = (start, count - 1)
+        else:
+            self._used.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, (start, _) in self._used.items() if now - start >= self.window]:
+            del self._used[key]
+
+    def __len__(self) -> int:
+        return len(self._used)

@@ -15,8 +15,13 @@ from protocols.cid import CID
 from protocols.crypto import SigningKey
 from protocols.errors import Corrupted, Unavailable
 from protocols.peerid import peer_id_of
+from protocols.pki import NodeRecord
 
 GiB = 1024**3
+
+
+# The key of every node made here, by id: the swarm publishes each node's record with it.
+NODE_KEYS: dict[str, SigningKey] = {}
 
 
 def new_node(
@@ -30,6 +35,7 @@ def new_node(
     """A node with `key` (default: a fresh one): the PKI node itself, or a mirror of `pki_node`."""
     key = key or SigningKey.generate()
     node_id = peer_id_of(key.public)
+    NODE_KEYS[node_id] = key
     pki = PkiLog(store, pki_node or node_id, None if pki_node else key)
     settings = NodeSettings(node_id=node_id, test_mode=test_mode, default_quota=default_quota)
     return NodeService(store, settings, pki=pki)
@@ -43,8 +49,17 @@ class LocalNetwork:
         self.down: set[str] = set()
 
     def add(self, service: NodeService) -> None:
+        """Join `service` to the swarm; as a running node does at start, each node's record
+        goes in its PKI node's log, so the PKI node knows it as a home for signups."""
         self.nodes[service.settings.node_id] = service
         service.network = LinkFrom(self, service.settings.node_id)
+        for node in self.nodes.values():
+            root = None if node.pki is None else self.nodes.get(node.pki.pki_node)
+            key = NODE_KEYS.get(node.settings.node_id)
+            if root is None or root.pki is None or root is node or key is None:
+                continue
+            if root.pki.node_record(node.settings.node_id) is None:
+                root.pki.append(NodeRecord.create(key, [], 1))
 
     def target(self, node_id: str) -> NodeService:
         service = self.nodes.get(node_id)

@@ -22,7 +22,16 @@ import trio
 
 from node import client, heap
 from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Profile, SavedSession, Session
-from node.home import DEFAULT_API, DEFAULT_LISTEN, NodeConfig, NodeHome, default_home, parse_size
+from node.home import (
+    DEFAULT_API,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_DAILY_SIGNUPS,
+    DEFAULT_MAX_SOURCE_SIGNUPS,
+    NodeConfig,
+    NodeHome,
+    default_home,
+    parse_size,
+)
 from protocols.cid import CID
 from protocols.errors import (
     AuthFailed,
@@ -165,6 +174,12 @@ def progress_bar(total: int | None, label: str) -> Iterator[Callable[[int], None
 # -- node commands ---------------------------------------------------------------------------
 
 
+def _signups_a_day(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of signups a day: {text!r} (e.g. 20)")
+    return int(text)
+
+
 def cmd_node_init(args: argparse.Namespace) -> None:
     home = NodeHome(args.home)
     if args.exist_ok and home.initialised:
@@ -176,7 +191,10 @@ def cmd_node_init(args: argparse.Namespace) -> None:
             quota=parse_size(args.quota),
             listen=args.listen,
             pki=args.pki,
-        )
+            max_daily_signups=args.max_daily_signups,
+            max_source_signups=args.max_source_signups,
+        ),
+        signup_token=args.signup_token or "",
     )
     print(f"initialised node {node_id} in {home.path}")
     if args.test_mode:
@@ -272,7 +290,23 @@ def cmd_pki_lookup(args: argparse.Namespace) -> None:
 
 
 def cmd_pki_status(args: argparse.Namespace) -> None:
-    _print_record(_ask_node("pki.status", {}), args.json)
+    status = _ask_node("pki.status", {})
+    if args.json:
+        _print_record(status, True)
+        return
+    health = status.pop("pki_node_health", None)  # a mirror's: is its PKI node reachable
+    _print_record(status, False)
+    if isinstance(health, dict):
+        reachable = {True: "yes", False: "NO", None: "not tried yet"}.get(health.get("reachable"))
+        print(f"{'reachable':15} {reachable}")
+        for key in ("last_success", "last_error_time", "next_retry"):
+            moment = health.get(key)
+            shown = "-"
+            if isinstance(moment, int):
+                shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+            print(f"{key:15} {shown}")
+        print(f"{'last_error':15} {health.get('last_error') or '-'}")
+        print(f"{'failures':15} {health.get('failures')}")
 
 
 def cmd_node_gc(args: argparse.Namespace) -> None:
@@ -321,7 +355,12 @@ def _enter_account(
 
 
 def cmd_signup(args: argparse.Namespace) -> None:
-    session = _enter_account(args, client.signup, confirm=True)
+    token = args.signup_token or os.environ.get("PYRGOS_SIGNUP_TOKEN") or None
+
+    async def signup(api: NodeApi, user: str, password: str) -> Session:
+        return await client.signup(api, user, password, token=token)
+
+    session = _enter_account(args, signup, confirm=True)
     print(f"signed up {session.username} at {session.api.url}; logged in")
 
 
@@ -588,6 +627,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help=f"where the node listens for other nodes (default {DEFAULT_LISTEN})",
     )
+    init.add_argument(
+        "--max-daily-signups",
+        type=_signups_a_day,
+        default=DEFAULT_MAX_DAILY_SIGNUPS,
+        metavar="N",
+        help=f"signups this node accepts a day; 0 closes signup (default "
+        f"{DEFAULT_MAX_DAILY_SIGNUPS}); the PKI node also takes at most N new names a day "
+        "from each other node",
+    )
+    init.add_argument(
+        "--max-source-signups",
+        type=_signups_a_day,
+        default=DEFAULT_MAX_SOURCE_SIGNUPS,
+        metavar="N",
+        help=f"signups a day from one client address (default {DEFAULT_MAX_SOURCE_SIGNUPS})",
+    )
+    init.add_argument(
+        "--signup-token",
+        metavar="TOKEN",
+        help="signup must present this token (pyrgos signup --signup-token); its holders are "
+        "not limited per address",
+    )
     role = init.add_mutually_exclusive_group()
     role.add_argument(
         "--pki-root",
@@ -634,6 +695,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     signup = with_password(client_command("signup", "create an account homed on the node"))
     signup.add_argument("user", metavar="USER")
+    signup.add_argument(
+        "--signup-token",
+        metavar="TOKEN",
+        help="the node's signup token, if it needs one (or $PYRGOS_SIGNUP_TOKEN)",
+    )
     signup.set_defaults(run=cmd_signup)
     login = with_password(client_command("login", "log in from this device"))
     login.add_argument("user", metavar="USER")

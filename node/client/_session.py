@@ -98,9 +98,15 @@ async def _node_allows_test_kdf(api: NodeApi) -> bool:
 
 
 async def signup(
-    api: NodeApi, username: str, password: str, *, test_kdf: bool | None = None
+    api: NodeApi,
+    username: str,
+    password: str,
+    *,
+    test_kdf: bool | None = None,
+    token: str | None = None,
 ) -> Session:
-    """Create an account homed on the node behind `api` and return its session.
+    """Create an account homed on the node behind `api` and return its session; `token` is
+    the node's signup token, when it needs one.
 
     The small KDF profile is used only when the client opts in (`test_kdf`, by default
     PYRGOS_INSECURE_TEST_KDF) and the node is in test mode; the session says so (`weak_kdf`).
@@ -146,13 +152,14 @@ async def signup(
             "pointer": PointerUpdate.create(identity, None, root, 1).encode(),
             "blocks": [[cid.codec, block] for cid, block in staged],
             "sigs": [sign_put(identity, cid) for cid, _ in staged],
-        },
+        }
+        | ({} if token is None else {"token": token}),
     )
     api.route(owner, node_id)
     # The node session comes from a login like any other (one round trip, no second KDF).
-    _, token, expiry = await _open_node_session(api, username, login)
-    api.session = token
-    return Session(api, username, data, token, expiry, weak)
+    _, session, expiry = await _open_node_session(api, username, login)
+    api.session = session
+    return Session(api, username, data, session, expiry, weak)
 
 
 async def login_keys(

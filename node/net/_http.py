@@ -146,8 +146,8 @@ def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlett
                 body, taken = await _read_body(request, limit, budget)
             args = cbor.decode(body, limit=limit, max_items=rpc.MAX_CALL_ITEMS) if body else {}
             del body  # the blocks now live in `args`: the body need not wait for the answer
-            source = request.client.host if request.client is not None else ""
-            result: Any = await service.call(method, args, source=source)
+            client = request.client  # the source that per-source limits (signups) count
+            result: Any = await service.call(method, args, source=client.host if client else "")
             return Response(cbor.encode(result), media_type=CBOR_TYPE)
         except trio.TooSlowError:
             late = Unavailable(f"the request body did not arrive within {limits.body_timeout} s")

@@ -6,6 +6,7 @@ Peers are found without a DHT: a node id resolves to the addresses its PKI node 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -18,7 +19,7 @@ from node.net._stream import Stream
 from node.server import NodeService
 from protocols.bats import ReadAuth
 from protocols.cid import CID
-from protocols.errors import Unavailable
+from protocols.errors import PyrgosError, Unavailable
 
 REFRESH_TIMEOUT: Final = 10  # seconds a PKI pull may take before a redial
 RPC_PROTOCOL: Final = "/pyrgos/rpc/1.0.0"
@@ -51,13 +52,15 @@ class Libp2pNetwork:
 
     async def _open(self, node_id: str, protocol: str) -> Stream:
         """A stream to `node_id`; if dialing fails, pull the PKI once (the peer may have moved
-        to new addresses) and dial again."""
+        to new addresses) and dial again. The pull is the node's own `sync_pki`, which does not
+        re-enter itself when the failed dial was its own call to the PKI node."""
         try:
             return await self._host.open_stream(node_id, self._dial_addresses(node_id), protocol)
         except Unavailable:
             if self._refresh is None:
                 raise
-            with trio.move_on_after(REFRESH_TIMEOUT):
+            # If the PKI node is away too, dial the addresses already known.
+            with trio.move_on_after(REFRESH_TIMEOUT), contextlib.suppress(PyrgosError):
                 await self._refresh()
             return await self._host.open_stream(node_id, self._dial_addresses(node_id), protocol)
 

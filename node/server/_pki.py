@@ -36,6 +36,7 @@ from protocols.pki import (
     IndexOverlay,
     KeyUse,
     NodeRecord,
+    PkiIndex,
     Record,
     SignedHead,
     Tip,
@@ -304,6 +305,15 @@ class PkiLog:
 
     def node_record(self, node_id: str) -> NodeRecord | None:
         return self._index.node(node_id)
+
+    @property
+    def index(self) -> PkiIndex:
+        """The index the rules read (protocols.pki), as stored."""
+        return self._index
+
+    def holds(self, record: Record) -> bool:
+        """Whether `record` is the current one of its name or node (a resend appends nothing)."""
+        return self._holding(record) is not None
 
     def status(self) -> PkiStatus:
         tip = self._index.tip()

@@ -7,6 +7,7 @@ thread so the event loop keeps serving.
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import logging
 import secrets
@@ -35,13 +36,24 @@ from protocols.errors import (
     InvalidSignature,
     MalformedInput,
     NotFound,
+    PyrgosError,
     QuotaExceeded,
     RateLimited,
     TooLarge,
     Unavailable,
 )
 from protocols.names import check_username
-from protocols.pki import Claim, NodeRecord, record_from_cbor
+from protocols.pki import (
+    RETRY_FIRST,
+    Claim,
+    DailyLimit,
+    NodeRecord,
+    Record,
+    SyncHealth,
+    check_submission,
+    record_from_cbor,
+    record_to_cbor,
+)
 from protocols.pointers import PointerUpdate, check_update
 from protocols.structured import check_structured
 from protocols.writerdata import WriterData, controller_of
@@ -74,6 +86,15 @@ class Network(Protocol):
 # that receives one for a user homed elsewhere forwards it there and relays the answer.
 PKI_PAGE: Final = 1000  # entries per PKI sync request
 PKI_SYNC_TIMEOUT: Final = 10  # seconds an on-demand PKI sync may take
+# At the PKI node: nodes that join a day (a node id costs nothing to make, so their records
+# are capped), records a known node publishes a day (one per start), and updates a day of one
+# username's claim (a renewal each login near expiry, a move of home now and then).
+NEW_NODES_PER_DAY: Final = 100
+NODE_RECORDS_PER_DAY: Final = 100
+CLAIM_UPDATES_PER_DAY: Final = 10
+# Who is calling, for per-source limits: the client's address over HTTP, the peer id that
+# Noise authenticated over libp2p; set by `call` for the call's task.
+_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("source", default="")
 HOME_ARGUMENT: Final = {
     "block.put": "owner",
     "pointer.get": "owner",
@@ -98,6 +119,11 @@ class NodeSettings:
     default_quota: int = GiB
     admin_token: str = ""  # empty: maintenance calls are refused
     addrs: tuple[str, ...] = ()  # this node's full multiaddrs, once listening
+    # Names a node may add to the PKI a day: its own signups, and at the PKI node also each
+    # other node's new claims. A home server's users sign up by the handful.
+    max_daily_signups: int = 100
+    max_source_signups: int = 10  # signups a day from one client address or peer
+    signup_token: str = ""  # when set, signup presents it (and is then not limited per source)
 
 
 def _arg(args: Args, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -145,6 +171,18 @@ def stored_block(store: Store, cid: CID) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class _Signup:
+    """A signup that passed every check of this node, ready to claim and store."""
+
+    claim: Claim
+    blocks: list[tuple[CID, bytes]]
+    account: bytes
+    mirror_bat: bytes
+    pointer: PointerUpdate
+    size: int
+
+
 class NodeService:
     """One node's state and rules; transports call `call`."""
 
@@ -159,7 +197,7 @@ class NodeService:
         random: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self.store = store
-        self._clock = clock  # seconds since the epoch; virtual in tests
+        self.clock = clock  # seconds since the epoch; virtual in tests
         self._random = random
         self._user_logins = accounts.LoginThrottle()
         self._source_logins = accounts.LoginThrottle(free=SOURCE_FREE_FAILURES)
@@ -167,6 +205,15 @@ class NodeService:
         self.network = network
         self.pki = pki
         self._pki_sync = trio.Lock()
+        self.pki_health = SyncHealth()  # how this mirror reaches its PKI node (`pki status`)
+        # Signups here, and appends at the PKI node: what a stranger can add to the PKI.
+        self._signups = DailyLimit(settings.max_daily_signups)
+        self._source_signups = DailyLimit(settings.max_source_signups)
+        self._home_claims = DailyLimit(settings.max_daily_signups)
+        self._new_nodes = DailyLimit(NEW_NODES_PER_DAY)
+        self._node_records = DailyLimit(NODE_RECORDS_PER_DAY)
+        self._claim_updates = DailyLimit(CLAIM_UPDATES_PER_DAY)
+        self._signing_up: set[str | CID] = set()  # names and keys of signups under way
         self.stats: Counter[str] = Counter()
         self._write_lock = trio.Lock()
         self._gc_lock = trio.Lock()  # one collection at a time
@@ -178,12 +225,17 @@ class NodeService:
     def node_id_bytes(self) -> bytes:
         return self.settings.node_id.encode()
 
-    async def call(self, method: str, args: Any, requester: bytes = b"", source: str = "") -> Any:
+    async def call(
+        self, method: str, args: Any, requester: bytes = b"", *, source: str | None = None
+    ) -> Any:
         """Dispatch one call; raises a PyrgosError the transport turns into an error reply.
 
         `requester` is the calling node's peer id (empty from a client over HTTP), `source`
-        the HTTP client's address: what failed logins are counted against.
+        the HTTP client's address. Per-source limits (signups, failed logins) count the
+        caller: the peer id when there is one, else the address.
         """
+        caller = f"peer:{requester.hex()}" if requester else f"addr:{source or ''}"
+        _SOURCE.set(caller)
         entry = METHODS.get(method)
         if entry is None:
             raise NotFound(f"unknown method {method!r}")
@@ -194,23 +246,23 @@ class NodeService:
         if method not in THROTTLED:
             return await self._dispatch(entry, home, method, args, requester)
         # Per source wherever the call arrives, per username at the user's home only.
-        sources = [f"peer:{requester.hex()}" if requester else f"addr:{source}"]
+        sources = [caller]
         user = args.get("username")
         users = [f"user:{user}"] if home is None and isinstance(user, str) else []
         try:
-            self._source_logins.check(sources, self._clock(), "from this address")
-            self._user_logins.check(users, self._clock(), "for this user")
+            self._source_logins.check(sources, self.clock(), "from this address")
+            self._user_logins.check(users, self.clock(), "for this user")
         except RateLimited:
             self.stats["logins_throttled"] += 1
             raise
         try:
             result = await self._dispatch(entry, home, method, args, requester)
         except AuthFailed:
-            self._source_logins.failed(sources, self._clock())
-            self._user_logins.failed(users, self._clock())
+            self._source_logins.failed(sources, self.clock())
+            self._user_logins.failed(users, self.clock())
             raise
         except NotFound:  # an unknown username: probing counts against the source
-            self._source_logins.failed(sources, self._clock())
+            self._source_logins.failed(sources, self.clock())
             raise
         self._user_logins.succeeded(users)
         return result
@@ -248,8 +300,7 @@ class NodeService:
         else:
             return None
         if home is None and self.pki is not None and self.pki.role == "mirror":
-            with trio.move_on_after(PKI_SYNC_TIMEOUT):
-                await self.sync_pki()
+            await self._sync_on_demand()
             home = (
                 self.home_of_identity(user)
                 if isinstance(user, CID)
@@ -299,7 +350,7 @@ class NodeService:
                 auth,
                 requester=as_requester,
                 server=server,
-                now=int(time.time()),
+                now=int(self.clock()),
                 mirror_secret=lambda bat_id: self.store.get(Space.BATS, bat_id),
             )
         # Missing, or private and not the auth's: one answer, so that only a holder of one of
@@ -372,7 +423,7 @@ class NodeService:
             # The running count only grows between collections: count exactly before refusing.
             # Usage falls only when a pointer moves (or at a collection), so one exact count
             # holds until then: refused puts in a row do not each mark the user's tree.
-            reachable, added = reachable_bytes(self.store, owner, int(time.time())), 0
+            reachable, added = reachable_bytes(self.store, owner, int(self.clock())), 0
             if self._collection is not None:
                 self._collection.note_recount(owner)
             self._counted.add(owner.raw)
@@ -400,7 +451,7 @@ class NodeService:
         ]
         extra = sum(len(d) for _, d in charged)
         usage = self._charge(owner, extra)
-        now = int(time.time())
+        now = int(self.clock())
         with self.store.batch() as batch:
             for cid, data in fresh:
                 self.store.put_block(batch, cid.raw, data)
@@ -510,46 +561,115 @@ class NodeService:
     async def _claim_synced(self, username: str) -> Claim:
         """The claim for `username`, pulling new PKI entries first when this mirror lacks it."""
         if self._log().lookup(username) is None and self._log().role == "mirror":
-            with trio.move_on_after(PKI_SYNC_TIMEOUT):
-                await self.sync_pki()
+            await self._sync_on_demand()
         return self._claim(username)
 
-    async def _submit(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Have a PKI record appended: here on the PKI node, else there (then pull it)."""
+    async def _submit(self, record: Record, submitter: str) -> dict[str, Any]:
+        """Have a PKI record appended: here on the PKI node (if `submitter` may have it
+        appended, see `_admit`), else there (then pull it). From a mirror, the PKI node sees
+        this node as the submitter."""
         pki = self._log()
         if pki.role == "root":
-            entry = await trio.to_thread.run_sync(pki.append, record_from_cbor(record))
+            release = self._admit(record, submitter)
+            try:
+                entry = await trio.to_thread.run_sync(pki.append, record)
+            except BaseException:
+                release()
+                raise
             return {"seq": entry.seq, "hash": entry.hash}
         if self.network is None:
             raise Unavailable("this node cannot reach its PKI node")
         reply: dict[str, Any] = await self.network.call(
-            pki.pki_node, "pki.submit", {"record": record}
+            pki.pki_node, "pki.submit", {"record": record_to_cbor(record)}
         )
-        with trio.move_on_after(PKI_SYNC_TIMEOUT):
-            await self.sync_pki()
+        await self._sync_on_demand()
         return reply
+
+    def _admit(self, record: Record, submitter: str) -> Callable[[], None]:
+        """At the PKI node: refuse what `submitter` may not have appended (protocols.pki
+        `check_submission`) and count it against the daily limits; returns what gives the
+        count back if the append fails. A record already held is answered, never counted."""
+        pki = self._log()
+        check_submission(pki.index, record, submitter, pki.pki_node)
+        now = self.clock()
+        if pki.holds(record):
+            return lambda: None
+        if isinstance(record, NodeRecord):
+            if record.node == pki.pki_node:
+                return lambda: None
+            known = pki.node_record(record.node) is not None
+            limit, key = (self._node_records, record.node) if known else (self._new_nodes, "")
+            limit.take(key, now, "node records")
+        else:
+            current = pki.lookup(record.username)
+            owned = current is not None and current.identity in (record.identity, record.previous)
+            if owned:
+                limit, key = self._claim_updates, record.username
+                limit.take(key, now, f"updates of the claim of {record.username!r}")
+            else:
+                limit, key = self._home_claims, record.home
+                limit.take(key, now, f"new names homed on node {record.home}")
+        return lambda: limit.give_back(key)
 
     async def publish(self, record: NodeRecord) -> None:
         """Put this node's record (its addresses) in the PKI."""
-        await self._submit({"node": record.to_cbor()})
+        await self._submit(record, self.settings.node_id)
 
     async def sync_pki(self) -> SyncResult | None:
-        """Pull and apply new entries from the PKI node until caught up (mirrors only)."""
+        """Pull and apply new entries from the PKI node until caught up (mirrors only).
+
+        Never re-entered: a pull whose call fails may ask for a sync again (to learn new
+        addresses) from inside this one, and that inner request returns None at once. Every
+        pull is recorded in `pki_health`, success or error, and errors are raised.
+        """
         pki = self._log()
         if pki.role == "root" or self.network is None:
             return None
+        if self._pki_sync.statistics().owner is trio.lowlevel.current_task():
+            return None
         async with self._pki_sync:
-            while True:
-                page = await self.network.call(
-                    pki.pki_node, "pki.entries", {"after": pki.seq(), "limit": PKI_PAGE}
-                )
-                if not isinstance(page, dict):
-                    raise MalformedInput("the PKI node sent a malformed page")
-                result = await trio.to_thread.run_sync(
-                    pki.apply_from_mirror, page.get("entries"), page.get("head")
-                )
-                if result.refusal is not None or result.applied == 0:
-                    return result
+            try:
+                while True:
+                    page = await self.network.call(
+                        pki.pki_node, "pki.entries", {"after": pki.seq(), "limit": PKI_PAGE}
+                    )
+                    if not isinstance(page, dict):
+                        raise MalformedInput("the PKI node sent a malformed page")
+                    result = await trio.to_thread.run_sync(
+                        pki.apply_from_mirror, page.get("entries"), page.get("head")
+                    )
+                    if result.refusal is not None or result.applied == 0:
+                        self.pki_health.succeeded(self.clock())
+                        return result
+            except PyrgosError as exc:
+                self.pki_health.failed(self.clock(), exc.message)
+                raise
+
+    async def _sync_on_demand(self) -> None:
+        """Pull new PKI entries before answering from the local copy; a PKI node that is away
+        (recorded in `pki_health`) leaves the answer to what this node already holds. While
+        it is away, lookups of unknown names try it at most once per RETRY_FIRST seconds:
+        strangers' lookups cannot turn a mirror into a dialler of its PKI node."""
+        health = self.pki_health
+        if (
+            health.failures
+            and health.last_error_time is not None
+            and self.clock() - health.last_error_time < RETRY_FIRST
+        ):
+            return
+        with trio.move_on_after(PKI_SYNC_TIMEOUT) as scope:
+            try:
+                await self.sync_pki()
+            except PyrgosError as exc:
+                log.info("on-demand PKI sync failed: %s", exc.message)
+            except Exception:
+                # Never the caller's failure: a signup whose claim the PKI took must not fail.
+                log.exception("on-demand PKI sync failed")
+                self.pki_health.failed(self.clock(), "internal error (see the node's log)")
+        if scope.cancelled_caught:
+            self.pki_health.failed(
+                self.clock(), f"the PKI node did not answer within {PKI_SYNC_TIMEOUT} s"
+            )
 
     def _check_kdf(self, params: KdfParams) -> None:
         if not params.is_production_strength and not self.settings.test_mode:
@@ -560,11 +680,15 @@ class NodeService:
             raise MalformedInput("login data must be at most 16 KiB of bytes")
         return data
 
-    async def signup(self, args: Args, requester: bytes) -> bool:
+    def _check_signup(self, args: Args) -> _Signup:
+        """Every check of a signup but the PKI's verdict, before anything is claimed or stored:
+        a signup the node would refuse must never leave its name claimed (all or nothing)."""
         claim = Claim.from_cbor(args.get("claim"))
         claim.verify()
         if claim.home != self.settings.node_id:
             raise Denied("the claim names another home node")
+        if claim.previous is not None:
+            raise MalformedInput("a signup claims a name with a new key, not a key change")
         owner = claim.identity
         login_key = VerifyKey.from_cbor(args.get("login_key"))
         login_data = self._check_login_data(args.get("login_data"))
@@ -573,37 +697,82 @@ class NodeService:
         update = PointerUpdate.decode(_arg(args, "pointer", bytes))
         blocks = self._validate_blocks(owner, args.get("blocks"), args.get("sigs"))
         staged = dict(blocks)
-        writer_data = WriterData.decode(staged.get(update.new, b""))
+        if update.new not in staged:
+            raise MalformedInput("the first pointer must name the WriterData sent with the signup")
+        writer_data = WriterData.decode(staged[update.new])
         if writer_data.login is None:
             raise MalformedInput("the identity WriterData must publish its login parameters")
         self._check_kdf(writer_data.login)
+        check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
         size = sum(len(d) for d in staged.values())
         if size > self.settings.default_quota:
             raise QuotaExceeded("the initial blocks exceed the quota")
+        if self.store.has(Space.WRITERS, owner.raw):
+            raise Conflict("this identity key is already registered")
+        if self.store.has(Space.ACCOUNTS, claim.username.encode()):
+            raise Conflict(f"the username {claim.username!r} is taken")
         account = cbor.encode(
             {"identity": owner, "login_key": login_key.to_cbor(), "data": login_data}
         )
-        if self.store.has(Space.WRITERS, owner.raw):
-            raise Conflict("this identity key is already registered")
-        # The PKI decides first (first come, first served, at the PKI node): a loser writes
-        # nothing here.
-        await self._submit({"claim": claim.to_cbor()})
-        async with self._write_lock:
-            if self.store.has(Space.WRITERS, owner.raw):
-                raise Conflict("this identity key is already registered")
-            check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
-            with self.store.batch(sync=True) as batch:
-                for cid, data in blocks:
-                    self.store.put_block(batch, cid.raw, data)
-                batch.put(Space.ACCOUNTS, claim.username.encode(), account)
-                batch.put(Space.WRITERS, owner.raw, owner.raw)
-                batch.put(Space.BATS, bats.hashed_id(mirror_bat), mirror_bat)
-                batch.put(Space.POINTERS, owner.raw, update.encode())
-                batch.put(
-                    Space.USAGE,
-                    owner.raw,
-                    self._usage_record(size, 0, self.settings.default_quota),
-                )
+        return _Signup(claim, blocks, account, mirror_bat, update, size)
+
+    def _take_signup(self, args: Args, source: str) -> Callable[[], None]:
+        """The signup token and the daily limits (per node, and per source unless the token
+        was presented); returns what gives the counts back if the signup fails."""
+        token = args.get("token")
+        expected = self.settings.signup_token
+        invited = bool(expected) and isinstance(token, str)
+        if expected and not (
+            invited and secrets.compare_digest(str(token).encode(), expected.encode())
+        ):
+            raise Denied("this node signs up only with its signup token: ask its operator")
+        now = self.clock()
+        self._signups.take("", now, "signups on this node")
+        if not invited:
+            try:
+                self._source_signups.take(source, now, "signups from one address")
+            except RateLimited:
+                self._signups.give_back("")
+                raise
+
+        def give_back() -> None:
+            self._signups.give_back("")
+            if not invited:
+                self._source_signups.give_back(source)
+
+        return give_back
+
+    async def signup(self, args: Args, requester: bytes) -> bool:
+        source = _SOURCE.get()
+        signup = await trio.to_thread.run_sync(self._check_signup, args)
+        claim, owner = signup.claim, signup.claim.identity
+        if claim.username in self._signing_up or owner in self._signing_up:
+            raise Conflict(f"a signup for {claim.username!r} or this key is already under way")
+        give_back = self._take_signup(args, source)
+        self._signing_up |= {claim.username, owner}
+        try:
+            # The PKI decides first (first come, first served, at the PKI node): a loser
+            # writes nothing here. Nothing after it can refuse: all was checked above, and
+            # the names and key under way are held against concurrent signups.
+            await self._submit(claim, self.settings.node_id)
+            async with self._write_lock:
+                with self.store.batch(sync=True) as batch:
+                    for cid, data in signup.blocks:
+                        self.store.put_block(batch, cid.raw, data)
+                    batch.put(Space.ACCOUNTS, claim.username.encode(), signup.account)
+                    batch.put(Space.WRITERS, owner.raw, owner.raw)
+                    batch.put(Space.BATS, bats.hashed_id(signup.mirror_bat), signup.mirror_bat)
+                    batch.put(Space.POINTERS, owner.raw, signup.pointer.encode())
+                    batch.put(
+                        Space.USAGE,
+                        owner.raw,
+                        self._usage_record(signup.size, 0, self.settings.default_quota),
+                    )
+        except BaseException:
+            give_back()
+            raise
+        finally:
+            self._signing_up -= {claim.username, owner}
         log.info("signed up a user")
         return True
 
@@ -628,7 +797,7 @@ class NodeService:
             [username],
             _arg(args, "time", int),
             _arg(args, "sig", bytes),
-            int(self._clock() * 1000),
+            int(self.clock() * 1000),
         )
         with self.store.batch() as batch:  # a session lost to a crash only means a new login
             token, expiry = self._open_session(batch, account["identity"])
@@ -654,7 +823,7 @@ class NodeService:
             [username, new_key.to_cbor(), new_data, pointer_bytes],
             _arg(args, "time", int),
             _arg(args, "sig", bytes),
-            int(self._clock() * 1000),
+            int(self.clock() * 1000),
         )
         async with self._write_lock:
             target = self.store.get_block(update.new.raw)
@@ -681,7 +850,7 @@ class NodeService:
             [owner],
             _arg(args, "time", int),
             _arg(args, "sig", bytes),
-            int(self._clock() * 1000),
+            int(self.clock() * 1000),
         )
         self._check_session(owner, args)
         reachable, added, quota = self._usage(owner)
@@ -698,7 +867,7 @@ class NodeService:
     ) -> tuple[bytes, int]:
         """A new session of `owner` (token, expiry), written in `batch`; expired sessions are
         dropped, and the oldest live ones past MAX_SESSIONS."""
-        now = int(self._clock())
+        now = int(self.clock())
         prefix = self._sessions_prefix(owner)
         live: list[tuple[int, bytes]] = []
         for key, value in [] if ended_all else self.store.items(Space.SESSIONS, prefix):
@@ -729,7 +898,7 @@ class NodeService:
         key = self._sessions_prefix(owner) + accounts.session_id(token)
         raw = self.store.get(Space.SESSIONS, key)
         expiry = None if raw is None else cbor.decode(raw)
-        if not isinstance(expiry, int) or expiry <= int(self._clock()):
+        if not isinstance(expiry, int) or expiry <= int(self.clock()):
             raise Denied(
                 "this device's session has ended (logged out, password changed or expired): "
                 "log in again (`pyrgos login USER`)"
@@ -766,7 +935,7 @@ class NodeService:
         the mark (see node/server/_gc.py)."""
         async with self._gc_lock:
             async with self._write_lock:
-                run = await trio.to_thread.run_sync(Collection, self.store, int(time.time()))
+                run = await trio.to_thread.run_sync(Collection, self.store, int(self.clock()))
                 self._collection = run
             try:
                 await trio.to_thread.run_sync(run.mark)
@@ -844,7 +1013,10 @@ class NodeService:
         return (await self._claim_synced(check_username(_username_arg(args)))).to_cbor()
 
     async def pki_status(self, args: Args, requester: bytes) -> dict[str, Any]:
-        return self._log().status().to_cbor()
+        status = self._log().status().to_cbor()
+        if self._log().role == "mirror":
+            status["pki_node_health"] = self.pki_health.to_cbor()
+        return status
 
     async def pki_entries(self, args: Args, requester: bytes) -> dict[str, Any]:
         after, limit = _arg(args, "after", int), _arg(args, "limit", int)
@@ -854,10 +1026,18 @@ class NodeService:
         return page.to_cbor()
 
     async def pki_submit(self, args: Args, requester: bytes) -> dict[str, Any]:
+        """A record from another node or a client. A mirror checks it as the PKI node would
+        before passing it on as its own submission, so it vouches only for what it may."""
         record = args.get("record")
         if not isinstance(record, dict):
             raise MalformedInput("record must be a PKI record map")
-        return await self._submit(record)
+        parsed = record_from_cbor(record)
+        submitter = requester.decode(errors="replace")
+        if self._log().role == "mirror":
+            if isinstance(parsed, Claim) and self._log().lookup(parsed.username) is None:
+                await self._sync_on_demand()
+            check_submission(self._log().index, parsed, submitter, self._log().pki_node)
+        return await self._submit(parsed, submitter)
 
     async def admin_gc(self, args: Args, requester: bytes) -> dict[str, int]:
         token = _arg(args, "token", str)

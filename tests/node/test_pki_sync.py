@@ -53,7 +53,7 @@ async def test_a_mirror_catches_up_and_looks_up_locally(tmp_path: Path) -> None:
     root, mirror = swarm_of(tmp_path)
     with trio.fail_after(30):
         for name in ("alice", "bob", "carol"):
-            await root.call("pki.submit", {"record": claim_for(root, name)})
+            await root.call("pki.submit", {"record": claim_for(root, name)}, root.node_id_bytes)
         result = await mirror.sync_pki()
     assert result is not None
     assert result.refusal is None
@@ -68,7 +68,7 @@ async def test_forged_entries_and_forks_are_refused(tmp_path: Path) -> None:
     root, mirror = swarm_of(tmp_path, root_key)
     assert mirror.pki is not None
     with trio.fail_after(30):
-        await root.call("pki.submit", {"record": claim_for(root, "alice")})
+        await root.call("pki.submit", {"record": claim_for(root, "alice")}, root.node_id_bytes)
         await mirror.sync_pki()
         held = mirror.pki.seq()
 
@@ -82,7 +82,7 @@ async def test_forged_entries_and_forks_are_refused(tmp_path: Path) -> None:
                 entries.append(cbor.encode(entry))
             return {**page, "entries": entries}
 
-        await root.call("pki.submit", {"record": claim_for(root, "mallory")})
+        await root.call("pki.submit", {"record": claim_for(root, "mallory")}, root.node_id_bytes)
         root.tamper = forge
         result = await mirror.sync_pki()
         assert result is not None
