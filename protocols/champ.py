@@ -36,12 +36,15 @@ from typing import Final, NamedTuple, Protocol, TypeAlias
 
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR, MH_SHA2_256
-from protocols.errors import Conflict, Corrupted, MalformedInput, NotFound
+from protocols.errors import Conflict, Corrupted, MalformedInput, NotFound, TooLarge
 
 BIT_WIDTH: Final = 5  # 32-way fan-out: a 10,000-entry map is three levels deep
 MAX_BUCKET: Final = 3  # entries in a bucket before it is pushed down into a child node
 HASH_BITS: Final = 256
 MAX_DEPTH: Final = (HASH_BITS - 1) // BIT_WIDTH  # 51: the last level, holding the last bit
+# A lookup path of 12 nodes means four keys share 55 bits: never by chance for random labels
+# (a map of 10^12 entries has paths of about 9), only in a map built to make walks expensive.
+MAX_PATH_NODES: Final = 12
 LABEL_SIZE: Final = 32  # a random label is its own hash under IDENTITY
 MAX_KEY: Final = 64  # longest key BLAKE2B accepts; bounds the node size
 # A full node: 32 slots x 3 entries x (64-byte key + 41-byte CID + CBOR headers) < 12 KiB.
@@ -273,8 +276,10 @@ async def _walk(
     keys: Iterable[bytes],
     hashing: KeyHashing,
     blocks: list[bytes] | None,
+    max_nodes: int | None = None,
 ) -> dict[bytes, CID | None]:
-    """Look up many keys level by level, fetching each node once; collect blocks if asked."""
+    """Look up many keys level by level, fetching each node once; collect blocks if asked.
+    More than `max_nodes` distinct nodes on the paths is TooLarge."""
     _check_root(root)
     hashes = {key: _key_hash(key, hashing) for key in keys}
     found: dict[bytes, CID | None] = dict.fromkeys(hashes)
@@ -285,6 +290,8 @@ async def _walk(
         for cid, at, group in level:
             data = fetched.get(cid)
             if data is None:
+                if max_nodes is not None and len(fetched) >= max_nodes:
+                    raise TooLarge(f"a lookup may visit at most {max_nodes} CHAMP nodes")
                 data = fetched[cid] = await _fetch(source, cid)
                 if blocks is not None:
                     blocks.append(data)
@@ -325,14 +332,16 @@ async def lookup_blocks(
     root: CID,
     keys: Iterable[bytes],
     hashing: KeyHashing = KeyHashing.IDENTITY,
+    max_nodes: int | None = None,
 ) -> list[bytes]:
     """The encoded nodes on the union of the keys' lookup paths, root first, each once.
 
     A client holding only these blocks can redo the lookup (and checks them against `root`),
-    so a server can answer a batch lookup in one round trip.
+    so a server can answer a batch lookup in one round trip. A server walks what a writer
+    built: it bounds the walk (`max_nodes`, e.g. MAX_PATH_NODES per key), else TooLarge.
     """
     blocks: list[bytes] = []
-    await _walk(source, root, keys, hashing, blocks)
+    await _walk(source, root, keys, hashing, blocks, max_nodes)
     return blocks
 
 

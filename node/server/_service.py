@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 MAX_PUT_BYTES: Final = 8 * 1024 * 1024 + 64 * 1024
 MAX_CHAMP_KEYS: Final = 64
 UPLOAD_ID_BYTES: Final = 16
+# An exact recount (a mark of the user's tree) may take at most this share of the time; the
+# running count, which only overstates, decides in between.
+RECOUNT_SHARE: Final = 0.1
 UPLOAD_TTL: Final = 3600  # seconds an upload stays pinned after its last block
 GiB: Final = 1024**3
 
@@ -219,6 +222,7 @@ class NodeService:
         self._gc_lock = trio.Lock()  # one collection at a time
         self._collection: Collection | None = None  # the running one, told of every write
         self._counted: set[bytes] = set()  # owners counted exactly, no pointer moved since
+        self._recount_due: dict[bytes, float] = {}  # owner -> earliest next exact count
         self._blocks = StoreBlocks(store)
 
     @property
@@ -419,14 +423,23 @@ class NodeService:
     def _charge(self, owner: CID, extra: int) -> bytes:
         """The new usage record after storing `extra` bytes, or QuotaExceeded."""
         reachable, added, quota = self._usage(owner)
-        if reachable + added + extra > quota and owner.raw not in self._counted:
+        started = self.clock()
+        if (
+            reachable + added + extra > quota
+            and owner.raw not in self._counted
+            and started >= self._recount_due.get(owner.raw, started)
+        ):
             # The running count only grows between collections: count exactly before refusing.
             # Usage falls only when a pointer moves (or at a collection), so one exact count
-            # holds until then: refused puts in a row do not each mark the user's tree.
-            reachable, added = reachable_bytes(self.store, owner, int(self.clock())), 0
+            # holds until then: refused puts in a row do not each mark the user's tree. A
+            # user moving a pointer between puts still gets a recount at most RECOUNT_SHARE
+            # of the time: the count holds every writer (it runs under the write lock).
+            reachable, added = reachable_bytes(self.store, owner, int(started)), 0
             if self._collection is not None:
                 self._collection.note_recount(owner)
             self._counted.add(owner.raw)
+            ended = self.clock()
+            self._recount_due[owner.raw] = ended + (ended - started) * (1 / RECOUNT_SHARE - 1)
             self.store.put(Space.USAGE, owner.raw, self._usage_record(reachable, 0, quota))
         if reachable + added + extra > quota:
             free = max(0, quota - reachable - added)
@@ -1003,7 +1016,8 @@ class NodeService:
         if not 1 <= len(keys) <= MAX_CHAMP_KEYS or not all(isinstance(k, bytes) for k in keys):
             raise MalformedInput(f"keys must be a list of 1-{MAX_CHAMP_KEYS} byte strings")
         self.stats["champ_lookups"] += 1
-        return await champ.lookup_blocks(self._blocks, root, keys)
+        bound = champ.MAX_PATH_NODES * len(keys)  # a map built as deep chains stays cheap
+        return await champ.lookup_blocks(self._blocks, root, keys, max_nodes=bound)
 
     async def pointer_get(self, args: Args, requester: bytes) -> bytes | None:
         update = self._pointer(_key_hash_arg(args, "writer"))

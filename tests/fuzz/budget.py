@@ -26,56 +26,9 @@ CPU_BUDGET: Final = 0.050  # seconds of process CPU time (all threads) per input
 MEASUREMENTS: Final = 3
 
 # The key of a finding is the decoder's or method's name in this suite, or "<name>/<shape>"
-# for one worst-case shape of it. Value: the issue item that fixes it. Remove an entry once
-# its fix is merged; the budget then holds for it again.
-_ITEM_2 = "issue 7 item 2: CBOR decoding bounded in items before the work is done"
-_ITEMS_2_5 = "issue 7 items 2 and 5: structured blocks validated (and bounded) at put"
-_BOMBS = ("empty-arrays", "small-ints", "many-keys", "cids")
-# Costs below: process CPU time under `python -X dev`, measured on the shapes of SHAPES.
-KNOWN_FINDINGS: Final[dict[str, str]] = {
-    # protocols/cbor.py bounds bytes, not items: cbor2 builds every list and map, then
-    # _check_types and the canonical re-encode walk them again in Python. At 1 MiB: empty
-    # arrays ~830 ms, small ints ~375 ms, short map keys ~190 ms, CID links ~95 ms. Every
-    # decoder whose cap is 1 MiB or more inherits it: the block decoder (cbor.decode's
-    # default), block answers, the rpc frame (9 MiB: ~11 s), a PKI page, a stored block's BATs.
-    **{
-        f"{decoder}/{bomb}": _ITEM_2
-        for decoder in (
-            "cbor.decode",
-            "frames.rpc",
-            "frames.block-answer",
-            "pki.page",
-            "bats.block_bat_ids",
-        )
-        for bomb in _BOMBS
-    },
-    # A block request frame (64 KiB cap) of empty arrays: ~51 ms; of small ints ~24 ms, which
-    # a loaded machine can push over.
-    "frames.block-request/empty-arrays": _ITEM_2,
-    "frames.block-request/small-ints": _ITEM_2,
-    # The HTTP API and the rpc server decode the whole body (9 MiB) or frame before they look
-    # at the method, for any caller: node.info with 9 MiB of empty arrays ~11.6 s, small ints
-    # ~3.7 s, map keys ~2.4 s, CID links ~1.3 s; an rpc frame of empty arrays ~11 s.
-    **{f"{transport}/{bomb}": _ITEM_2 for transport in ("http", "rpc") for bomb in _BOMBS},
-    # block.put and account.signup decode each dag-cbor block of a put again, and store it:
-    # 8 blocks of 1 MiB of empty arrays, signed by the user's writer, ~13 s, accepted.
-    "block.put/dag-cbor-bombs": _ITEMS_2_5,
-    "account.signup/dag-cbor-bombs": _ITEMS_2_5,
-    # Once stored, such a block costs its decoding again at every read, anonymous included:
-    # get_block parses a dag-cbor block for its BATs (1 MiB of empty arrays: ~0.85-1.5 s).
-    "block.get/dag-cbor-bombs": _ITEMS_2_5,
-    # And at every put that would cross the quota: the exact recount (_charge, under the
-    # write lock) decodes every dag-cbor block the user's root reaches, so bombs linked from
-    # WriterData `owned` make each such put cost their decoding while all writers wait (four
-    # 1 MiB bombs: ~1.9 s per put of one small block; 64 MiB of them would be a minute).
-    "block.put/over-quota-recount": "issue 7 items 4 and 5: bounded blocks, no long lock",
-    # Not in issue 7: champ.get bounds the keys (64) but not the nodes walked. A user's CHAMP
-    # of 64 chains of 4 keys sharing 248 bits (3,165 nodes of ~100 bytes, 0.3 MiB of quota)
-    # makes one anonymous champ.get walk and return every node: ~85 ms of CPU on the event
-    # loop (node decoding in protocols/champ.py, LevelDB reads). Needs a bound on the nodes
-    # one lookup may visit (or on the blocks one answer may carry).
-    "champ.get/deep-chains": "new: bound the nodes one champ.get may walk",
-}
+# for one worst-case shape of it. Value: what fixes it. List a finding here only until its
+# fix is merged; the budget then holds for it again. Empty: every input keeps the budget.
+KNOWN_FINDINGS: Final[dict[str, str]] = {}
 
 # Worst-case shapes of a known finding run at this size instead of the decoder's cap, so the
 # suite still checks they end in a typed error without spending seconds on each.

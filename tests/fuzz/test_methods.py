@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,10 @@ from protocols import accounts, bats, cbor, champ, rpc
 from protocols.blocks import sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW, encode_varint
 from protocols.crypto import SigningKey
-from protocols.errors import ERRORS_BY_CODE, PyrgosError
+from protocols.errors import ERRORS_BY_CODE, MalformedInput, PyrgosError, TooLarge
 from protocols.frames import FrameDecoder, encode_frame
 from protocols.pki import Claim, NodeRecord, record_to_cbor
 from protocols.pointers import PointerUpdate
-from protocols.writerdata import WriterData
 from simulations.swarm import new_node
 from tests.fuzz.budget import (
     FUZZ_CALLS,
@@ -493,9 +491,9 @@ def test_logged_in_calls_reach_the_rules(node: Node) -> None:
 
 
 def test_block_get_of_a_stored_bomb(node: Node) -> None:
-    """A structured block of the most decoding work, once stored (puts decode it but do not
-    bound it), costs its decoding again at every anonymous read: the node parses it for its
-    BATs."""
+    """A structured block of the most decoding work, stored before puts checked structured
+    blocks, is parsed for its BATs at every read, anonymous included: bounded decoding
+    refuses it within the budget."""
     key = "block.get/dag-cbor-bombs"
     block = shape("empty-arrays", shape_bytes(key, 1024 * 1024) - 16)
     cid = CID.of(CODEC_DAG_CBOR, block)
@@ -513,7 +511,7 @@ def test_block_get_of_a_stored_bomb(node: Node) -> None:
                 )
                 assert error is None
                 assert response is not None
-                assert response.status_code in (200, 403)
+                assert response.status_code in (200, 403, 404, 413)
 
     trio.run(read)
 
@@ -583,43 +581,36 @@ def test_block_route_with_random_parameters(node: Node, data: st.DataObject) -> 
     trio.run(read)
 
 
-def test_put_over_quota_recounts_stored_bombs(node: Node) -> None:
+def test_put_over_quota_recounts_within_the_budget(node: Node) -> None:
     """A put that would cross the quota recounts the user's reachable bytes exactly, under
-    the write lock, decoding every dag-cbor block the user's root reaches: structured blocks
-    the user stored (and linked from WriterData `owned`) make every such put cost their
-    decoding, while every other writer on the node waits."""
+    the write lock, decoding every structured block the user's root reaches. Structured
+    blocks of the most decoding work are refused at put, so what a recount decodes stays
+    small: the bombs cost their refusal only, and the recount a put at the quota causes keeps
+    the budget."""
     key = "block.put/over-quota-recount"
-    per_block = shape_bytes(key, 1024 * 1024) - 16
-    bombs = [shape(name, per_block) for name in BOMBS]
+    bombs = [shape(name, 1024 * 1024 - 16) for name in BOMBS]
     owner, identity = node.owner, node.identity
     session = _values(node, "session")[-1]
 
-    def put_args(blocks: list[bytes]) -> dict[str, Any]:
-        cids = [CID.of(CODEC_DAG_CBOR, block) for block in blocks]
+    def put_args(blocks: list[bytes], codec: int = CODEC_DAG_CBOR) -> dict[str, Any]:
+        cids = [CID.of(codec, block) for block in blocks]
         return {
             "owner": owner,
             "writer": owner,
-            "blocks": [[CODEC_DAG_CBOR, block] for block in blocks],
+            "blocks": [[codec, block] for block in blocks],
             "sigs": [sign_put(identity, cid) for cid in cids],
             "session": session,
         }
 
     async def run() -> None:
         with trio.fail_after(TIMEOUT * 4):
-            links = await node.service.call("block.put", put_args(bombs))
-            current = PointerUpdate.decode(node.store.get(Space.POINTERS, owner.raw) or b"")
-            root = WriterData.decode(node.store.get_block(current.new.raw) or b"")
-            linked = replace(root, owned=links).encode()
-            (new_root,) = await node.service.call("block.put", put_args([linked]))
-            update = PointerUpdate.create(identity, current.new, new_root, current.sequence + 1)
-            await node.service.call(
-                "pointer.cas",
-                {"owner": owner, "updates": [[owner, update.encode()]], "session": session},
-            )
+            for bomb in bombs:
+                with pytest.raises((MalformedInput, TooLarge)):
+                    await node.service.call("block.put", put_args([bomb]))
             usage = cbor.decode(node.store.get(Space.USAGE, owner.raw) or b"")
             usage["reachable"], usage["added"] = usage["quota"], 0  # full, by the running count
             with node.store.batch() as batch:
                 batch.put(Space.USAGE, owner.raw, cbor.encode(usage))
-            await via_service(node, key, "block.put", put_args([cbor.encode("one more")]))
+            await via_service(node, key, "block.put", put_args([b"one more"], CODEC_RAW))
 
     trio.run(run)

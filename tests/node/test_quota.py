@@ -124,3 +124,36 @@ async def test_refused_puts_do_not_each_recount(
         with pytest.raises(QuotaExceeded):
             await _put(bob, os.urandom(BLOCK))
         assert len(counts) == 2
+
+
+async def test_recounts_take_at_most_a_tenth_of_the_time(
+    small_node: RunningNode, bob: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user at the quota who moves a pointer before every put cannot keep the node marking
+    their tree: after a count that took 10 s, the next waits 90 s (the running count, which
+    only overstates, refuses in between)."""
+    now = [1_000_000.0]
+    small_node.service.clock = lambda: now[0]
+    counts = []
+    real = service_module.reachable_bytes
+
+    def slow_count(*args: Any) -> int:
+        counts.append(1)
+        now[0] += 10  # as if the user's tree took 10 s to mark
+        return real(*args)
+
+    monkeypatch.setattr(service_module, "reachable_bytes", slow_count)
+    with trio.fail_after(30):
+        await _store_until_refused(bob, None)
+        assert len(counts) == 1
+        for _ in range(3):
+            now[0] += 29
+            await _close_upload_without_linking(bob, new_upload_id())
+            with pytest.raises(QuotaExceeded):
+                await _put(bob, os.urandom(BLOCK))
+        assert len(counts) == 1  # 87 s after a 10 s count
+        now[0] += 3
+        await _close_upload_without_linking(bob, new_upload_id())
+        with pytest.raises(QuotaExceeded):
+            await _put(bob, os.urandom(BLOCK))
+        assert len(counts) == 2
