@@ -1,0 +1,102 @@
+"""A full disk: writes are refused with a clear error and change nothing, reads go on, writes
+resume once space is back, and nothing acknowledged is lost, even across a SIGKILL.
+
+A full disk is played by RLIMIT_FSIZE (no file may grow past the limit; Python ignores
+SIGXFSZ, so writes fail with EFBIG where a full disk gives ENOSPC).
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from node.store import DiskFull, Space, Store
+from tests.faults.conftest import KiB, Target, kill, limit_file_size
+
+HEADROOM: Final = 128 * KiB  # what the node may still append to any file once "full"
+REFUSED_CODE: Final = 7  # the CLI's exit status for `unavailable`
+
+
+def newest_log(db: Path) -> int:
+    logs = sorted(db.glob("*.log"))
+    return logs[-1].stat().st_size if logs else 0
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """This process may grow no file past `limit` bytes until the block ends."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def write_refused(store: Store, attempt: int) -> None:
+    with store.batch(sync=attempt == 1) as batch:
+        batch.put(Space.BLOCKS, b"refused-%d" % attempt, bytes(300 * KiB))
+        batch.put(Space.POINTERS, b"refused", b"")
+
+
+def test_a_store_on_a_full_disk_refuses_writes_and_loses_nothing(tmp_path: Path) -> None:
+    """The torn log: a write that fails half way, then writes after space returns, used to
+    make the database refuse to open (checksum mismatch) and so lose everything written."""
+    store = Store(tmp_path / "db")
+    acked = {b"k%d" % n: bytes([n]) * (40 * KiB) for n in range(8)}
+    for key, value in acked.items():
+        store.put(Space.BLOCKS, key, value)
+    with file_size_limit(newest_log(tmp_path / "db") + 100 * KiB):
+        for attempt in range(3):  # each refused whole; the first tears the log
+            with pytest.raises(DiskFull, match="cannot write to its disk"):
+                write_refused(store, attempt)
+            with pytest.raises(DiskFull):
+                store.put(Space.META, b"refused", bytes(300 * KiB))
+        assert store.get(Space.BLOCKS, b"k3") == acked[b"k3"]  # reads go on
+    # Space is back: writes resume in place, and everything is there after a reopen.
+    for n in range(8, 12):
+        acked[b"k%d" % n] = bytes([n]) * (40 * KiB)
+        store.put(Space.BLOCKS, b"k%d" % n, acked[b"k%d" % n], sync=n == 11)
+    store.close()
+    store = Store(tmp_path / "db")
+    try:
+        assert dict(store.items(Space.BLOCKS)) == acked
+        assert store.get(Space.POINTERS, b"refused") is None
+        assert store.get(Space.META, b"refused") is None
+        assert not (tmp_path / "db" / "pyrgos-room-probe").exists()
+    finally:
+        store.close()
+
+
+def test_a_node_on_a_full_disk(target: Target) -> None:
+    target.put("a.bin", 200 * KiB)
+    target.put("b.bin", 5 * KiB)
+    db = target.node.home / "db"
+    full = max(newest_log(db), target.node.log.stat().st_size) + HEADROOM
+    limit_file_size(target.node, full)
+
+    for name in ("refused-1.bin", "refused-2.bin"):  # the first tears the log, the second not
+        path = target.file(name, 3 * HEADROOM)
+        result = target.cli.run("put", path, name)
+        assert result.code == REFUSED_CODE, f"{result}\n{target.logs()}"
+        assert result.stderr.startswith("pyrgos: error: "), str(result)
+        assert "cannot write to its disk" in result.stderr, str(result)
+        assert len(result.stderr.splitlines()) == 1, str(result)
+    files = target.check_acked()  # reads go on
+    assert "refused-1.bin" not in files
+    assert "refused-2.bin" not in files
+
+    limit_file_size(target.node, resource.RLIM_INFINITY)  # space is back
+    target.put("c.bin", 3 * HEADROOM)
+    target.put("d.bin", 1 * KiB)
+    kill(target.node)
+    target.node.start()
+    files = target.check_acked()
+    assert "refused-1.bin" not in files
+    target.put("e.bin", 10 * KiB)
+    target.check_no_tracebacks()
