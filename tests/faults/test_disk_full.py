@@ -90,6 +90,12 @@ def test_a_node_on_a_full_disk(target: Target) -> None:
     files = target.check_acked()  # reads go on
     assert "refused-1.bin" not in files
     assert "refused-2.bin" not in files
+    # A collection needs to write too: the operator is told why it cannot run, not that
+    # another node holds the database.
+    gc = target.cli.run("node", "gc", "--home", target.node.home)
+    assert gc.code == REFUSED_CODE, str(gc)
+    assert "cannot write to its disk" in gc.stderr, str(gc)
+    assert len(gc.stderr.splitlines()) == 1, str(gc)
 
     limit_file_size(target.node, resource.RLIM_INFINITY)  # space is back
     target.put("c.bin", 3 * HEADROOM)
