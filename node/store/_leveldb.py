@@ -125,10 +125,10 @@ class Store:
                 paranoid_checks=True,
             )
         except plyvel.IOError as exc:
-            raise Unavailable(
-                f"cannot open the node database at {path}: {_reason(exc)} "
-                "(is another node running here?)"
-            ) from exc
+            reason = _reason(exc)
+            # Opening replays LevelDB's log into a table: a full disk fails it too.
+            hint = " (is another node running here?)" if "/LOCK:" in reason else ""
+            raise Unavailable(f"cannot open the node database at {path}: {reason}{hint}") from exc
         except plyvel.Error as exc:  # CorruptionError: damaged files, not a busy database
             raise Corrupted(f"the node database at {path} is damaged: {_reason(exc)}") from exc
 

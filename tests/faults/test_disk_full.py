@@ -16,6 +16,7 @@ from typing import Final
 import pytest
 
 from node.store import DiskFull, Space, Store
+from protocols.errors import Unavailable
 from tests.e2e.conftest import client
 from tests.faults.conftest import KiB, Target, kill, limit_file_size
 
@@ -70,6 +71,23 @@ def test_a_store_on_a_full_disk_refuses_writes_and_loses_nothing(tmp_path: Path)
         assert store.get(Space.POINTERS, b"refused") is None
         assert store.get(Space.META, b"refused") is None
         assert not (tmp_path / "db" / "pyrgos-room-probe").exists()
+    finally:
+        store.close()
+
+
+def test_a_store_that_cannot_open_on_a_full_disk_says_so(tmp_path: Path) -> None:
+    """Opening replays the log into a table; on a full disk that fails, and the error must
+    not send the operator looking for another node holding the database."""
+    store = Store(tmp_path / "db")
+    store.put(Space.BLOCKS, b"k", bytes(300 * KiB), sync=True)
+    store.close()
+    with file_size_limit(100 * KiB), pytest.raises(Unavailable) as caught:
+        Store(tmp_path / "db")
+    assert "File too large" in caught.value.message
+    assert "another node" not in caught.value.message
+    store = Store(tmp_path / "db")  # space is back
+    try:
+        assert store.get(Space.BLOCKS, b"k") == bytes(300 * KiB)
     finally:
         store.close()
 
