@@ -34,13 +34,11 @@ _NO_KEY = b"\xff\xff"
 _LOG_FILE = re.compile(r"^([0-9]+)\.log$")
 _PROBE_FILE = "pyrgos-room-probe"  # a name LevelDB does not parse, so leaves alone
 _TABLE_OVERHEAD = 64 * 1024  # index and block trailers of a table, beyond its log's bytes
+MADV_PAGEOUT = 21  # Linux ≥ 5.4: reclaim these pages now (clean file pages just drop)
 
 
 class DiskFull(Unavailable):
     """The node's disk refused a write: nothing of it was applied; reads still work."""
-
-
-MADV_PAGEOUT = 21  # Linux ≥ 5.4: reclaim these pages now (clean file pages just drop)
 
 
 class Space(enum.Enum):
@@ -252,12 +250,17 @@ class Store:
         except OSError:
             needed = _TABLE_OVERHEAD
         before = self._log_number()
-        if self._room_for(needed):
-            self._db.compact_range(start=_NO_KEY, stop=_NO_KEY)  # reports no error: look
-        if self._log_number() <= before:
+        if not self._room_for(needed):
             raise DiskFull(
                 "this node cannot write to its disk (it is full, or a file-size limit was "
                 "reached): it still serves reads; writes resume once space is freed"
+            )
+        self._db.compact_range(start=_NO_KEY, stop=_NO_KEY)  # reports no error: look
+        if self._log_number() <= before:
+            # LevelDB keeps a failed flush or compaction as an error until it is reopened.
+            raise DiskFull(
+                "this node's database refuses writes since its disk refused one: it still "
+                "serves reads; restart the node (once space is freed) to write again"
             )
         self._torn_log = False
         log.info("the node's disk takes writes again")

@@ -75,6 +75,36 @@ def test_a_store_on_a_full_disk_refuses_writes_and_loses_nothing(tmp_path: Path)
         store.close()
 
 
+def test_a_store_whose_database_failed_a_flush_asks_for_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the room probe, LevelDB itself fails the flush; it then refuses writes until
+    it is reopened, and the error says so instead of promising they resume."""
+    monkeypatch.setattr(Store, "_room_for", lambda self, size: True)
+    store = Store(tmp_path / "db")
+    acked = {b"k%d" % n: bytes([n]) * (100 * KiB) for n in range(4)}
+    for key, value in acked.items():
+        store.put(Space.BLOCKS, key, value)
+    messages = []
+    with file_size_limit(newest_log(tmp_path / "db") // 2):
+        for _ in range(4):
+            with pytest.raises(DiskFull) as caught:
+                store.put(Space.META, b"refused", b"x")
+            messages.append(caught.value.message)
+        assert store.get(Space.BLOCKS, b"k1") == acked[b"k1"]
+    assert "restart the node" in messages[-1], messages
+    with pytest.raises(DiskFull, match="restart the node"):
+        store.put(Space.META, b"refused", b"x")
+    store.close()
+    store = Store(tmp_path / "db")  # the restart
+    try:
+        store.put(Space.META, b"after", b"y", sync=True)
+        assert dict(store.items(Space.BLOCKS)) == acked
+        assert store.get(Space.META, b"refused") is None
+    finally:
+        store.close()
+
+
 def test_a_store_that_cannot_open_on_a_full_disk_says_so(tmp_path: Path) -> None:
     """Opening replays the log into a table; on a full disk that fails, and the error must
     not send the operator looking for another node holding the database."""
