@@ -120,10 +120,6 @@ class Target:
             text = node.log.read_text(errors="replace")
             assert "Traceback" not in text, f"{node.home.name}:\n{text[-6000:]}"
 
-    def restart(self) -> None:
-        self.node.stop_cleanly()
-        self.node.start()
-
 
 @dataclass
 class Nodes:
