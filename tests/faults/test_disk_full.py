@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+import trio
+import trio.testing
 
+from node.daemon import _collect_periodically
 from node.store import DiskFull, Space, Store
 from protocols.errors import Unavailable
 from tests.e2e.conftest import client
@@ -180,3 +183,29 @@ def test_reads_relayed_by_a_node_on_a_full_disk(
     result = reader.run("cat", "away.bin")
     assert result.code == 0, f"{result}\n{target.logs()}"
     assert result.stdout == data
+
+
+async def test_a_scheduled_collection_on_a_full_disk_logs_one_line(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every scheduled collection on a full disk fails: each is one line, no traceback."""
+
+    class FullService:
+        calls = 0
+        third = trio.Event()
+
+        async def collect_garbage(self) -> dict[str, int]:
+            self.calls += 1
+            if self.calls == 3:
+                self.third.set()
+            raise DiskFull("this node cannot write to its disk (No space left on device)")
+
+    service = FullService()
+    with trio.fail_after(4 * 3600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect_periodically, service, 3600)  # on virtual time
+            await service.third.wait()
+            nursery.cancel_scope.cancel()
+    failures = [r for r in caplog.records if "garbage collection failed" in r.getMessage()]
+    assert len(failures) >= 3
+    assert all(r.exc_info is None and "No space left" in r.getMessage() for r in failures)
