@@ -36,6 +36,8 @@ async def _collect_periodically(service: NodeService, interval: int) -> None:
         try:
             stats = await service.collect_garbage()
             log.info("scheduled garbage collection: %s", stats)
+        except PyrgosError as exc:  # a full disk, say: one line, not a traceback each time
+            log.warning("scheduled garbage collection failed: %s", exc.message)
         except Exception:
             log.exception("scheduled garbage collection failed")
 

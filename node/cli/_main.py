@@ -318,8 +318,11 @@ def cmd_node_gc(args: argparse.Namespace) -> None:
     if url is not None:
         try:
             result = _ask_node("admin.gc", {"token": home.admin_token()}, url=url, timeout=120)
-        except Unavailable:
-            result = collect_offline(home)
+        except Unavailable as exc:
+            try:
+                result = collect_offline(home)  # the node is gone: collect here
+            except Unavailable:
+                raise exc from None  # it runs (its database is locked): its reason stands
     else:
         result = collect_offline(home)
     print(f"deleted {result['deleted']} blocks, freed {result['freed']} bytes")

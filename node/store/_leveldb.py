@@ -2,13 +2,18 @@
 
 Every key is `space prefix ‖ key`. What must change together goes in one `Batch`; a batch or
 put with `sync=True` is on disk (and so is everything written before it) when it returns.
+A write the disk refuses (full, or a file-size limit) raises DiskFull and changes nothing;
+reads go on, and writes resume once space is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
+import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +25,20 @@ import plyvel
 from protocols.cid import decode_varint, encode_varint
 from protocols.errors import Corrupted, Unavailable
 
+log = logging.getLogger(__name__)
+
 MiB = 1024 * 1024
+# A key in no keyspace: compacting the range [it, it] only flushes the memtable to a table and
+# starts a new log file (see Store._start_new_log), it moves no table file.
+_NO_KEY = b"\xff\xff"
+_LOG_FILE = re.compile(r"^([0-9]+)\.log$")
+_PROBE_FILE = "pyrgos-room-probe"  # a name LevelDB does not parse, so leaves alone
+_TABLE_OVERHEAD = 64 * 1024  # index and block trailers of a table, beyond its log's bytes
 MADV_PAGEOUT = 21  # Linux ≥ 5.4: reclaim these pages now (clean file pages just drop)
+
+
+class DiskFull(Unavailable):
+    """The node's disk refused a write: nothing of it was applied; reads still work."""
 
 
 class Space(enum.Enum):
@@ -47,7 +64,8 @@ class Space(enum.Enum):
 class Batch:
     """Writes applied together, atomically, when the `with` block ends without error."""
 
-    def __init__(self, db: Any, sync: bool) -> None:
+    def __init__(self, store: Store, db: Any, sync: bool) -> None:
+        self._store = store
         self._batch = db.write_batch(transaction=True, sync=sync)
 
     def put(self, space: Space, key: bytes, value: bytes) -> None:
@@ -66,13 +84,27 @@ class Batch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._batch.__exit__(exc_type, exc, tb)
+        if exc_type is not None:  # nothing is written (a transaction batch)
+            self._batch.__exit__(exc_type, exc, tb)
+            return
+        with self._store.writing():
+            self._batch.__exit__(None, None, None)
 
 
 def _reason(exc: Exception) -> str:
     """LevelDB's message: plyvel carries it as bytes, which str() would show as b'...'."""
     raw = exc.args[0] if exc.args else ""
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _disk_full(exc: Exception) -> DiskFull:
+    """The error a caller sees: the system's reason ("No space left on device"), not the
+    node's paths, which the reply carries to clients."""
+    cause = _reason(exc).rsplit(": ", 1)[-1]
+    return DiskFull(
+        f"this node cannot write to its disk ({cause}): it still serves reads; "
+        "writes resume once space is freed"
+    )
 
 
 class Store:
@@ -93,15 +125,19 @@ class Store:
                 paranoid_checks=True,
             )
         except plyvel.IOError as exc:
-            raise Unavailable(
-                f"cannot open the node database at {path}: {_reason(exc)} "
-                "(is another node running here?)"
-            ) from exc
+            reason = _reason(exc)
+            # Opening replays LevelDB's log into a table: a full disk fails it too.
+            hint = " (is another node running here?)" if "/LOCK:" in reason else ""
+            raise Unavailable(f"cannot open the node database at {path}: {reason}{hint}") from exc
         except plyvel.Error as exc:  # CorruptionError: damaged files, not a busy database
             raise Corrupted(f"the node database at {path} is damaged: {_reason(exc)}") from exc
 
         self._table_prefix = " " + os.path.realpath(self.path) + os.sep  # as /proc/self/maps
         self._sequence_lock = threading.Lock()
+        # One write at a time, so that no write can follow a failed one into the same log
+        # before `_torn_log` is set (LevelDB would otherwise queue it right behind).
+        self._write_lock = threading.Lock()
+        self._torn_log = False
         self._next_sequence = self._last_sequence() + 1
 
     # Blocks are stored under the order they arrived in, not under their (random) CIDs: new data
@@ -186,13 +222,93 @@ class Store:
         return self.get(space, key) is not None
 
     def put(self, space: Space, key: bytes, value: bytes, *, sync: bool = False) -> None:
-        self._db.put(space.value + key, value, sync=sync)
+        with self.writing():
+            self._db.put(space.value + key, value, sync=sync)
 
     def delete(self, space: Space, key: bytes, *, sync: bool = False) -> None:
-        self._db.delete(space.value + key, sync=sync)
+        with self.writing():
+            self._db.delete(space.value + key, sync=sync)
 
     def batch(self, *, sync: bool = False) -> Batch:
-        return Batch(self._db, sync)
+        return Batch(self, self._db, sync)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Run one LevelDB write; a write the disk refuses raises DiskFull.
+
+        LevelDB appends each write to its log file. When the disk refuses an append, part of
+        the record may already be in the file: harmless at the log's end (recovery drops a
+        torn tail), but a record appended after it makes recovery find a corrupt record in
+        the middle, and a database opened with paranoid checks then refuses to open at all,
+        losing every write since. So after a failure, nothing is written until LevelDB has
+        moved to a new log file.
+        """
+        with self._write_lock:
+            if self._torn_log:
+                self._start_new_log()
+            try:
+                yield
+            except plyvel.IOError as exc:
+                self._torn_log = True
+                log.error("the node's disk refused a write: %s", _reason(exc))
+                raise _disk_full(exc) from exc
+
+    def _start_new_log(self) -> None:
+        """Have LevelDB flush its memtable and start a new log file, leaving the torn one
+        behind (it is deleted once the flush is done); DiskFull while that cannot happen.
+
+        The flush first needs room for a table as large as the log: if the disk cannot take
+        it, LevelDB would record a background error and refuse every write until the
+        database is reopened. So room is tried first with a file of that size, and LevelDB
+        is asked only once it fits.
+        """
+        log_file = self.path / f"{self._log_number():06d}.log"
+        try:
+            needed = log_file.stat().st_size + _TABLE_OVERHEAD
+        except OSError:
+            needed = _TABLE_OVERHEAD
+        before = self._log_number()
+        if not self._room_for(needed):
+            raise DiskFull(
+                "this node cannot write to its disk (it is full, or a file-size limit was "
+                "reached): it still serves reads; writes resume once space is freed"
+            )
+        self._db.compact_range(start=_NO_KEY, stop=_NO_KEY)  # reports no error: look
+        if self._log_number() <= before:
+            # LevelDB keeps a failed flush or compaction as an error until it is reopened.
+            raise DiskFull(
+                "this node's database refuses writes since its disk refused one: it still "
+                "serves reads; restart the node (once space is freed) to write again"
+            )
+        self._torn_log = False
+        log.info("the node's disk takes writes again")
+
+    def _room_for(self, size: int) -> bool:
+        """Whether `size` bytes can be written to the database's disk now (tried, then freed)."""
+        probe = self.path / _PROBE_FILE
+        chunk = bytes(MiB)
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                while size > 0:
+                    written = os.write(fd, chunk[: min(size, MiB)])
+                    size -= written
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        finally:
+            probe.unlink(missing_ok=True)
+        return True
+
+    def _log_number(self) -> int:
+        """The number of LevelDB's newest log file (the one it appends to)."""
+        numbers = [0]
+        for entry in os.scandir(self.path):
+            match = _LOG_FILE.match(entry.name)
+            if match:
+                numbers.append(int(match.group(1)))
+        return max(numbers)
 
     def items(self, space: Space, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs of a keyspace under `prefix`; keys come without the space."""
