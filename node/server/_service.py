@@ -21,7 +21,7 @@ import trio
 
 from node.server._gc import Collection, reachable_bytes, stored_key, stored_record
 from node.server._pki import PkiLog, SyncResult
-from node.store import Batch, Space, Store
+from node.store import Batch, DiskFull, Space, Store
 from protocols import accounts, bats, cbor, champ
 from protocols.blocks import MAX_BLOCKS_PER_PUT, verify_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
@@ -334,8 +334,11 @@ class NodeService:
             server, as_requester = home.encode(), self.node_id_bytes
             if not self.store.has_block(cid.raw) and self.network is not None:
                 data = await self.network.fetch_block(home, cid, auth)
-                with self.store.batch() as batch:
-                    self.store.put_block(batch, cid.raw, data)
+                try:
+                    with self.store.batch() as batch:
+                        self.store.put_block(batch, cid.raw, data)
+                except DiskFull:  # only a cache: the read does not depend on keeping it
+                    self.stats["relayed_not_cached"] += 1
                 self.stats["blocks_relayed"] += 1
                 return data
         # Read inline: a worker thread hop contends for the GIL and costs more than the read.

@@ -157,19 +157,10 @@ def test_a_node_on_a_full_disk(target: Target) -> None:
     target.check_no_tracebacks()
 
 
-def test_reads_relayed_by_a_node_on_a_full_disk(
-    target: Target, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_reads_relayed_by_a_node_on_a_full_disk(target: Target, tmp_path: Path) -> None:
     """A user homed on the PKI node reads through the mirror, whose disk is full."""
     if target.kind == "node":
         pytest.skip("needs a second node")
-    request.applymarker(
-        pytest.mark.xfail(
-            strict=True,
-            reason="NodeService.get_block keeps a relayed block as cache in a store write; "
-            "on a full disk that write fails (DiskFull) and so does the read",
-        )
-    )
     away = f"{target.user}-away"
     owner = client(target.nodes[0], tmp_path, "owner")
     assert owner.run("signup", away).code == 0
