@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -59,6 +59,8 @@ class NodeApi:
         # The session token from login: sent, opaque, with every call that needs a session;
         # the node forwards it with the call to the user's home, which alone can check it.
         self.session: bytes | None = None
+        # Seconds since the epoch, for the expiry of read auths; virtual in simulations.
+        self.clock: Callable[[], float] = time.time
 
     async def __aenter__(self) -> NodeApi:
         return self
@@ -131,7 +133,7 @@ class NodeApi:
         if bat is not None:
             here = await self.node_id()
             requester, server = (b"", here) if self.home in (None, here) else (here, self.home)
-            auth = bats.make_read_auth(bat, cid, requester, server or here, int(time.time()))
+            auth = bats.make_read_auth(bat, cid, requester, server or here, int(self.clock()))
             params["auth"] = auth.to_text()
         try:
             # Streamed into our own buffer: a Response keeps its body alive for as long as

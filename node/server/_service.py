@@ -598,6 +598,9 @@ class NodeService:
         reply: dict[str, Any] = await self.network.call(
             pki.pki_node, "pki.submit", {"record": record_to_cbor(record)}
         )
+        # It answered: pull at once (a backoff from an earlier failure must not leave the
+        # record just appended unknown here, as a signup's first command would find it).
+        self.pki_health.succeeded(self.clock())
         await self._sync_on_demand()
         return reply
 

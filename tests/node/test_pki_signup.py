@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 import trio
 
-from node.client import NodeApi, login, signup
+from node.client import NodeApi, _session, login, signup
 from node.net import serve_api
 from node.server import NodeService
 from node.store import Space, Store
@@ -245,10 +245,13 @@ async def test_node_records_come_from_their_node_and_new_nodes_are_capped(tmp_pa
 # -- item: signups are limited per node and per source, and may need a token ---------------------
 
 
-async def test_signups_are_limited_per_source_and_per_node(tmp_path: Path) -> None:
+async def test_signups_are_limited_per_source_and_per_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, _ = swarm_of(tmp_path, max_daily_signups=3, max_source_signups=2)
     now = [1_000_000.0]
     root.clock = lambda: now[0]
+    monkeypatch.setattr(_session, "now_ms", lambda: int(now[0] * 1000))  # signed login times
     assert root.pki is not None
     await sign_up(root, "ann", source="10.0.0.1")
     await sign_up(root, "ben", source="10.0.0.1")

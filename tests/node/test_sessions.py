@@ -74,8 +74,9 @@ async def clocked_node(tmp_path: Path, nursery: trio.Nursery, clock: Clock) -> R
 
 
 @pytest.fixture
-async def capi(clocked_node: RunningNode) -> AsyncIterator[NodeApi]:
+async def capi(clocked_node: RunningNode, clock: Clock) -> AsyncIterator[NodeApi]:
     async with NodeApi(clocked_node.url) as client:
+        client.clock = clock  # read auths expire on the node's clock
         yield client
 
 
@@ -266,6 +267,7 @@ async def test_sessions_expire_and_are_bounded_per_user(
         clock.now += 1
         assert not await can_write(alice)
         async with NodeApi(clocked_node.url) as api:
+            api.clock = clock
             first = await resume(api, "alice", keys)
             for _ in range(accounts.MAX_SESSIONS):
                 clock.now += 1
