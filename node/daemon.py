@@ -113,14 +113,7 @@ async def follow_pki(service: NodeService, rng: random.Random | None = None) -> 
     """
     rng = rng or random.Random()
     while True:
-        try:
-            await service.sync_pki()
-        except PyrgosError as exc:
-            log.warning("PKI sync failed: %s", exc.message)
-        except Exception:
-            # A fault in this node's own code must not stop the mirror: logged, retried.
-            log.exception("PKI sync failed")
-            service.pki_health.failed(service.clock(), "internal error (see the node's log)")
+        await service.pull_pki()
         delay = service.pki_health.delay(rng.random())
         service.pki_health.next_retry = service.clock() + delay
         await trio.sleep(delay)

@@ -664,6 +664,17 @@ class NodeService:
                 self.pki_health.failed(self.clock(), exc.message)
                 raise
 
+    async def pull_pki(self) -> None:
+        """`sync_pki` for callers that go on whatever happens: a failure is logged and kept in
+        `pki_health` (a fault in this node's own code too), never raised."""
+        try:
+            await self.sync_pki()
+        except PyrgosError as exc:
+            log.warning("PKI sync failed: %s", exc.message)
+        except Exception:
+            log.exception("PKI sync failed")
+            self.pki_health.failed(self.clock(), "internal error (see the node's log)")
+
     async def _sync_on_demand(self) -> None:
         """Pull new PKI entries before answering from the local copy; a PKI node that is away
         (recorded in `pki_health`) leaves the answer to what this node already holds. While
@@ -677,14 +688,8 @@ class NodeService:
         ):
             return
         with trio.move_on_after(PKI_SYNC_TIMEOUT) as scope:
-            try:
-                await self.sync_pki()
-            except PyrgosError as exc:
-                log.info("on-demand PKI sync failed: %s", exc.message)
-            except Exception:
-                # Never the caller's failure: a signup whose claim the PKI took must not fail.
-                log.exception("on-demand PKI sync failed")
-                self.pki_health.failed(self.clock(), "internal error (see the node's log)")
+            # Never the caller's failure: a signup whose claim the PKI took must not fail.
+            await self.pull_pki()
         if scope.cancelled_caught:
             self.pki_health.failed(
                 self.clock(), f"the PKI node did not answer within {PKI_SYNC_TIMEOUT} s"
