@@ -15,6 +15,7 @@ from typing import Final
 
 import trio
 
+from node.net._budget import ByteBudget
 from node.net._stream import WRITE_UNIT, Stream
 from protocols import cbor
 from protocols.cbor import CBORValue
@@ -57,6 +58,7 @@ class Framed:
         idle_timeout: float | None = None,
         write_timeout: float | None = None,
         max_items: int = cbor.DEFAULT_MAX_ITEMS,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.stream = stream
         self.read_timeout = read_timeout
@@ -74,6 +76,12 @@ class Framed:
         self._working = 0  # requests of the peer we are still answering
         self._eof = False
         self._failure: PyrgosError | None = None
+        # Large frames are held against `budget` from their first bytes: the frame being
+        # read, then the message it became until the caller takes the charge (`take_held`).
+        self._budget = budget
+        self._held_frame = 0  # taken for the large frame being read
+        self._held_ready = 0  # taken for the next message `receive` returns
+        self._held_last = 0  # taken for the message `receive` returned last
 
     async def send(self, value: CBORValue) -> None:
         """Send one message. Stalled if the peer will not take it in time, Unavailable if the
@@ -130,7 +138,7 @@ class Framed:
         canonical CBOR frame (including a stream that ends inside one).
         """
         if self._ready:
-            return self._ready.popleft()
+            return self._pop()
         self._check()
         if self._eof:
             return None
@@ -147,6 +155,8 @@ class Framed:
                         return None
                     messages = self._decoder.feed(data)
                     self._ready.extend(messages)
+                    if self._budget is not None:
+                        self._charge(self._budget, bool(messages))
                     if not self._decoder.in_frame:
                         self._frame_started = None
                     elif messages or self._frame_started is None:
@@ -165,7 +175,28 @@ class Framed:
                 stalled = f"the peer stalled inside a frame for {self.read_timeout} s"
                 raise self._fail(Stalled(stalled))
             raise self._fail(Unavailable(f"the peer sent nothing for {self.idle_timeout} s"))
+        return self._pop()
+
+    def _pop(self) -> CBORValue:
+        self._held_last, self._held_ready = self._held_ready, 0
         return self._ready.popleft()
+
+    def _charge(self, budget: ByteBudget, completed: bool) -> None:
+        """After a feed: the large frame held so far is the first message it completed (the
+        frame in progress always completes first), and a large frame it began is taken
+        whole (its declared length) before the rest of it is read."""
+        if completed and self._held_frame:
+            self._held_ready, self._held_frame = self._held_frame, 0
+        if self._decoder.missing and not self._held_frame:
+            size = self._decoder.missing + self._decoder.buffered
+            budget.take(size)
+            self._held_frame = size
+
+    def take_held(self) -> int:
+        """The budget held for the message `receive` returned last, now the caller's to give
+        back once done with it (0 for a small frame)."""
+        held, self._held_last = self._held_last, 0
+        return held
 
     def _set_deadline(self, scope: trio.CancelScope) -> None:
         if self._frame_started is not None:
@@ -209,6 +240,9 @@ class Framed:
     def _fail(self, error: PyrgosError) -> PyrgosError:
         if self._failure is None:
             self._failure = error
+            if self._budget is not None:  # what no caller took is given back now
+                self._budget.give(self._held_frame + self._held_ready + self._held_last)
+                self._held_frame = self._held_ready = self._held_last = 0
         return error
 
 

@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from node.net._budget import ByteBudget
 from node.server import NodeService
 from protocols import bats, cbor, rpc
 from protocols.cid import CID
@@ -50,23 +51,6 @@ class ApiLimits:
     max_buffered_bytes: int = 64 * MiB  # request bodies held across all requests at once
     body_timeout: float = 60.0  # seconds a body may take to arrive whole (9 MiB: 150 KiB/s)
     idle_timeout: float = 75.0  # seconds a connection may wait between requests, or send a head
-
-
-class _Budget:
-    """Body bytes held across requests: a body that does not fit is refused (503), not
-    queued, so a crowd of slow bodies cannot grow the node's memory."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.held = 0
-
-    def take(self, size: int) -> None:
-        if self.held + size > self.total:
-            raise Unavailable("the node is holding too many request bodies; try again soon")
-        self.held += size
-
-    def give(self, size: int) -> None:
-        self.held -= size
 
 
 def _error(exc: PyrgosError, status: int | None = None) -> Response:
@@ -105,7 +89,7 @@ class _UnsupportedType(MalformedInput):
     http_status = 415
 
 
-async def _read_body(request: Request, limit: int, budget: _Budget) -> tuple[bytearray, int]:
+async def _read_body(request: Request, limit: int, budget: ByteBudget) -> tuple[bytearray, int]:
     """The request body, gathered in one growing buffer (never the parts and their join at
     once: a put's body is megabytes, and several are in flight), and the budget it took.
     A declared length is taken from the budget before a byte is read."""
@@ -135,7 +119,7 @@ async def _read_body(request: Request, limit: int, budget: _Budget) -> tuple[byt
 def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlette:
     """The ASGI app serving `service`'s method table."""
     limits = limits or ApiLimits()
-    budget = _Budget(limits.max_buffered_bytes)
+    budget = ByteBudget(limits.max_buffered_bytes, "request bodies")
 
     async def call(request: Request) -> Response:
         method = request.path_params["method"]

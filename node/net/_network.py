@@ -13,6 +13,7 @@ from typing import Any, Final
 import trio
 
 from node.net._blocks import fetch_blocks, serve_blocks
+from node.net._budget import ByteBudget
 from node.net._host import Host
 from node.net._rpc import RpcClient, serve_rpc
 from node.net._stream import Stream
@@ -24,6 +25,9 @@ from protocols.errors import PyrgosError, Unavailable
 REFRESH_TIMEOUT: Final = 10  # seconds a PKI pull may take before a redial
 RPC_PROTOCOL: Final = "/pyrgos/rpc/1.0.0"
 BLOCKS_PROTOCOL: Final = "/pyrgos/blocks/1.0.0"
+# Bytes of large calls (puts relayed from other nodes) held at once from every peer: as much as
+# the HTTP API lets its clients' bodies hold (docs/security.md).
+RPC_BUFFERED_BYTES: Final = 64 * 1024 * 1024
 
 Addresses = Callable[[str], Sequence[str]]  # node id -> its full multiaddrs
 
@@ -103,8 +107,10 @@ def serve_node(host: Host, service: NodeService) -> None:
     """Answer other nodes: the method table on the tunnel, blocks on the exchange; the peer id
     that Noise authenticated is the requester every rule sees."""
 
+    calls = ByteBudget(RPC_BUFFERED_BYTES, "large calls")  # shared by every peer's streams
+
     async def rpc(stream: Any, peer_id: str) -> None:
-        await serve_rpc(stream, peer_id, service.call)
+        await serve_rpc(stream, peer_id, service.call, budget=calls)
 
     async def blocks(stream: Any, peer_id: str) -> None:
         await serve_blocks(stream, peer_id, service.get_block)

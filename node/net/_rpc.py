@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import trio
 
+from node.net._budget import ByteBudget
 from node.net._framed import DEFAULT_TIMEOUT, Framed, log_stream_end
 from node.net._stream import Stream
 from protocols import rpc
@@ -33,6 +34,7 @@ async def serve_rpc(
     *,
     read_timeout: float = DEFAULT_TIMEOUT,
     max_concurrent: int = MAX_CONCURRENT_CALLS,
+    budget: ByteBudget | None = None,
 ) -> None:
     """Answer the calls `peer_id` sends on `stream` until it ends the stream, then close it.
 
@@ -41,9 +43,13 @@ async def serve_rpc(
     with its code and message; any other exception is logged and answered 'internal' with no
     details. Garbage, an oversized frame, a stall or a request without an id end the stream
     with a logged error; nothing the peer does makes this raise. The stream closes after
-    `read_timeout` seconds without a request.
+    `read_timeout` seconds without a request. A large request is held against `budget`
+    (shared by every stream of the node) from its first bytes until it is answered; one that
+    does not fit ends its stream (Unavailable), so no crowd of peers can grow the node's memory.
     """
-    framed = Framed(stream, rpc.MAX_FRAME, read_timeout, max_items=rpc.MAX_REQUEST_ITEMS)
+    framed = Framed(
+        stream, rpc.MAX_FRAME, read_timeout, max_items=rpc.MAX_REQUEST_ITEMS, budget=budget
+    )
     requester = peer_id.encode()
     slots = trio.Semaphore(max_concurrent)
     failures: list[PyrgosError] = []
@@ -52,7 +58,7 @@ async def serve_rpc(
         failures.append(exc)
         nursery.cancel_scope.cancel()
 
-    async def answer(message: CBORValue) -> None:
+    async def answer(message: CBORValue, held: int) -> None:
         try:
             with framed.working():
                 reply = await _reply(message, dispatch, requester)
@@ -66,6 +72,8 @@ async def serve_rpc(
         except PyrgosError as exc:  # the stream failed, or the request had no usable id
             stop(exc)
         finally:
+            if budget is not None:
+                budget.give(held)
             slots.release()
 
     try:
@@ -76,7 +84,7 @@ async def serve_rpc(
                     message = await framed.receive()
                     if message is None:
                         break
-                    nursery.start_soon(answer, message)
+                    nursery.start_soon(answer, message, framed.take_held())
             except PyrgosError as exc:
                 stop(exc)
     finally:

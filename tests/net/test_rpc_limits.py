@@ -13,11 +13,13 @@ import trio
 import trio.testing
 
 from node.net import RPC_PROTOCOL, open_host, serve_node
+from node.net._budget import ByteBudget
 from node.net._rpc import RpcClient, serve_rpc
 from node.store import Store
 from protocols import cbor, rpc
 from protocols.cid import encode_varint
 from protocols.errors import TooLarge
+from protocols.frames import FrameDecoder
 from simulations.swarm import new_node
 from tests.net.test_host import LOOPBACK
 
@@ -48,6 +50,16 @@ async def send_until_closed(stream: trio.abc.Stream, data: bytes) -> None:
         await stream.send_all(data)
     while await stream.receive_some(65536):
         pass
+
+
+async def receive_message(stream: trio.abc.Stream) -> Any:
+    """The first whole message the peer sends."""
+    decoder = FrameDecoder(rpc.MAX_FRAME)
+    while True:
+        data = await stream.receive_some(65536)
+        assert data, "the stream ended before a reply"
+        if messages := decoder.feed(data):
+            return messages[0]
 
 
 def bomb(count: int) -> bytes:
@@ -141,3 +153,50 @@ async def test_bombs_from_an_anonymous_libp2p_peer_leave_other_peers_answered(
         assert all(stranger.peer_id in m and "items" in m for m in refusals)
     finally:
         store.close()
+
+
+async def test_large_calls_from_every_stream_share_one_budget(nursery: trio.Nursery) -> None:
+    """Half-sent large frames on many streams hold the node's budget from their first bytes:
+    one over it ends its stream at once, a call that fits is still answered, and every byte
+    comes back when the frames end or are answered."""
+    budget = ByteBudget(5 * MiB, "large calls")
+    release = trio.Event()
+    answered: list[str] = []
+
+    async def dispatch(method: str, args: dict[str, Any], requester: bytes) -> Any:
+        await release.wait()
+        answered.append(method)
+        return True
+
+    def two_mib_put(call_id: int) -> bytes:
+        args = b"\xa1" + cbor.encode("blocks") + cbor.encode(bytes(2 * MiB))
+        return request_frame("block.put", args, call_id)
+
+    async def serve(server: trio.abc.Stream) -> None:
+        await serve_rpc(server, PEER, dispatch, budget=budget)
+
+    with trio.fail_after(LIMIT):
+        halves = []
+        for call_id in (1, 2):  # two frames of 2 MiB, each half-sent: 4 MiB held
+            client, server = trio.testing.memory_stream_pair()
+            nursery.start_soon(serve, server)
+            frame = two_mib_put(call_id)
+            await client.send_all(frame[: len(frame) // 2])
+            halves.append((client, frame))
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.held > 4 * MiB
+        third, server = trio.testing.memory_stream_pair()
+        nursery.start_soon(serve, server)
+        await send_until_closed(third, two_mib_put(3))  # over the budget: the stream ends
+        assert budget.held <= budget.total
+        for client, frame in halves:  # the first two finish and are answered
+            await client.send_all(frame[len(frame) // 2 :])
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.held > 4 * MiB  # held while their calls run
+        release.set()
+        for client, _ in halves:
+            assert rpc.parse_reply(await receive_message(client)).result is True
+            await client.send_eof()
+        await trio.testing.wait_all_tasks_blocked()
+        assert answered == ["block.put", "block.put"]
+        assert budget.held == 0
