@@ -8,6 +8,7 @@ that ignores SIGTERM fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -184,6 +185,25 @@ class NodeProcess:
         code = self.stop()
         assert code == 0, f"the node exited with {code}:\n{self._log_tail()}"
         assert not self.api_file.exists(), "a stopped node left its api file behind"
+
+
+def node_info(node: NodeProcess) -> dict[str, Any]:
+    """`pyrgos node info --json` of a running node."""
+    result = pyrgos("node", "info", "--json", "--home", node.home, env=base_env())
+    assert result.code == 0, str(result)
+    info = json.loads(result.stdout)
+    assert isinstance(info, dict)
+    assert info["running"] is True, info
+    return info
+
+
+def p2p_address(node: NodeProcess) -> str:
+    """The node's full libp2p multiaddr on 127.0.0.1 (…/tcp/PORT/p2p/ID)."""
+    info = node_info(node)
+    full = [a for a in info["listen"] if a.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/" in a]
+    assert full, info
+    assert full[0].endswith(f"/p2p/{info['node_id']}"), info
+    return str(full[0])
 
 
 def init_node(home: Path, *options: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
 import stat
@@ -24,6 +23,7 @@ from tests.e2e.conftest import (
     NodeProcess,
     base_env,
     client,
+    node_info,
     pyrgos,
 )
 from tests.node.test_fs import plant_bad_entries, rewrite_dir
@@ -63,14 +63,6 @@ def long_listing(cli: Cli, remote: str = "") -> dict[str, tuple[str, int]]:
 
 def session_mode(profile: Path) -> int:
     return stat.S_IMODE((profile / "session.cbor").stat().st_mode)
-
-
-def node_info(node: NodeProcess) -> dict[str, object]:
-    result = pyrgos("node", "info", "--json", "--home", node.home, env=base_env())
-    assert result.code == 0, str(result)
-    info = json.loads(result.stdout)
-    assert isinstance(info, dict)
-    return info
 
 
 def make_folder(root: Path) -> Path:

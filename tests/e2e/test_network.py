@@ -30,6 +30,8 @@ from tests.e2e.conftest import (
     base_env,
     client,
     init_node,
+    node_info,
+    p2p_address,
     pyrgos,
 )
 
@@ -118,28 +120,10 @@ class Cluster:
         return seq
 
 
-def node_info(node: NodeProcess) -> dict[str, Any]:
-    result = pyrgos("node", "info", "--json", "--home", node.home, env=base_env())
-    assert result.code == 0, str(result)
-    info = json.loads(result.stdout)
-    assert isinstance(info, dict)
-    assert info["running"] is True, info
-    return info
-
-
 def stats(node: NodeProcess) -> dict[str, int]:
     """The node's counters since it started (calls forwarded, blocks stored, relayed, …)."""
     counters: dict[str, int] = node_info(node)["stats"]
     return counters
-
-
-def p2p_address(node: NodeProcess) -> str:
-    """The node's full libp2p multiaddr on 127.0.0.1 (…/tcp/PORT/p2p/ID)."""
-    info = node_info(node)
-    full = [a for a in info["listen"] if a.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/" in a]
-    assert full, info
-    assert full[0].endswith(f"/p2p/{info['node_id']}"), info
-    return str(full[0])
 
 
 @pytest.fixture

@@ -16,8 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import STOP_TIMEOUT, NodeProcess, base_env, client, init_node, pyrgos
-from tests.e2e.test_network import Cluster, node_info, wait_until
+from tests.e2e.conftest import (
+    STOP_TIMEOUT,
+    NodeProcess,
+    base_env,
+    client,
+    init_node,
+    node_info,
+    pyrgos,
+)
+from tests.e2e.test_network import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 

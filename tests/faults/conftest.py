@@ -7,14 +7,13 @@ drive the real CLI; every wait is bounded.
 
 from __future__ import annotations
 
-import json
 import random
 import resource
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pytest
 
@@ -22,31 +21,14 @@ from tests.e2e.conftest import (
     STOP_TIMEOUT,
     Cli,
     NodeProcess,
-    base_env,
     client,
     init_node,
-    pyrgos,
+    p2p_address,
 )
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
 SEED: Final = 7  # every size and every byte a test writes follows from it
-
-
-def node_info(node: NodeProcess) -> dict[str, Any]:
-    result = pyrgos("node", "info", "--json", "--home", node.home, env=base_env())
-    assert result.code == 0, str(result)
-    info = json.loads(result.stdout)
-    assert isinstance(info, dict)
-    return info
-
-
-def p2p_address(node: NodeProcess) -> str:
-    """The node's full libp2p multiaddr on 127.0.0.1 (…/tcp/PORT/p2p/ID)."""
-    info = node_info(node)
-    full = [a for a in info["listen"] if a.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/" in a]
-    assert full, info
-    return str(full[0])
 
 
 def kill(node: NodeProcess) -> None:

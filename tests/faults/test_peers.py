@@ -18,7 +18,8 @@ from node.net import BLOCKS_PROTOCOL, RPC_PROTOCOL, Host, Stream, open_host
 from protocols import blockexchange, cbor, rpc
 from protocols.cid import CID, CODEC_RAW, encode_varint
 from protocols.frames import FrameDecoder, encode_frame
-from tests.faults.conftest import KiB, Target, p2p_address
+from tests.e2e.conftest import p2p_address
+from tests.faults.conftest import KiB, Target
 
 # The `varint` package that multiaddr uses compares bytes with str, which `python -b` reports.
 pytestmark = [
