@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from node.store import Batch, Space, Store
+from node.store import Batch, Space, Store, owner_prefix
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR, encode_varint
 from protocols.errors import MalformedInput, TooLarge
@@ -61,7 +61,7 @@ def mark(store: Store, roots: Iterable[CID], seen: set[bytes] | None = None) -> 
 
 def stored_key(owner: CID, cid: CID) -> bytes:
     """The STORED key recording that `owner` put `cid`."""
-    return bytes([len(owner.raw)]) + owner.raw + cid.raw
+    return owner_prefix(owner.raw) + cid.raw
 
 
 def stored_record(size: int) -> bytes:
@@ -71,10 +71,6 @@ def stored_record(size: int) -> bytes:
 def _split_stored(key: bytes) -> tuple[bytes, bytes]:
     """(owner raw, CID raw) of a STORED key."""
     return key[1 : 1 + key[0]], key[1 + key[0] :]
-
-
-def _stored_prefix(owner: CID) -> bytes:
-    return bytes([len(owner.raw)]) + owner.raw
 
 
 def _pointer_roots(store: Store) -> dict[bytes, list[CID]]:
@@ -114,7 +110,8 @@ def reachable_bytes(store: Store, owner: CID, now: int) -> int:
     pinned, _ = _upload_roots(store, now)
     live = mark(store, _pointer_roots(store).get(owner.raw, []))
     live |= {cid.raw for cid in pinned.get(owner.raw, [])}
-    live |= {cid for _, cid in map(_split_stored, store.keys(Space.STORED, _stored_prefix(owner)))}
+    records = store.keys(Space.STORED, owner_prefix(owner.raw))
+    live |= {cid for _, cid in map(_split_stored, records)}
     return sum(store.block_size(raw) for raw in live)
 
 

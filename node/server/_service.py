@@ -21,7 +21,7 @@ import trio
 
 from node.server._gc import Collection, reachable_bytes, stored_key, stored_record
 from node.server._pki import PkiLog, SyncResult
-from node.store import Batch, DiskFull, Space, Store
+from node.store import Batch, DiskFull, Space, Store, owner_prefix
 from protocols import accounts, bats, cbor, champ
 from protocols.blocks import MAX_BLOCKS_PER_PUT, verify_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
@@ -882,17 +882,13 @@ class NodeService:
 
     # -- sessions: what `logout` and a password change revoke -------------------------------
 
-    @staticmethod
-    def _sessions_prefix(owner: CID) -> bytes:
-        return bytes([len(owner.raw)]) + owner.raw  # length first: no owner prefixes another
-
     def _open_session(
         self, batch: Batch, owner: CID, *, ended_all: bool = False
     ) -> tuple[bytes, int]:
         """A new session of `owner` (token, expiry), written in `batch`; expired sessions are
         dropped, and the oldest live ones past MAX_SESSIONS."""
         now = int(self.clock())
-        prefix = self._sessions_prefix(owner)
+        prefix = owner_prefix(owner.raw)
         live: list[tuple[int, bytes]] = []
         for key, value in [] if ended_all else self.store.items(Space.SESSIONS, prefix):
             expiry = cbor.decode(value)
@@ -909,7 +905,7 @@ class NodeService:
         return token, expiry
 
     def _end_sessions(self, batch: Batch, owner: CID) -> None:
-        for key in list(self.store.keys(Space.SESSIONS, self._sessions_prefix(owner))):
+        for key in list(self.store.keys(Space.SESSIONS, owner_prefix(owner.raw))):
             batch.delete(Space.SESSIONS, key)
 
     def _check_session(self, owner: CID, args: Args) -> int:
@@ -919,7 +915,7 @@ class NodeService:
         token = args.get("session")
         if token is None:
             raise Denied("this call needs a session: log in (`pyrgos login USER`)")
-        key = self._sessions_prefix(owner) + accounts.session_id(token)
+        key = owner_prefix(owner.raw) + accounts.session_id(token)
         raw = self.store.get(Space.SESSIONS, key)
         expiry = None if raw is None else cbor.decode(raw)
         if not isinstance(expiry, int) or expiry <= int(self.clock()):
@@ -941,7 +937,7 @@ class NodeService:
         every = args.get("all", False)
         if not isinstance(every, bool):
             raise MalformedInput("argument 'all' must be a boolean")
-        key = self._sessions_prefix(owner) + accounts.session_id(args.get("session"))
+        key = owner_prefix(owner.raw) + accounts.session_id(args.get("session"))
         if every:
             self._check_session(owner, args)
             with self.store.batch(sync=True) as batch:

@@ -41,6 +41,12 @@ class DiskFull(Unavailable):
     """The node's disk refused a write: nothing of it was applied; reads still work."""
 
 
+def owner_prefix(owner_raw: bytes) -> bytes:
+    """The start of a key under one user's raw key hash, length first: no owner's prefix is
+    the start of another's (keyspaces `y` and `e`)."""
+    return bytes([len(owner_raw)]) + owner_raw
+
+
 class Space(enum.Enum):
     """The keyspaces of DESIGN §9, one byte prefix each."""
 
