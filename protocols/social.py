@@ -8,7 +8,7 @@ node that keeps it cannot tell who sent it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal, cast
+from typing import Final, Literal
 
 from protocols import cbor, crypto
 from protocols.cid import CID
@@ -167,7 +167,7 @@ class FollowRequest:
         if entry is not None and entry.writable:
             raise MalformedInput("a follow request's entry must be read-only")
         return cls(
-            kind=cast("Kind", kind),
+            kind=kind,
             sender=_username(value["from"], "a follow request's sender"),
             to=_username(value["to"], "a follow request's target"),
             identity=_identity(value["identity"], "a follow request's identity"),
