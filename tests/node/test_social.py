@@ -5,6 +5,7 @@ what the node will: the sealed length and the owner's signed time."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -149,8 +150,7 @@ async def test_tampered_and_forged_requests_are_dropped(
         # Mallory signs with her own key a request claiming to come from alice.
         mallory = SigningKey.generate()
         entry = (await fa.capability("/alice/shared/bob")).read_only()
-        forged_entry = type(entry)(mallory.public.key_hash(), mallory.public.key_hash(),
-                                   entry.label, entry.bat, entry.read_key)  # fmt: skip
+        forged_entry = replace(entry, owner=mallory.public.key_hash())
         forged = FollowRequest.create(
             mallory, "follow", "alice", "bob", forged_entry, b"r" * 32, now_ms()
         )
