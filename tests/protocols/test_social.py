@@ -78,13 +78,22 @@ def test_entry_is_made_read_only() -> None:
     st.from_regex(r"[a-z0-9]{1,32}", fullmatch=True),
     st.from_regex(r"[a-z0-9]{1,32}", fullmatch=True),
     st.sampled_from(["follow", "accept", "reject"]),
+    st.binary(min_size=REPLY_BYTES, max_size=REPLY_BYTES),
+    st.integers(0, 2**64 - 1),
 )
-def test_every_request_seals_to_the_same_length(sender: str, to: str, kind: Kind) -> None:
+def test_every_request_seals_to_the_same_length_and_round_trips(
+    sender: str, to: str, kind: Kind, reply: bytes, time: int
+) -> None:
+    entry = None if kind == "reject" else folder(ALICE)
     try:
-        sent = request(kind, sender, to)
+        sent = FollowRequest.create(ALICE, kind, sender, to, entry, reply, time)
     except MalformedInput:  # a banned name such as "root"
         return
-    assert len(seal_request(sent, BOB_BOX.public)) == FOLLOW_SEALED_BYTES
+    sealed = seal_request(sent, BOB_BOX.public)
+    assert len(sealed) == FOLLOW_SEALED_BYTES
+    opened = open_request(BOB_BOX, sealed)
+    assert opened == sent
+    opened.verify(ALICE.public, to)
 
 
 def test_short_and_long_usernames_seal_alike() -> None:
