@@ -204,12 +204,12 @@ def _values(node: Node, name: str) -> list[Any]:
     return [args[name] for _, args in node.valid_calls if name in args]
 
 
-# The arguments each method reads (node/server/_service.py).
+# The arguments each method takes (protocols/methods.py).
 ARGUMENTS: dict[str, list[str]] = {
     "node.info": [],
     "block.get": ["cid", "auth", "owner"],
     "block.put": ["owner", "writer", "upload", "blocks", "sigs", "session"],
-    "champ.get": ["root", "keys"],
+    "champ.get": ["root", "keys", "owner"],
     "pointer.get": ["writer", "owner"],
     "pointer.cas": ["owner", "updates", "uploads", "session"],
     "account.signup": [
@@ -220,6 +220,7 @@ ARGUMENTS: dict[str, list[str]] = {
         "pointer",
         "blocks",
         "sigs",
+        "token",
     ],
     "account.params": ["username"],
     "account.login": ["username", "time", "sig"],
@@ -479,7 +480,7 @@ def fresh_session(node: Node) -> bytes:
     """A live session token of the user: the fuzzed calls before may have ended the recorded
     ones (a session.end with a recorded token) and throttled the user's logins."""
     with node.store.batch() as batch:
-        token, _ = node.service._open_session(batch, node.owner)
+        token, _ = node.service.accounts.open_session(batch, node.owner)
     return token
 
 
