@@ -873,10 +873,3 @@ METHODS: Final[dict[str, Method]] = {
     )
 }
 
-
-def decode_request(method: str, args: object) -> Message:
-    """The typed arguments of a call to `method`; MalformedInput for an unknown method."""
-    spec = METHODS.get(method)
-    if spec is None:
-        raise MalformedInput(f"unknown method {method[:64]!r}")
-    return spec.request.from_cbor(args)
