@@ -872,4 +872,3 @@ METHODS: Final[dict[str, Method]] = {
         Method("admin.gc", AdminGc, Report),
     )
 }
-
