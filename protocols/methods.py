@@ -872,3 +872,13 @@ METHODS: Final[dict[str, Method]] = {
         Method("admin.gc", AdminGc, Report),
     )
 }
+# Each request type names its method: a typed caller needs no method name of its own.
+_BY_REQUEST: Final[dict[type[Message], Method]] = {m.request: m for m in METHODS.values()}
+
+
+def method_of(request: Message) -> Method:
+    """The method whose request `request` is."""
+    spec = _BY_REQUEST.get(type(request))
+    if spec is None:
+        raise TypeError(f"{type(request).__name__} is not the request of a method")
+    return spec

@@ -283,3 +283,11 @@ def test_the_table_carries_the_facts_of_each_method() -> None:
         assert spec.name == name
         if spec.home is not None:  # the home argument is a field of the request
             assert spec.home in spec.request.__dataclass_fields__
+
+
+def test_each_request_type_names_its_method() -> None:
+    for name, examples in _requests().items():
+        for request in examples:
+            assert methods.method_of(request).name == name
+    with pytest.raises(TypeError):
+        methods.method_of(methods.Done())
