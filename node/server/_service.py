@@ -137,8 +137,8 @@ class NodeService:
             raise NotFound(f"unknown method {method!r}")
         if not isinstance(args, dict):
             raise MalformedInput("call arguments must be a CBOR map")
-        request = spec.request.from_cbor(args)
         self.stats["calls"] += 1
+        request = spec.request.from_cbor(args)
         home = None
         if spec.home is not None and not requester and self.network is not None:
             # Calls that came from another node are never forwarded again, so a stale PKI

@@ -29,7 +29,7 @@ from node.net import API_PREFIX, MAX_BODY_BYTES, build_app
 from node.net._rpc import serve_rpc
 from node.server import METHODS, NodeService
 from node.store import Space, Store
-from protocols import accounts, bats, cbor, champ, rpc
+from protocols import accounts, bats, cbor, champ, methods, rpc
 from protocols.blocks import sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW, encode_varint
 from protocols.crypto import SigningKey
@@ -247,7 +247,9 @@ MISSING = object()
 
 def test_every_method_is_fuzzed() -> None:
     """A method added to the table needs its arguments named here (and typed in _typed)."""
-    assert set(ARGUMENTS) == set(METHODS)
+    assert set(ARGUMENTS) == set(METHODS) == set(methods.METHODS)
+    for name, spec in methods.METHODS.items():  # every argument the request type takes
+        assert set(ARGUMENTS[name]) == set(spec.request.__dataclass_fields__), name
 
 
 @st.composite
