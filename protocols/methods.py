@@ -34,7 +34,7 @@ MAX_POINTER_BYTES: Final = 512  # a signed pointer update is about 150 bytes
 MAX_CHAMP_KEYS: Final = 64  # keys of one champ.get
 PKI_PAGE: Final = 1000  # entries per PKI sync request
 MAX_TOKEN_CHARS: Final = 1024  # signup and admin tokens: operator-chosen text
-MAX_TIME: Final = 2**63 - 1
+MAX_TIME: Final = 2**63 - 1  # the largest integer argument (times, sequence numbers, expiries)
 
 
 # -- field checks -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import trio
 
 from node.server._gc import reachable_bytes, stored_key, stored_record
 from node.store import Batch, DiskFull, Space, Store
-from protocols import bats, cbor, champ
+from protocols import accounts, bats, cbor, champ
 from protocols.blocks import verify_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import VerifyKey
@@ -34,8 +34,6 @@ from protocols.structured import check_structured
 
 if TYPE_CHECKING:
     from node.server._service import NodeService
-
-from protocols import accounts
 
 log = logging.getLogger(__name__)
 
