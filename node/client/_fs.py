@@ -365,10 +365,10 @@ class FileSystem:
             raise Corrupted("a first chunk has no metadata")
         return True, await self._read_dir(blocks, tree, cap)
 
-    async def _item_dir(self, found: _Found) -> Directory:
-        """The directory `found` names (Conflict if it is a file)."""
+    async def _item_dir(self, found: _Found, shown: str) -> Directory:
+        """The directory `found` names (Conflict if it is a file, `shown` by that name)."""
         if not found.is_dir:
-            raise Conflict(f"not a directory: {'/'.join(found.names) or found.cap.label.hex()}")
+            raise Conflict(f"not a directory: {shown}")
         if found.entry is None:
             return found.dirs[0]
         return await self._read_dir(
@@ -432,7 +432,7 @@ class FileSystem:
             props = await self._found_props(found)
             name = props.name if found.entry is None else found.entry.name
             return Contents([Listing(name, False, props)], 0)
-        directory = await self._item_dir(found)
+        directory = await self._item_dir(found, "this item")
         entries = sorted(
             (e for e in directory.entries() if all or not hidden(e.name)), key=lambda e: e.name
         )
@@ -890,6 +890,8 @@ class FileSystem:
     async def remove(self, path: str, *, recursive: bool = False) -> None:
         """Remove a file or directory. An item with a writer of its own is unlinked from its
         directory; its writer's tree is left as it is."""
+        if not self._split(path)[1]:
+            raise Conflict("the home directory cannot be removed")
         found, name, rel = await self._parent(path)
         tree, first = await self._writable(found)
         mirror_id = tree.mirror_id or b""
@@ -1098,15 +1100,16 @@ class FileSystem:
         """
         for name, _ in files:
             check_file_name(name)
+        names = self._split(directory)[1]
         found = await self._find(directory)
-        parent = await self._item_dir(found)
+        parent = await self._item_dir(found, "/".join(names))
         tree, first = await self._writable(found)
         signer, mirror_id = tree.writable(), tree.mirror_id or b""
         rel = found.names
         for name, _ in files:
             existing = parent.find(name)
             if existing is not None and existing[1].is_dir:
-                raise Conflict(f"{directory.rstrip('/')}/{name} is a directory")
+                raise Conflict(f"{'/'.join([*names, name])} is a directory")
             if existing is not None and existing[1].writer not in (None, parent.cap.writer):
                 raise Conflict(f"{name} has a writer of its own: remove it before replacing it")
         prepared: list[_Prepared] = []
@@ -1217,7 +1220,7 @@ async def put_tree(fs: FileSystem, local: Path, remote: str, progress: Progress 
     for start in range(0, len(files), FILES_PER_COMMIT):
         await fs.write_files(remote, files[start : start + FILES_PER_COMMIT], progress=progress)
     for folder in folders:
-        await put_tree(fs, folder, f"{remote.rstrip('/')}/{check_file_name(folder.name)}", progress)
+        await put_tree(fs, folder, _child_path(remote, check_file_name(folder.name)), progress)
 
 
 def _scan(local: Path) -> tuple[list[tuple[str, Opener]], list[Path]]:
@@ -1355,11 +1358,11 @@ async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress 
 async def _get_tree_at(
     fs: FileSystem, remote: str, folder: int, shown: Path, progress: Progress | None
 ) -> int:
-    contents = await fs.contents(remote)
+    contents = await fs.contents(remote, all=True)  # a download keeps hidden names
     skipped = contents.unreadable
     for item in contents.items:
         name = check_file_name(item.name)  # a hostile writer cannot plant '..' or '/'
-        path = f"{remote.rstrip('/')}/{name}"
+        path = _child_path(remote, name)
         try:
             if item.is_dir:
                 sub = _open_folder(folder, name, shown / name)
@@ -1374,13 +1377,19 @@ async def _get_tree_at(
     return skipped
 
 
+def _child_path(remote: str, name: str) -> str:
+    """The path of `name` in the directory `remote`; "" and "/" are the home directory."""
+    base = remote.rstrip("/")
+    return f"{base}/{name}" if base else name
+
+
 async def tree_size(fs: FileSystem, remote: str) -> int:
     """Total bytes of the readable files under `remote` (for a progress bar)."""
     total = 0
-    for item in await fs.listdir(remote, long=True):
+    for item in await fs.listdir(remote, long=True, all=True):
         if item.is_dir:
             with contextlib.suppress(*UNREADABLE_ENTRY):
-                total += await tree_size(fs, f"{remote.rstrip('/')}/{item.name}")
+                total += await tree_size(fs, _child_path(remote, item.name))
         elif item.props is not None:
             total += item.props.size
     return total

@@ -4,6 +4,7 @@ writing without the user's own home, small state files and hidden names."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,6 +18,8 @@ from node.client import (
     TreeUpdate,
     WriterTree,
     commit_trees,
+    get_tree,
+    tree_size,
 )
 from node.client._blocks import Blocks, stage_dir_chunk
 from node.client._resolve import Listing
@@ -206,7 +209,9 @@ async def test_a_forged_capability_reads_nothing(alice: Session, api: NodeApi) -
             )
 
 
-async def test_small_state_files_and_hidden_names(fs: FileSystem, alice: Session) -> None:
+async def test_small_state_files_and_hidden_names(
+    fs: FileSystem, alice: Session, tmp_path: Path
+) -> None:
     with trio.fail_after(TIMEOUT):
         await fs.mkdir(".pyrgos")
         await fs.write_bytes("/alice/.pyrgos/social", b"state-1")
@@ -222,6 +227,10 @@ async def test_small_state_files_and_hidden_names(fs: FileSystem, alice: Session
         assert [i.name for i in await fs.listdir("", all=True)] == [".pyrgos", "visible.txt"]
         assert [i.name for i in await fs.listdir(".pyrgos")] == ["social"]
         assert (await fs.contents("", long=True, all=True)).unreadable == 0
+        # A download keeps hidden names: only listings leave them out.
+        assert await tree_size(fs, "") == len(b"state-2v")
+        assert await get_tree(fs, "", tmp_path / "out", None) == 0
+        assert (tmp_path / "out" / ".pyrgos" / "social").read_bytes() == b"state-2"
 
 
 async def test_a_filesystem_needs_a_session_or_a_resolver(api: NodeApi) -> None:
