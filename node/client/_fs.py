@@ -1126,6 +1126,8 @@ class FileSystem:
 
         async def change(blocks: Blocks, root: CID) -> CID:
             target = await self._dir_at(blocks, root, found.base, rel)
+            labels = [label for item in prepared for label in item.nodes]
+            await blocks.lookup(root, labels)  # the CHAMP paths in few round trips
             existing = {e.name: (chunk, e) for chunk in target.chunks for e in chunk.entries}
             dirty: set[int] = set()
             for item in prepared:
@@ -1142,7 +1144,6 @@ class FileSystem:
                 target.chunks[-1].entries.append(item.entry)
                 dirty.add(target.chunks[-1].index)
             new_nodes = {label: cid for item in prepared for label, cid in item.nodes.items()}
-            await blocks.lookup(root, list(new_nodes))  # the CHAMP paths in few round trips
             root = await champ.put_many(blocks, root, new_nodes)
             return await self._save_dir(blocks, root, target, dirty, mirror_id)
 
