@@ -312,9 +312,9 @@ class FileSystem:
             return names[0], names[1:]
         return self._me().username, names
 
-    async def _find(self, path: str, *, partial: bool = False) -> _Found:
+    async def _find(self, path: str) -> _Found:
         username, names = self._split(path)
-        return await self._walk_from(await self.resolver.resolve(username, names), partial)
+        return await self._walk_from(await self.resolver.resolve(username, names))
 
     async def _walk_from(self, start: Resolved, partial: bool = False) -> _Found:
         """Walk `start.names` from `start.cap`, reading each writer's tree the walk enters.

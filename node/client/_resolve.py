@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from node.client._api import Route
 from protocols.cryptree import Capability, Properties
@@ -26,8 +26,7 @@ class Listing:
     props: Properties | None = None
 
 
-@dataclass(frozen=True)
-class Resolved:
+class Resolved(NamedTuple):
     """A capability to start from, the route of its owner, and the names below it."""
 
     cap: Capability

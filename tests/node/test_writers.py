@@ -13,8 +13,10 @@ import trio
 import node.client._fs
 from node.client import (
     FileSystem,
+    HomeResolver,
     NodeApi,
     Resolved,
+    Resolvers,
     Route,
     Session,
     TreeUpdate,
@@ -297,3 +299,18 @@ async def test_a_commit_that_loses_its_race_rereads_only_what_changed(
         monkeypatch.setattr(node.client._fs, "commit_trees", real)
         names = [i.name for i in await FileSystem(alice).listdir("a/b")]
         assert names == ["x.txt"]
+
+
+async def test_resolvers_are_asked_in_order(alice: Session, api: NodeApi) -> None:
+    with trio.fail_after(TIMEOUT):
+        await FileSystem(alice).write_file("a.txt", io.BytesIO(b"a"))
+        cap = await FileSystem(alice).capability("/alice")
+        both = Resolvers([HomeResolver(alice), FixedResolver("bob", cap.read_only(), alice.route)])
+        fs = FileSystem(api, both, alice)
+        assert await fs.listdir("/alice") == [Listing("a.txt", False)]
+        assert await fs.listdir("/bob") == [Listing("a.txt", False)]
+        assert await fs.listdir("") == [Listing("a.txt", False)]
+        with pytest.raises(NotFound, match="not this user's home"):
+            await fs.listdir("/carol")  # the first source's answer
+        with pytest.raises(ValueError, match="resolver"):
+            Resolvers([])
