@@ -314,3 +314,35 @@ async def test_resolvers_are_asked_in_order(alice: Session, api: NodeApi) -> Non
             await fs.listdir("/carol")  # the first source's answer
         with pytest.raises(ValueError, match="resolver"):
             Resolvers([])
+
+
+async def test_an_entry_naming_a_writer_without_a_tree_is_unreadable(
+    fs: FileSystem, alice: Session
+) -> None:
+    """A hostile or damaged entry may name any writer: its item cannot be read, the rest can."""
+    stranger = SigningKey.generate().public.key_hash()
+    ghost = Capability(alice.owner, stranger, *(crypto.random_bytes(32) for _ in range(4)))
+    with trio.fail_after(TIMEOUT):
+        await fs.write_file("ok.txt", io.BytesIO(b"ok"))
+        found = await fs._find("")
+        tree, first = await fs._writable(found)
+
+        async def plant(blocks: Blocks, root: CID) -> CID:
+            home = await fs._read_dir(blocks, root, alice.home)
+            home.chunks[-1].entries.append(Entry.link("ghost", False, ghost, alice.home))
+            last = {len(home.chunks) - 1}
+            return await fs._save_dir(blocks, root, home, last, alice.mirror_id)
+
+        await fs._commit(tree, first, plant)
+        fs = FileSystem(alice)
+        assert [i.name for i in await fs.listdir("")] == ["ghost", "ok.txt"]
+        contents = await fs.contents("", long=True)
+        assert [i.name for i in contents.items] == ["ok.txt"]
+        assert contents.unreadable == 1
+        with pytest.raises(NotFound, match="no root"):
+            await read_all(fs, "ghost")
+        with pytest.raises(Conflict, match="writer of its own"):
+            await fs.write_file("ghost", io.BytesIO(b"x"))  # never replaced unseen
+        assert await fs.remove_unreadable("") == 0  # another writer's entries are left alone
+        await fs.remove("ghost")  # unlinked by name
+        assert [i.name for i in await FileSystem(alice).listdir("")] == ["ok.txt"]
