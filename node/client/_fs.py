@@ -319,8 +319,8 @@ class FileSystem:
     async def _walk_from(self, start: Resolved, partial: bool = False) -> _Found:
         """Walk `start.names` from `start.cap`, reading each writer's tree the walk enters.
 
-        With `partial`, the walk stops at the first name that does not exist (the names left
-        are `_Found.rest`); otherwise that is NotFound.
+        With `partial`, the walk stops at the first name that does not exist or is a file
+        with names below it (the names left are `_Found.rest`); otherwise that is NotFound.
         """
         blocks = Blocks(self.api, start.route, self.cache)
         trees = _Trees(blocks)
@@ -346,6 +346,9 @@ class FileSystem:
                 base, base_depth = cap, depth + 1
             if depth < len(names) - 1:
                 if not entry.is_dir:
+                    if partial:  # the caller tells a file in the way (is_dir False, rest)
+                        return _Found(blocks, trees, cap, False, dirs, entry, base,
+                                      names[base_depth : depth + 1], names[depth + 1 :])  # fmt: skip
                     raise NotFound(f"not a directory: {'/'.join(names[: depth + 1])}")
                 dirs.append(await self._read_dir(blocks, await trees.tree(cap.writer), cap))
         return _Found(blocks, trees, cap, is_dir, dirs, entry, base, names[base_depth:], [])
@@ -1136,6 +1139,8 @@ class FileSystem:
                     chunk, old = located
                     if old.is_dir:
                         raise Conflict(f"{item.entry.name} is a directory")
+                    if old.writer not in (None, target.cap.writer):
+                        raise Conflict(f"{old.name} has a writer of its own: remove it first")
                     root = await self._unlink(
                         blocks, root, await self._labels(blocks, root, target.cap, old)
                     )

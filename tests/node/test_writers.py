@@ -346,3 +346,21 @@ async def test_an_entry_naming_a_writer_without_a_tree_is_unreadable(
         assert await fs.remove_unreadable("") == 0  # another writer's entries are left alone
         await fs.remove("ghost")  # unlinked by name
         assert [i.name for i in await FileSystem(alice).listdir("")] == ["ok.txt"]
+
+
+async def test_mkdir_over_a_file_is_a_conflict(fs: FileSystem) -> None:
+    with trio.fail_after(TIMEOUT):
+        await fs.write_file("f", io.BytesIO(b"f"))
+        with pytest.raises(Conflict, match="not a directory: f"):
+            await fs.mkdir("f/g/h", parents=True)
+        with pytest.raises(Conflict, match="not a directory: f"):
+            await fs.mkdir("f/g")
+        with pytest.raises(Conflict, match="already exists"):
+            await fs.mkdir("f")
+        with pytest.raises(Conflict, match="not a directory: f"):
+            await fs.mkdir("f", parents=True)
+        with pytest.raises(NotFound, match="no such directory: x"):
+            await fs.mkdir("x/y")
+        await fs.mkdir("x/y", parents=True)
+        await fs.mkdir("x/y", parents=True)  # exists: nothing to do
+        assert [i.name for i in await fs.listdir("x")] == ["y"]
