@@ -347,8 +347,8 @@ class FileSystem:
             if depth < len(names) - 1:
                 if not entry.is_dir:
                     if partial:  # the caller tells a file in the way (is_dir False, rest)
-                        return _Found(blocks, trees, cap, False, dirs, entry, base,
-                                      names[base_depth : depth + 1], names[depth + 1 :])  # fmt: skip
+                        walked, rest = names[base_depth : depth + 1], names[depth + 1 :]
+                        return _Found(blocks, trees, cap, False, dirs, entry, base, walked, rest)
                     raise NotFound(f"not a directory: {'/'.join(names[: depth + 1])}")
                 dirs.append(await self._read_dir(blocks, await trees.tree(cap.writer), cap))
         return _Found(blocks, trees, cap, is_dir, dirs, entry, base, names[base_depth:], [])
