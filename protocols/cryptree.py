@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from protocols import bats, cbor, crypto
@@ -152,15 +152,23 @@ class Entry:
     bat: bytes
     read_key: bytes
     write_link: bytes | None  # the child's write key sealed under the directory's write key
+    writer: CID | None = None  # the child's writer, only when it is not the directory's
 
     def to_cbor(self) -> list[object]:
-        return [self.name, self.is_dir, self.label, self.bat, self.read_key, self.write_link]
+        value: list[object] = [
+            self.name, self.is_dir, self.label, self.bat, self.read_key, self.write_link
+        ]  # fmt: skip
+        if self.writer is not None:
+            value.append(self.writer)
+        return value
 
     @classmethod
     def from_cbor(cls, value: object) -> Entry:
-        if not isinstance(value, list) or len(value) != 6:
-            raise MalformedInput("a directory entry is [name, is_dir, label, bat, key, link]")
-        name, is_dir, label, bat, read_key, write_link = value
+        if not isinstance(value, list) or len(value) not in (6, 7):
+            raise MalformedInput(
+                "a directory entry is [name, is_dir, label, bat, key, link[, writer]]"
+            )
+        name, is_dir, label, bat, read_key, write_link = value[:6]
         if not isinstance(is_dir, bool):
             raise MalformedInput("directory entry kind must be a boolean")
         if write_link is not None and not isinstance(write_link, bytes):
@@ -172,6 +180,7 @@ class Entry:
             bat=_bytes32(bat, "entry BAT"),
             read_key=_bytes32(read_key, "entry key"),
             write_link=write_link,
+            writer=_key_hash(value[6], "entry writer") if len(value) == 7 else None,
         )
 
     @classmethod
@@ -181,9 +190,11 @@ class Entry:
             write_link = crypto.seal(
                 parent.write_key, child.write_key, _CTX_WRITE_LINK + child.label
             )
+        writer = child.writer if child.writer != parent.writer else None
         return cls(
-            check_file_name(name), is_dir, child.label, child.bat, child.read_key, write_link
-        )
+            check_file_name(name), is_dir, child.label, child.bat, child.read_key, write_link,
+            writer,
+        )  # fmt: skip
 
     def capability(self, parent: Capability) -> Capability:
         write_key = None
@@ -192,12 +203,12 @@ class Entry:
                 parent.write_key, self.write_link, _CTX_WRITE_LINK + self.label
             )
         return Capability(
-            parent.owner, parent.writer, self.label, self.bat, self.read_key, write_key
-        )
+            parent.owner, self.writer or parent.writer, self.label, self.bat, self.read_key,
+            write_key,
+        )  # fmt: skip
 
     def renamed(self, name: str) -> Entry:
-        return Entry(check_file_name(name), self.is_dir, self.label, self.bat, self.read_key,
-                     self.write_link)  # fmt: skip
+        return replace(self, name=check_file_name(name))
 
 
 @dataclass(frozen=True)

@@ -519,7 +519,7 @@ def _mode(is_dir: bool) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    contents = run_fs(args, lambda fs: fs.contents(args.remote, long=args.long))
+    contents = run_fs(args, lambda fs: fs.contents(args.remote, long=args.long, all=args.all))
     for item in contents.items:
         if not args.long:
             print(item.name + ("/" if item.is_dir else ""))
@@ -826,6 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = client_command("ls", "list a directory")
     ls.add_argument("remote", metavar="REMOTE", nargs="?", default="")
     ls.add_argument("-l", dest="long", action="store_true", help="show kind, size and time")
+    ls.add_argument("-a", dest="all", action="store_true", help='also show names starting with "."')
     ls.set_defaults(run=cmd_ls)
     mkdir = client_command("mkdir", "make a directory")
     mkdir.add_argument("remote", metavar="REMOTE")

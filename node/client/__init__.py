@@ -1,9 +1,11 @@
 """A user's session with a node: accounts and the encrypted filesystem (all crypto is here)."""
 
 from node.client import _social as social
-from node.client._api import NodeApi
-from node.client._fs import Contents, FileSystem, Listing, get_file, get_tree, put_tree, tree_size
+from node.client._api import NodeApi, Route
+from node.client._blocks import BlockCache
+from node.client._fs import Contents, FileSystem, get_file, get_tree, put_tree, tree_size
 from node.client._profile import Profile, SavedSession, default_profile
+from node.client._resolve import HomeResolver, Listing, Resolved, Resolver, Resolvers
 from node.client._session import (
     TEST_KDF_ENV,
     Session,
@@ -15,17 +17,28 @@ from node.client._session import (
     resume,
     signup,
 )
+from node.client._trees import TreeRoot, TreeUpdate, WriterTree, commit_trees
 
 __all__ = [
     "TEST_KDF_ENV",
+    "BlockCache",
     "Contents",
     "FileSystem",
+    "HomeResolver",
     "Listing",
     "NodeApi",
     "Profile",
+    "Resolved",
+    "Resolver",
+    "Resolvers",
+    "Route",
     "SavedSession",
     "Session",
+    "TreeRoot",
+    "TreeUpdate",
+    "WriterTree",
     "change_password",
+    "commit_trees",
     "default_profile",
     "get_file",
     "get_tree",

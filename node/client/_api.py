@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
@@ -21,6 +22,16 @@ MAX_CONNECTIONS: Final = 16
 SESSION_CALLS: Final = frozenset(
     {"block.put", "pointer.cas", "usage.get", "session.check", "session.end"}
 )
+
+
+@dataclass(frozen=True)
+class Route:
+    """How to reach one owner's data: their identity key hash, and the node id of their home
+    (None, or the id of the node we talk to, when it is that node). Every read names the
+    route of the tree it reads, so one client reads any owner's data through one node."""
+
+    owner: CID
+    home: bytes | None = None
 
 
 def check_block(cid: CID, data: bytes) -> None:
@@ -52,10 +63,6 @@ class NodeApi:
         )
         self._node_id: bytes | None = None
         self.round_trips = 0
-        # Whose data this client reads, and the node that is their home: when that is not the
-        # node at `url`, read auths are made out to the home, with this node as requester.
-        self.owner: CID | None = None
-        self.home: bytes | None = None
         # The session token from login: sent, opaque, with every call that needs a session;
         # the node forwards it with the call to the user's home, which alone can check it.
         self.session: bytes | None = None
@@ -110,29 +117,35 @@ class NodeApi:
         self._check(response)
         return cbor.decode(response.content, limit=MAX_REPLY_BYTES)
 
-    def route(self, owner: CID, home: str) -> None:
-        """Read `owner`'s data, homed on node `home`, through this node."""
-        self.owner, self.home = owner, home.encode()
-
     async def node_id(self) -> bytes:
         if self._node_id is None:
             info = await self.call("node.info")
             self._node_id = str(info["node"]).encode()
         return self._node_id
 
-    async def get_block(self, cid: CID, bat: bytes | None = None, *, verify: bool = True) -> bytes:
-        """Fetch a block, proving knowledge of its BAT when given; verify it is what `cid` names.
+    async def get_block(
+        self,
+        cid: CID,
+        bat: bytes | None = None,
+        *,
+        route: Route | None = None,
+        verify: bool = True,
+    ) -> bytes:
+        """Fetch a block of the owner `route` names, proving knowledge of its BAT when given;
+        verify it is what `cid` names. When the owner's home is not the node at `url`, the read
+        auth is made out to the home, with this node as requester.
 
         `verify=False` leaves the hash check to the caller, who must make it (with
         `check_block`) before using a byte: a reader that decrypts in a worker thread hashes
         there too, in the same hop.
         """
         params = {}
-        if self.owner is not None:
-            params["owner"] = self.owner.text
+        if route is not None:
+            params["owner"] = route.owner.text
         if bat is not None:
             here = await self.node_id()
-            requester, server = (b"", here) if self.home in (None, here) else (here, self.home)
+            home = None if route is None else route.home
+            requester, server = (b"", here) if home in (None, here) else (here, home)
             auth = bats.make_read_auth(bat, cid, requester, server or here, int(self.clock()))
             params["auth"] = auth.to_text()
         try:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Final
 
 import trio
 
-from node.client._api import NodeApi
+from node.client._api import NodeApi, Route
 from protocols import cbor, champ
 from protocols.blocks import MAX_BLOCKS_PER_PUT, sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
@@ -61,20 +62,73 @@ def new_upload_id() -> bytes:
     return secrets.token_bytes(16)
 
 
-class Blocks:
-    """Blocks seen and made during one operation. Also the CHAMP's block source and sink."""
+CACHE_BYTES: Final = 32 * 1024 * 1024  # one command's verified blocks: a few thousand nodes
 
-    def __init__(self, api: NodeApi) -> None:
-        self.api = api
-        self.staged: dict[CID, bytes] = {}
-        self._public: dict[CID, bytes] = {}
+
+class BlockCache:
+    """Verified blocks by CID, least recently used first out once CACHE_BYTES are held.
+
+    A CID names its bytes forever, so whatever one command read stays true for it; only
+    pointers change, and they are never cached. File data fragments are not kept (see
+    `Blocks.fetch`), so memory stays flat whatever the size of the files moved.
+    """
+
+    def __init__(self, limit: int = CACHE_BYTES) -> None:
+        self.limit = limit
+        self.size = 0
+        self._blocks: OrderedDict[CID, bytes] = OrderedDict()
+
+    def get(self, cid: CID) -> bytes | None:
+        data = self._blocks.get(cid)
+        if data is not None:
+            self._blocks.move_to_end(cid)
+        return data
+
+    def add(self, cid: CID, data: bytes) -> None:
+        """Keep `data`, which the caller has checked is what `cid` names."""
+        if cid in self._blocks or len(data) > self.limit:
+            return
+        self._blocks[cid] = data
+        self.size += len(data)
+        while self.size > self.limit:
+            _, dropped = self._blocks.popitem(last=False)
+            self.size -= len(dropped)
+
+
+class _Missing(Exception):
+    """A CHAMP node that the cache does not hold (internal: ends a local-only lookup)."""
+
+
+class _CachedOnly:
+    """A CHAMP block source that reads only what is staged or cached."""
+
+    def __init__(self, blocks: Blocks) -> None:
+        self._blocks = blocks
 
     async def get(self, cid: CID) -> bytes:
-        """A public block (CHAMP node, WriterData): staged, seen, or fetched."""
-        data = self.staged.get(cid) or self._public.get(cid)
+        data = self._blocks.staged.get(cid) or self._blocks.cache.get(cid)
         if data is None:
-            data = await self.api.get_block(cid)
-            self._public[cid] = data
+            raise _Missing
+        return data
+
+
+class Blocks:
+    """Blocks seen and made during one operation on one owner's trees (`route`). Also the
+    CHAMP's block source and sink. Reads go through `cache`, shared by every operation of one
+    command, so each block is fetched at most once."""
+
+    def __init__(self, api: NodeApi, route: Route, cache: BlockCache | None = None) -> None:
+        self.api = api
+        self.route = route
+        self.cache = BlockCache() if cache is None else cache
+        self.staged: dict[CID, bytes] = {}
+
+    async def get(self, cid: CID) -> bytes:
+        """A public block (CHAMP node, WriterData): staged, cached, or fetched."""
+        data = self.staged.get(cid) or self.cache.get(cid)
+        if data is None:
+            data = await self.api.get_block(cid, route=self.route)
+            self.cache.add(cid, data)
         return data
 
     async def put(self, data: bytes) -> CID:
@@ -88,23 +142,37 @@ class Blocks:
         return cid
 
     async def fetch(self, cid: CID, bat: bytes, *, verify: bool = True) -> bytes:
-        """A private block, proving knowledge of its BAT to the node (see NodeApi.get_block)."""
-        return self.staged.get(cid) or await self.api.get_block(cid, bat, verify=verify)
+        """A private block, proving knowledge of its BAT to the node (see NodeApi.get_block).
+
+        Blocks verified here are cached; `verify=False` (file data, hashed by the caller in a
+        worker thread) is neither verified nor kept.
+        """
+        data = self.staged.get(cid) or self.cache.get(cid)
+        if data is None:
+            data = await self.api.get_block(cid, bat, route=self.route, verify=verify)
+            if verify:
+                self.cache.add(cid, data)
+        return data
 
     async def lookup(self, root: CID, keys: Iterable[bytes]) -> dict[bytes, CID | None]:
-        """Values of `keys` in the CHAMP at `root`: one round trip per 64 keys."""
+        """Values of `keys` in the CHAMP at `root`: from the cache when it holds every node on
+        their paths, else one round trip per 64 keys."""
         wanted = list(dict.fromkeys(keys))
+        try:
+            return await champ.get_many(_CachedOnly(self), root, wanted)
+        except _Missing:
+            pass
+        except MalformedInput as exc:
+            raise Corrupted(f"a CHAMP node is malformed: {exc.message}") from exc
         if root not in self.staged:
             for start in range(0, len(wanted), MAX_KEYS_PER_LOOKUP):
                 batch = wanted[start : start + MAX_KEYS_PER_LOOKUP]
-                args: dict[str, object] = {"root": root, "keys": batch}
-                if self.api.owner is not None:
-                    args["owner"] = self.api.owner
+                args: dict[str, object] = {"root": root, "keys": batch, "owner": self.route.owner}
                 proof = await self.api.call("champ.get", args)
                 if not isinstance(proof, list) or not all(isinstance(b, bytes) for b in proof):
                     raise Corrupted("the node returned a malformed CHAMP proof")
                 for block in proof:
-                    self._public[CID.of(CODEC_DAG_CBOR, block)] = block
+                    self.cache.add(CID.of(CODEC_DAG_CBOR, block), block)
         try:
             return await champ.get_many(self, root, wanted)
         except MalformedInput as exc:

@@ -24,17 +24,18 @@ from typing import BinaryIO, Final
 
 import trio
 
-from node.client._api import check_block
+from node.client._api import NodeApi, Route, check_block
 from node.client._blocks import (
     MAX_KEYS_PER_LOOKUP,
+    BlockCache,
     Blocks,
     Uploader,
-    new_upload_id,
     open_tasks,
-    put_blocks,
     stage_dir_chunk,
 )
+from node.client._resolve import HomeResolver, Listing, Resolved, Resolver
 from node.client._session import Session, now_ms
+from node.client._trees import TreeRoot, TreeUpdate, WriterTree, commit_trees
 from protocols import accounts, champ, crypto
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.cryptree import (
@@ -44,6 +45,7 @@ from protocols.cryptree import (
     Capability,
     Entry,
     KeyBlock,
+    Node,
     OpenedNode,
     Properties,
     SealedPayload,
@@ -53,6 +55,7 @@ from protocols.cryptree import (
     open_fragment,
     open_inline,
     open_node,
+    open_writer_secret,
     payload_data,
     payload_key,
     seal_data,
@@ -67,9 +70,6 @@ from protocols.errors import (
     TooLarge,
 )
 from protocols.names import check_file_name, split_path
-from protocols.pointers import CONTEXT as POINTER_CONTEXT
-from protocols.pointers import PointerUpdate
-from protocols.writerdata import WriterData
 
 MAX_COMMIT_ATTEMPTS: Final = 8
 FRAGMENTS_IN_FLIGHT: Final = 4  # fragment reads kept in flight while downloading
@@ -119,13 +119,6 @@ class Directory:
 
 
 @dataclass(frozen=True)
-class Listing:
-    name: str
-    is_dir: bool
-    props: Properties | None = None
-
-
-@dataclass(frozen=True)
 class Contents:
     """A directory's readable entries, and how many of its entries were skipped as unreadable."""
 
@@ -149,6 +142,57 @@ def _guess_mime(name: str) -> str:
     return mime[:127]
 
 
+def hidden(name: str) -> bool:
+    """Names starting with "." (the client's own state, such as `.pyrgos`) are not listed
+    unless asked for."""
+    return name.startswith(".")
+
+
+class _Trees:
+    """The writer trees one operation reads, each pointer read once."""
+
+    def __init__(self, blocks: Blocks) -> None:
+        self.blocks = blocks
+        self.roots: dict[CID, TreeRoot] = {}
+
+    async def root(self, writer: CID) -> TreeRoot:
+        if writer not in self.roots:
+            self.roots[writer] = await WriterTree(writer, self.blocks.route).read(self.blocks)
+        return self.roots[writer]
+
+    async def tree(self, writer: CID) -> CID:
+        return (await self.root(writer)).data.tree
+
+
+@dataclass
+class _Found:
+    """Where a path led: the item's capability, the directories walked (the start first),
+    the entry naming the item (None: the start itself), and the directory the item's writer
+    subtree starts at, with the names from there (how a commit walks to it again)."""
+
+    blocks: Blocks
+    trees: _Trees
+    cap: Capability
+    is_dir: bool
+    dirs: list[Directory]
+    entry: Entry | None
+    base: Capability
+    names: list[str]
+    rest: list[str]  # names not found (a partial walk only)
+
+
+def _same_writer(entry: Entry, parent: Directory) -> Capability:
+    """The capability of `entry`, which a change inside `parent`'s writer tree may enter only
+    when it has the same writer."""
+    cap = entry.capability(parent.cap)
+    if cap.writer != parent.cap.writer:
+        raise Conflict(
+            f"{entry.name} has a writer of its own: a change cannot cross into it "
+            "(moving items between writers is not supported)"
+        )
+    return cap
+
+
 def new_capability(parent: Capability) -> Capability:
     """Fresh random location and keys for a new file or directory under `parent`."""
     return Capability(
@@ -162,27 +206,39 @@ def new_capability(parent: Capability) -> Capability:
 
 
 class FileSystem:
-    """A user's files, through the session's node."""
+    """The encrypted filesystem as one user (or, without a session, anyone) sees it.
 
-    def __init__(self, session: Session) -> None:
+    A path starts with a username (`/alice/a/b`), which `resolver` turns into a capability,
+    the route to its owner's data and the names below it; relative paths are relative to the
+    session user's home. Without a session only reads work. One FileSystem serves one
+    command: every block it reads is kept in its cache, so its reads and commits fetch each
+    block at most once.
+    """
+
+    def __init__(
+        self,
+        api: NodeApi | Session,
+        resolver: Resolver | None = None,
+        session: Session | None = None,
+    ) -> None:
+        if isinstance(api, Session):  # FileSystem(session): the user's own home
+            session, api = api, api.api
+        if resolver is None:
+            if session is None:
+                raise ValueError("a FileSystem without a session needs a resolver")
+            resolver = HomeResolver(session)
+        self.api = api
         self.session = session
-        self.api = session.api
+        self.resolver = resolver
+        self.cache = BlockCache()
+
+    def require_session(self) -> Session:
+        """The logged-in session, or Denied: writes and relative paths need one."""
+        if self.session is None:
+            raise Denied("this needs a login: run `pyrgos login USER` first")
+        return self.session
 
     # -- reading ------------------------------------------------------------------------
-
-    async def _root(self) -> tuple[PointerUpdate, WriterData, Blocks]:
-        owner = self.session.owner
-        raw = await self.api.call("pointer.get", {"writer": owner, "owner": owner})
-        if not isinstance(raw, bytes):
-            raise NotFound("this account has no root: was the signup completed?")
-        pointer = PointerUpdate.decode(raw)
-        self.session.identity.public.verify(pointer.signed_part, pointer.signature, POINTER_CONTEXT)
-        blocks = Blocks(self.api)
-        try:
-            writer_data = WriterData.decode(await blocks.get(pointer.new))
-        except MalformedInput as exc:
-            raise Corrupted(f"the account root is malformed: {exc.message}") from exc
-        return pointer, writer_data, blocks
 
     async def _nodes(
         self, blocks: Blocks, tree: CID, cap: Capability, indices: Sequence[int]
@@ -250,22 +306,85 @@ class FileSystem:
                 nursery.start_soon(open_chunk, index)
         return Directory(cap, [chunk for chunk in chunks if chunk is not None])
 
-    def _split(self, path: str) -> list[str]:
-        """Names from the home directory down; absolute paths start with the username."""
+    def _split(self, path: str) -> tuple[str, list[str]]:
+        """(username, names below it); relative paths start at the session user's home."""
         names = split_path(path)
-        if path.startswith("/"):
-            if not names:
-                return []
-            if names[0] != self.session.username:
-                raise NotFound(f"/{names[0]} is not this user's home (/{self.session.username})")
-            return names[1:]
-        return names
+        if path.startswith("/") and names:
+            return names[0], names[1:]
+        return self.require_session().username, names
+
+    async def _find(self, path: str) -> _Found:
+        username, names = self._split(path)
+        return await self._walk_from(await self.resolver.resolve(username, names))
+
+    async def _walk_from(self, start: Resolved, partial: bool = False) -> _Found:
+        """Walk `start.names` from `start.cap`, reading each writer's tree the walk enters.
+
+        With `partial`, the walk stops at the first name that does not exist or is a file
+        with names below it (the names left are `_Found.rest`); otherwise that is NotFound.
+        """
+        blocks = Blocks(self.api, start.route, self.cache)
+        trees = _Trees(blocks)
+        cap, names = start.cap, start.names
+        base, base_depth, is_dir = cap, 0, True
+        dirs: list[Directory] = []
+        if names:
+            dirs.append(await self._read_dir(blocks, await trees.tree(cap.writer), cap))
+        else:  # a capability given directly may name a file
+            is_dir, directory = await self._open_start(blocks, await trees.tree(cap.writer), cap)
+            dirs += [directory] if directory is not None else []
+        entry: Entry | None = None
+        for depth, name in enumerate(names):
+            found = dirs[-1].find(name)
+            if found is None:
+                if partial:
+                    return _Found(blocks, trees, cap, is_dir, dirs, entry, base,
+                                  names[base_depth:depth], names[depth:])  # fmt: skip
+                raise NotFound(f"no such file or directory: {'/'.join(names[: depth + 1])}")
+            entry = found[1]
+            cap, is_dir = entry.capability(dirs[-1].cap), entry.is_dir
+            if cap.writer != dirs[-1].cap.writer:  # the item has a writer of its own
+                base, base_depth = cap, depth + 1
+            if depth < len(names) - 1:
+                if not entry.is_dir:
+                    if partial:  # the caller tells a file in the way (is_dir False, rest)
+                        walked, rest = names[base_depth : depth + 1], names[depth + 1 :]
+                        return _Found(blocks, trees, cap, False, dirs, entry, base, walked, rest)
+                    raise NotFound(f"not a directory: {'/'.join(names[: depth + 1])}")
+                dirs.append(await self._read_dir(blocks, await trees.tree(cap.writer), cap))
+        return _Found(blocks, trees, cap, is_dir, dirs, entry, base, names[base_depth:], [])
+
+    async def _open_start(
+        self, blocks: Blocks, tree: CID, cap: Capability
+    ) -> tuple[bool, Directory | None]:
+        """Whether `cap` names a directory (and the directory read), or a file: a capability
+        does not say, and a node opens under the keys of its own kind only."""
+        ((_, block),) = await self._nodes(blocks, tree, cap, [0])
+        try:
+            opened = open_node(cap, 0, True, block)
+        except Corrupted:
+            open_node(cap, 0, False, block)  # Corrupted unless it is a file
+            return False, None
+        if opened.props is None or not opened.props.is_dir:
+            raise Corrupted("a first chunk has no metadata")
+        return True, await self._read_dir(blocks, tree, cap)
+
+    async def _item_dir(self, found: _Found, shown: str) -> Directory:
+        """The directory `found` names (Conflict if it is a file, `shown` by that name)."""
+        if not found.is_dir:
+            raise Conflict(f"not a directory: {shown}")
+        if found.entry is None:
+            return found.dirs[0]
+        return await self._read_dir(
+            found.blocks, await found.trees.tree(found.cap.writer), found.cap
+        )
 
     async def _walk(
-        self, blocks: Blocks, tree: CID, names: list[str]
+        self, blocks: Blocks, tree: CID, start: Capability, names: list[str]
     ) -> tuple[list[Directory], Entry | None]:
-        """The directories along `names` (home first) and the final entry (None: home)."""
-        dirs = [await self._read_dir(blocks, tree, self.session.home)]
+        """The directories along `names` (`start` first) and the final entry (None: `start`),
+        all in one writer's `tree`: how a commit finds again what it changes."""
+        dirs = [await self._read_dir(blocks, tree, start)]
         entry: Entry | None = None
         for depth, name in enumerate(names):
             found = dirs[-1].find(name)
@@ -275,49 +394,85 @@ class FileSystem:
             if depth < len(names) - 1:
                 if not entry.is_dir:
                     raise NotFound(f"not a directory: {'/'.join(names[: depth + 1])}")
-                dirs.append(await self._read_dir(blocks, tree, entry.capability(dirs[-1].cap)))
+                dirs.append(await self._read_dir(blocks, tree, _same_writer(entry, dirs[-1])))
         return dirs, entry
 
-    async def listdir(self, path: str = "", *, long: bool = False) -> list[Listing]:
+    async def listdir(
+        self, path: str = "", *, long: bool = False, all: bool = False
+    ) -> list[Listing]:
         """The readable entries of a directory (or the one file `path` names)."""
-        return (await self.contents(path, long=long)).items
+        return (await self.contents(path, long=long, all=all)).items
 
-    async def contents(self, path: str = "", *, long: bool = False) -> Contents:
-        """A directory's entries, sorted by name, and the count of those skipped as unreadable.
+    async def contents(self, path: str = "", *, long: bool = False, all: bool = False) -> Contents:
+        """A directory's entries, sorted by name, and the count of those skipped as unreadable;
+        names starting with "." only with `all`.
 
         A short listing reads only the directory, so it skips the entries that fail to decode;
         a long one reads every child's first node and also skips those it cannot read.
         """
-        _, writer_data, blocks = await self._root()
-        dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
-        if entry is not None and not entry.is_dir:
-            props = await self._props(blocks, writer_data.tree, dirs[-1].cap, entry)
-            return Contents([Listing(entry.name, False, props)], 0)
-        directory = dirs[-1]
-        if entry is not None:
-            directory = await self._read_dir(
-                blocks, writer_data.tree, entry.capability(directory.cap)
-            )
-        entries = sorted(directory.entries(), key=lambda e: e.name)
+        username, names = self._split(path)
+        if not names:
+            top = await self.resolver.list_top(username)
+            if top is not None:
+                items = sorted((i for i in top if all or not hidden(i.name)), key=lambda i: i.name)
+                return Contents(items, 0)
+        found = await self._walk_from(await self.resolver.resolve(username, names))
+        return await self._contents(found, long=long, all=all)
+
+    async def contents_of(
+        self, cap: Capability, route: Route, *, long: bool = False, all: bool = False
+    ) -> Contents:
+        """`contents` of the item a capability names (a share, a link), read through `route`."""
+        return await self._contents(await self._walk_from(Resolved(cap, route, [])), long, all)
+
+    async def open_capability(self, cap: Capability, route: Route) -> Listing:
+        """The item a capability names, with its properties: checks that it can be read."""
+        found = await self._walk_from(Resolved(cap, route, []))
+        props = await self._found_props(found)
+        return Listing(props.name, props.is_dir, props)
+
+    async def _contents(self, found: _Found, long: bool = False, all: bool = False) -> Contents:
+        if not found.is_dir:
+            props = await self._found_props(found)
+            name = props.name if found.entry is None else found.entry.name
+            return Contents([Listing(name, False, props)], 0)
+        directory = await self._item_dir(found, "this item")
+        entries = sorted(
+            (e for e in directory.entries() if all or not hidden(e.name)), key=lambda e: e.name
+        )
         if not long:
             return Contents([Listing(e.name, e.is_dir) for e in entries], directory.unreadable())
-        children = await self._children(blocks, writer_data.tree, directory.cap, entries)
+        tree = await found.trees.tree(directory.cap.writer)
+        children = await self._children(found.blocks, tree, directory.cap, entries, found.trees)
         items = [Listing(e.name, e.is_dir, props) for e, props in children if props is not None]
         return Contents(items, directory.unreadable() + len(entries) - len(items))
 
     async def _children(
-        self, blocks: Blocks, tree: CID, parent: Capability, entries: Sequence[Entry]
+        self,
+        blocks: Blocks,
+        tree: CID,
+        parent: Capability,
+        entries: Sequence[Entry],
+        trees: _Trees | None = None,
     ) -> list[tuple[Entry, Properties | None]]:
         """Each entry with its first node's properties, None where that node cannot be read:
-        one CHAMP lookup per 64 entries, their nodes fetched in parallel."""
+        one CHAMP lookup per 64 entries, their nodes fetched in parallel. An entry with a
+        writer of its own is looked up in that writer's tree (read through `trees`; without
+        them, it counts as unreadable)."""
         result: list[tuple[Entry, Properties | None]] = []
         for start in range(0, len(entries), MAX_KEYS_PER_LOOKUP):
             batch = entries[start : start + MAX_KEYS_PER_LOOKUP]
-            found = await blocks.lookup(tree, [entry.label for entry in batch])
+            own = [e.label for e in batch if e.writer in (None, parent.writer)]
+            found = await blocks.lookup(tree, own) if own else {}
+            for entry in batch:
+                if entry.writer not in (None, parent.writer) and trees is not None:
+                    with contextlib.suppress(*UNREADABLE_ENTRY):
+                        other = await trees.tree(entry.writer)
+                        found.update(await blocks.lookup(other, [entry.label]))
             props: list[Properties | None] = [None] * len(batch)
             async with open_tasks() as nursery:
                 for slot, entry in enumerate(batch):
-                    cid = found[entry.label]
+                    cid = found.get(entry.label)
                     nursery.start_soon(self._child, blocks, parent, entry, cid, props, slot)
             result += zip(batch, props, strict=True)
         return result
@@ -338,22 +493,25 @@ class FileSystem:
             block = await blocks.fetch(cid, entry.bat)
             out[slot] = open_node(entry.capability(parent), 0, entry.is_dir, block).props
 
-    async def _props(
-        self, blocks: Blocks, tree: CID, parent: Capability, entry: Entry
-    ) -> Properties:
-        cap = entry.capability(parent)
+    async def _props(self, blocks: Blocks, tree: CID, cap: Capability, is_dir: bool) -> Properties:
         ((_, block),) = await self._nodes(blocks, tree, cap, [0])
-        props = open_node(cap, 0, entry.is_dir, block).props
+        props = open_node(cap, 0, is_dir, block).props
         if props is None:
             raise Corrupted("a first chunk has no metadata")
         return props
 
+    async def _found_props(self, found: _Found) -> Properties:
+        if found.is_dir and found.entry is None:
+            return found.dirs[0].props
+        tree = await found.trees.tree(found.cap.writer)
+        return await self._props(found.blocks, tree, found.cap, found.is_dir)
+
     async def stat(self, path: str) -> Properties:
-        _, writer_data, blocks = await self._root()
-        dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
-        if entry is None:
-            return dirs[0].props
-        return await self._props(blocks, writer_data.tree, dirs[-1].cap, entry)
+        return await self._found_props(await self._find(path))
+
+    async def capability(self, path: str) -> Capability:
+        """The capability of the item at `path`: writable when we hold its write key."""
+        return (await self._find(path)).cap
 
     @contextlib.asynccontextmanager
     async def read(
@@ -366,22 +524,52 @@ class FileSystem:
         """
         if offset < 0 or (length is not None and length < 0):
             raise MalformedInput("offset and length must not be negative")
-        _, writer_data, blocks = await self._root()
-        dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
-        if entry is None or entry.is_dir:
+        found = await self._find(path)
+        if found.is_dir:
             raise Conflict(f"{path} is a directory")
-        cap = entry.capability(dirs[-1].cap)
+        async with self._read_found(found, offset, length) as pieces:
+            yield pieces
+
+    @contextlib.asynccontextmanager
+    async def _read_found(
+        self, found: _Found, offset: int, length: int | None
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
+        cap, blocks = found.cap, found.blocks
+        tree = await found.trees.tree(cap.writer)
         if length is None:
-            props = await self._props(blocks, writer_data.tree, dirs[-1].cap, entry)
+            props = await self._props(blocks, tree, cap, False)
             length = max(0, props.size - offset)
         send, receive = trio.open_memory_channel[bytes](2)
         async with open_tasks() as nursery:
-            nursery.start_soon(
-                self._produce, send, blocks, writer_data.tree, cap, offset, offset + length
-            )
+            nursery.start_soon(self._produce, send, blocks, tree, cap, offset, offset + length)
             async with receive:
                 yield receive
             nursery.cancel_scope.cancel()  # the reader stopped early
+
+    async def read_bytes(self, path: str, limit: int) -> bytes:
+        """The whole of a small file (state files): TooLarge when it is over `limit` bytes."""
+        return await self._read_small(await self._find(path), path, limit)
+
+    async def read_capability(self, cap: Capability, route: Route, limit: int) -> bytes:
+        """`read_bytes` of the file a capability names, read through `route`."""
+        found = await self._walk_from(Resolved(cap, route, []))
+        return await self._read_small(found, "this file", limit)
+
+    async def _read_small(self, found: _Found, shown: str, limit: int) -> bytes:
+        if found.is_dir:
+            raise Conflict(f"{shown} is a directory")
+        props = await self._found_props(found)
+        if props.size > limit:
+            raise TooLarge(f"{shown} is {props.size} bytes, over the {limit} expected")
+        parts = []
+        async with self._read_found(found, 0, props.size) as pieces:
+            async for piece in pieces:
+                parts.append(piece)
+        return b"".join(parts)
+
+    async def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a small file whole (state files), replacing any file of that name."""
+        await self.write_file(path, io.BytesIO(data))
 
     async def _produce(
         self,
@@ -473,40 +661,67 @@ class FileSystem:
 
     # -- writing ------------------------------------------------------------------------
 
+    async def _writable(self, found: _Found) -> tuple[WriterTree, TreeRoot]:
+        """The writer tree holding what `found` names, with the key to sign for it: the
+        session's identity for the user's own home tree; for a subtree with a writer of its
+        own, the writer secret sealed in its root node under the item's write key. Denied
+        when we cannot write there."""
+        session = self.require_session()
+        base, blocks = found.base, found.blocks
+        root = await found.trees.root(base.writer)
+        own = base.owner == session.owner
+        if base.writer == base.owner:
+            if not own:
+                raise Denied("only its owner writes outside a shared item's subtree")
+            return WriterTree(base.writer, blocks.route, session.identity, session.mirror_id), root
+        if base.write_key is None:
+            raise Denied("this item is read-only to you: you hold no write access to it")
+        is_dir = found.is_dir or bool(found.names)
+        ((_, block),) = await self._nodes(blocks, root.data.tree, base, [0])
+        sealed = open_node(base, 0, is_dir, block).keys.writer_secret
+        if sealed is None:
+            raise Denied("this item's writer key is not held with it: it is read-only to you")
+        signer = crypto.SigningKey.from_seed(open_writer_secret(base.write_key, base.label, sealed))
+        if signer.public.key_hash() != base.writer:
+            raise Corrupted("an item's writer secret is not the key of its writer")
+        if own:
+            mirror = session.mirror_id
+        else:  # a sharee copies the owner's mirror BAT id from the node it rewrites
+            bat_ids = Node.decode(block).bats
+            if len(bat_ids) < 2:
+                raise Corrupted("an item's node names no mirror BAT")
+            mirror = bat_ids[1]
+        return WriterTree(base.writer, blocks.route, signer, mirror), root
+
     async def _commit(
         self,
+        tree: WriterTree,
+        first: TreeRoot,
         change: Callable[[Blocks, CID], Awaitable[CID | None]],
         uploads: Sequence[bytes] = (),
     ) -> None:
-        """Apply `change` to the current tree and swap the pointer; on a lost race, redo it.
-        A change that returns None has nothing to do: no commit is made."""
-        session = self.session
+        """Apply `change` to `tree` (first at `first`, the root the operation read) and swap
+        its pointer; on a lost race, re-read the pointer and redo it: the blocks already read
+        come from the cache, so only what changed is fetched. A change that returns None has
+        nothing to do: no commit is made."""
+        tree.writable()
+        root = first
         for attempt in range(MAX_COMMIT_ATTEMPTS):
-            pointer, writer_data, blocks = await self._root()
-            tree = await change(blocks, writer_data.tree)
-            if tree is None:
+            blocks = Blocks(self.api, tree.route, self.cache)
+            if attempt:
+                root = await tree.read(blocks)
+            new_tree = await change(blocks, root.data.tree)
+            if new_tree is None:
                 return
-            root = await blocks.put(replace(writer_data, tree=tree).encode())
-            staged = [(cid, blocks.staged[cid]) for cid in blocks.reachable_staged(root)]
-            upload = new_upload_id()
-            await put_blocks(self.api, session.owner, session.identity, staged, upload)
-            update = PointerUpdate.create(session.identity, pointer.new, root, pointer.sequence + 1)
             try:
-                await self.api.call(
-                    "pointer.cas",
-                    {
-                        "owner": session.owner,
-                        "updates": [[session.owner, update.encode()]],
-                        "uploads": [upload, *uploads],
-                    },
-                )
+                await commit_trees(self.api, blocks, [TreeUpdate(tree, root, new_tree)], uploads)
                 return
             except StaleRoot:
                 await trio.sleep(random.uniform(0, 0.02 * 2**attempt))
         raise Conflict("the tree kept changing under this operation; try again")
 
     async def _save_dir(
-        self, blocks: Blocks, tree: CID, directory: Directory, dirty: set[int]
+        self, blocks: Blocks, tree: CID, directory: Directory, dirty: set[int], mirror_id: bytes
     ) -> CID:
         """Write the chunks of `directory` that changed, and chunk 0 with its new metadata.
 
@@ -538,58 +753,89 @@ class FileSystem:
                 tree = await stage_dir_chunk(
                     blocks, tree, directory.cap, chunk.index, chunk.keys,
                     chunk.props if chunk.index == 0 else None, chunk.entries, chunk.node,
-                    self.session.mirror_id, chunk.unreadable,
+                    mirror_id, chunk.unreadable,
                 )  # fmt: skip
         return tree
 
     async def _new_dir(
-        self, blocks: Blocks, tree: CID, parent: Capability, name: str
+        self, blocks: Blocks, tree: CID, parent: Capability, name: str, mirror_id: bytes
     ) -> tuple[CID, Entry]:
         cap = new_capability(parent)
         stamp = now_ms()
         props = Properties(name, True, 0, stamp, stamp, parent=parent.label)
         keys = KeyBlock(crypto.random_key())
-        tree = await stage_dir_chunk(
-            blocks, tree, cap, 0, keys, props, [], None, self.session.mirror_id
-        )
+        tree = await stage_dir_chunk(blocks, tree, cap, 0, keys, props, [], None, mirror_id)
         return tree, Entry.link(name, True, cap, parent)
 
-    async def _dir_at(self, blocks: Blocks, tree: CID, names: list[str]) -> Directory:
-        dirs, entry = await self._walk(blocks, tree, names)
+    async def _dir_at(
+        self, blocks: Blocks, tree: CID, start: Capability, names: list[str]
+    ) -> Directory:
+        dirs, entry = await self._walk(blocks, tree, start, names)
         if entry is None:
             return dirs[0]
         if not entry.is_dir:
             raise Conflict(f"not a directory: {'/'.join(names)}")
-        return await self._read_dir(blocks, tree, entry.capability(dirs[-1].cap))
+        return await self._read_dir(blocks, tree, _same_writer(entry, dirs[-1]))
+
+    async def _parent(self, path: str) -> tuple[_Found, str, list[str]]:
+        """The directory holding the item at `path`, its name there, and the names from the
+        start of the directory's writer subtree to it (how a commit finds it again)."""
+        username, names = self._split(path)
+        if not names:
+            raise Conflict(f"/{username} is not an item of a directory")
+        found = await self._walk_from(await self.resolver.resolve(username, names[:-1]))
+        if not found.is_dir:
+            raise Conflict(f"not a directory: {'/'.join(names[:-1])}")
+        return found, names[-1], found.names
 
     async def mkdir(self, path: str, *, parents: bool = False) -> None:
-        names = self._split(path)
+        username, names = self._split(path)
         if not names:
             raise Conflict("the home directory already exists")
+        found = await self._walk_from(await self.resolver.resolve(username, names), True)
+        if not found.rest:
+            if not parents:
+                raise Conflict(f"{path} already exists")
+            if not found.is_dir:
+                raise Conflict(f"not a directory: {'/'.join(names)}")
+            return
+        if not found.is_dir:
+            raise Conflict(f"not a directory: {'/'.join(names[: len(names) - len(found.rest)])}")
+        if len(found.rest) > 1 and not parents:
+            raise NotFound(
+                f"no such directory: {'/'.join(names[: len(names) - len(found.rest) + 1])}"
+            )
+        tree, first = await self._writable(found)
+        mirror_id = tree.mirror_id or b""
+        rel = found.names + found.rest  # from the start of the writer's subtree
+        shown = names[: len(names) - len(rel)]
 
-        async def change(blocks: Blocks, tree: CID) -> CID:
-            directory = await self._read_dir(blocks, tree, self.session.home)
-            for depth, name in enumerate(names):
-                found = directory.find(name)
-                last = depth == len(names) - 1
-                if found is not None:
+        async def change(blocks: Blocks, root: CID) -> CID:
+            directory = await self._read_dir(blocks, root, found.base)
+            for depth, name in enumerate(rel):
+                at = "/".join([*shown, *rel[: depth + 1]])
+                existing = directory.find(name)
+                last = depth == len(rel) - 1
+                if existing is not None:
                     if last and not parents:
                         raise Conflict(f"{path} already exists")
-                    if not found[1].is_dir:
-                        raise Conflict(f"not a directory: {'/'.join(names[: depth + 1])}")
+                    if not existing[1].is_dir:
+                        raise Conflict(f"not a directory: {at}")
                     directory = await self._read_dir(
-                        blocks, tree, found[1].capability(directory.cap)
+                        blocks, root, _same_writer(existing[1], directory)
                     )
                     continue
                 if not last and not parents:
-                    raise NotFound(f"no such directory: {'/'.join(names[: depth + 1])}")
-                tree, entry = await self._new_dir(blocks, tree, directory.cap, name)
+                    raise NotFound(f"no such directory: {at}")
+                root, entry = await self._new_dir(blocks, root, directory.cap, name, mirror_id)
                 directory.chunks[-1].entries.append(entry)
-                tree = await self._save_dir(blocks, tree, directory, {len(directory.chunks) - 1})
-                directory = await self._read_dir(blocks, tree, entry.capability(directory.cap))
-            return tree
+                root = await self._save_dir(
+                    blocks, root, directory, {len(directory.chunks) - 1}, mirror_id
+                )
+                directory = await self._read_dir(blocks, root, entry.capability(directory.cap))
+            return root
 
-        await self._commit(change)
+        await self._commit(tree, first, change)
 
     async def _labels(
         self, blocks: Blocks, tree: CID, parent: Capability, entry: Entry
@@ -598,8 +844,11 @@ class FileSystem:
 
         Only locations are needed, so no write key is opened. A node that cannot be read (a
         bad entry) still has its chunks found by their labels; what lies below a directory
-        that cannot be read cannot be found, and stays in the tree.
+        that cannot be read cannot be found, and stays in the tree. An item with a writer of
+        its own is in that writer's tree, not this one: nothing of it is found here.
         """
+        if entry.writer not in (None, parent.writer):
+            return {}
         cap = Capability(parent.owner, parent.writer, entry.label, entry.bat, entry.read_key)
         try:
             ((first_cid, first),) = await self._nodes(blocks, tree, cap, [0])
@@ -642,104 +891,131 @@ class FileSystem:
             tree = await champ.remove(blocks, tree, label, cid)
         return tree
 
-    async def _locate(
-        self, blocks: Blocks, tree: CID, names: list[str], path: str
-    ) -> tuple[Directory, DirChunk, Entry]:
-        """The parent directory of `names`, and the chunk and entry that name it."""
-        parent = await self._dir_at(blocks, tree, names[:-1])
-        found = parent.find(names[-1])
-        if found is None:
-            raise NotFound(f"no such file or directory: {path}")
-        return parent, *found
-
     async def remove(self, path: str, *, recursive: bool = False) -> None:
-        names = self._split(path)
-        if not names:
+        """Remove a file or directory. An item with a writer of its own is unlinked from its
+        directory; its writer's tree is left as it is."""
+        if not self._split(path)[1]:
             raise Conflict("the home directory cannot be removed")
+        found, name, rel = await self._parent(path)
+        tree, first = await self._writable(found)
+        mirror_id = tree.mirror_id or b""
 
-        async def change(blocks: Blocks, tree: CID) -> CID:
-            parent, chunk, entry = await self._locate(blocks, tree, names, path)
+        async def change(blocks: Blocks, root: CID) -> CID:
+            parent = await self._dir_at(blocks, root, found.base, rel)
+            located = parent.find(name)
+            if located is None:
+                raise NotFound(f"no such file or directory: {path}")
+            chunk, entry = located
             if entry.is_dir and not recursive:
+                child_cap = entry.capability(parent.cap)
                 try:
-                    child = await self._read_dir(blocks, tree, entry.capability(parent.cap))
+                    child_tree = root
+                    if child_cap.writer != parent.cap.writer:
+                        child_tree = await _Trees(blocks).tree(child_cap.writer)
+                    child = await self._read_dir(blocks, child_tree, child_cap)
                 except UNREADABLE_ENTRY:
                     raise Conflict(f"{path} is a directory that cannot be read (use -r)") from None
                 if child.entries() or child.unreadable():
                     raise Conflict(f"{path} is a directory that is not empty (use -r)")
-            tree = await self._unlink(
-                blocks, tree, await self._labels(blocks, tree, parent.cap, entry)
+            root = await self._unlink(
+                blocks, root, await self._labels(blocks, root, parent.cap, entry)
             )
             chunk.entries.remove(entry)
-            return await self._save_dir(blocks, tree, parent, {chunk.index})
+            return await self._save_dir(blocks, root, parent, {chunk.index}, mirror_id)
 
-        await self._commit(change)
+        await self._commit(tree, first, change)
 
     async def remove_unreadable(self, path: str) -> int:
         """Remove the entries of the directory `path` that cannot be read (see `contents`, long
-        form), and the chunks they name that can be found; return how many were removed."""
-        names = self._split(path)
+        form), and the chunks they name that can be found; return how many were removed.
+        Entries with a writer of their own are left alone (they are read from another tree)."""
+        found = await self._find(path)
+        if not found.is_dir:
+            raise Conflict(f"not a directory: {path}")
+        tree, first = await self._writable(found)
+        mirror_id = tree.mirror_id or b""
         removed = 0
 
-        async def change(blocks: Blocks, tree: CID) -> CID | None:
+        async def change(blocks: Blocks, root: CID) -> CID | None:
             nonlocal removed
-            directory = await self._dir_at(blocks, tree, names)
+            directory = await self._dir_at(blocks, root, found.base, found.names)
             dirty = {chunk.index for chunk in directory.chunks if chunk.unreadable}
             removed = directory.unreadable()
             for chunk in directory.chunks:
                 chunk.unreadable = []
-                for entry, props in await self._children(
-                    blocks, tree, directory.cap, chunk.entries
-                ):
+                own = [e for e in chunk.entries if e.writer in (None, directory.cap.writer)]
+                for entry, props in await self._children(blocks, root, directory.cap, own):
                     if props is None:
-                        labels = await self._labels(blocks, tree, directory.cap, entry)
-                        tree = await self._unlink(blocks, tree, labels)
+                        labels = await self._labels(blocks, root, directory.cap, entry)
+                        root = await self._unlink(blocks, root, labels)
                         chunk.entries.remove(entry)
                         dirty.add(chunk.index)
                         removed += 1
             if not dirty:
                 return None
-            return await self._save_dir(blocks, tree, directory, dirty)
+            return await self._save_dir(blocks, root, directory, dirty, mirror_id)
 
-        await self._commit(change)
+        await self._commit(tree, first, change)
         return removed
 
     async def move(self, source: str, target: str) -> None:
-        src = self._split(source)
-        dst = self._split(target)
+        """Move or rename an item within one writer's tree (Conflict across writers)."""
+        src_user, src = self._split(source)
+        dst_user, dst = self._split(target)
         if not src:
             raise Conflict("the home directory cannot be moved")
+        if dst_user != src_user:
+            raise Conflict("an item cannot be moved to another user's space")
+        found, _, rel = await self._parent(source)
+        offset = len(src) - 1 - len(rel)  # names before the writer subtree's start
+        if dst[:offset] != src[:offset]:
+            raise Conflict("an item cannot be moved out of its writer's subtree")
+        dst_rel = dst[offset:]
+        tree, first = await self._writable(found)
+        mirror_id = tree.mirror_id or b""
 
-        async def change(blocks: Blocks, tree: CID) -> CID:
-            src_parent, src_chunk, entry = await self._locate(blocks, tree, src, source)
-            dst_names, name = await self._destination(blocks, tree, dst, src[-1])
-            if entry.is_dir and dst_names[: len(src)] == src:
+        async def change(blocks: Blocks, root: CID) -> CID:
+            start = found.base
+            src_parent = await self._dir_at(blocks, root, start, rel)
+            located = src_parent.find(src[-1])
+            if located is None:
+                raise NotFound(f"no such file or directory: {source}")
+            src_chunk, entry = located
+            if entry.writer not in (None, src_parent.cap.writer):
+                raise Conflict(f"{source} has a writer of its own: it cannot be moved yet")
+            dst_names, name = await self._destination(blocks, root, start, dst_rel, src[-1])
+            if entry.is_dir and dst_names[: len(rel) + 1] == [*rel, src[-1]]:
                 raise Conflict("a directory cannot be moved into itself")
             dst_parent = (
-                src_parent if dst_names == src[:-1] else await self._dir_at(blocks, tree, dst_names)
+                src_parent
+                if dst_names == rel
+                else await self._dir_at(blocks, root, start, dst_names)
             )
             if dst_parent.find(name) is not None:
-                raise Conflict(f"{'/'.join([*dst_names, name])} already exists")
-            tree = await self._rename_node(
-                blocks, tree, src_parent.cap, entry, name, dst_parent.cap
+                raise Conflict(f"{'/'.join([*dst[:offset], *dst_names, name])} already exists")
+            root = await self._rename_node(
+                blocks, root, src_parent.cap, entry, name, dst_parent.cap, mirror_id
             )
             src_chunk.entries.remove(entry)
             moved = Entry.link(name, entry.is_dir, entry.capability(src_parent.cap), dst_parent.cap)
             if dst_parent is src_parent:
                 src_chunk.entries.append(moved)
-                return await self._save_dir(blocks, tree, src_parent, {src_chunk.index})
-            tree = await self._save_dir(blocks, tree, src_parent, {src_chunk.index})
-            dst_parent = await self._dir_at(blocks, tree, dst_names)
+                return await self._save_dir(blocks, root, src_parent, {src_chunk.index}, mirror_id)
+            root = await self._save_dir(blocks, root, src_parent, {src_chunk.index}, mirror_id)
+            dst_parent = await self._dir_at(blocks, root, start, dst_names)
             dst_parent.chunks[-1].entries.append(moved)
-            return await self._save_dir(blocks, tree, dst_parent, {len(dst_parent.chunks) - 1})
+            return await self._save_dir(
+                blocks, root, dst_parent, {len(dst_parent.chunks) - 1}, mirror_id
+            )
 
-        await self._commit(change)
+        await self._commit(tree, first, change)
 
     async def _destination(
-        self, blocks: Blocks, tree: CID, names: list[str], name: str
+        self, blocks: Blocks, tree: CID, start: Capability, names: list[str], name: str
     ) -> tuple[list[str], str]:
         """(directory, name) a move to `names` lands at: into it when it is a directory."""
         try:
-            _, entry = await self._walk(blocks, tree, names)
+            _, entry = await self._walk(blocks, tree, start, names)
         except NotFound:
             if not names:
                 raise
@@ -756,6 +1032,7 @@ class FileSystem:
         entry: Entry,
         name: str,
         new_parent: Capability,
+        mirror_id: bytes,
     ) -> CID:
         """Rewrite chunk 0's metadata with the new name and parent; the data is untouched."""
         cap = entry.capability(old_parent)
@@ -764,9 +1041,7 @@ class FileSystem:
         if opened.props is None:
             raise Corrupted("a first chunk has no metadata")
         props = replace(opened.props, name=name, parent=new_parent.label, modified=now_ms())
-        node = build_node(
-            cap, 0, opened.keys, entry.is_dir, props, opened.data, self.session.mirror_id
-        )
+        node = build_node(cap, 0, opened.keys, entry.is_dir, props, opened.data, mirror_id)
         return await champ.put(blocks, tree, cap.label, cid, await blocks.put(node))
 
     # -- files --------------------------------------------------------------------------
@@ -778,11 +1053,11 @@ class FileSystem:
         name: str,
         source: BinaryIO,
         progress: Progress | None,
+        mirror_id: bytes,
     ) -> _Prepared:
         """Encrypt and send every chunk of `source`; nothing points at them until the commit."""
         cap = new_capability(parent)
         keys = KeyBlock(crypto.random_key())
-        mirror_id = self.session.mirror_id
         nodes: dict[bytes, CID] = {}
         first: SealedPayload | None = None
         size = 0
@@ -822,101 +1097,91 @@ class FileSystem:
         *,
         progress: Progress | None = None,
     ) -> None:
-        """Upload files into `directory` (overwriting files of the same names) in one commit."""
-        names = self._split(directory)
+        """Upload files into `directory` (overwriting files of the same names) in one commit.
+
+        The directory is read once (its writer's pointer and the nodes on the way), and the
+        commit works from what was read: a commit that loses its race re-reads the pointer.
+        """
         for name, _ in files:
             check_file_name(name)
-        _, writer_data, blocks = await self._root()
-        parent = await self._dir_at(blocks, writer_data.tree, names)
+        names = self._split(directory)[1]
+        found = await self._find(directory)
+        parent = await self._item_dir(found, "/".join(names))
+        tree, first = await self._writable(found)
+        signer, mirror_id = tree.writable(), tree.mirror_id or b""
+        rel = found.names
         for name, _ in files:
-            found = parent.find(name)
-            if found is not None and found[1].is_dir:
+            existing = parent.find(name)
+            if existing is not None and existing[1].is_dir:
                 raise Conflict(f"{'/'.join([*names, name])} is a directory")
+            if existing is not None and existing[1].writer not in (None, parent.cap.writer):
+                raise Conflict(f"{name} has a writer of its own: remove it before replacing it")
         prepared: list[_Prepared] = []
         async with open_tasks() as nursery:
-            uploader = Uploader(self.api, self.session.owner, self.session.identity, nursery)
+            uploader = Uploader(self.api, tree.owner, signer, nursery)
             for name, opener in files:
                 with opener() as source:
                     prepared.append(
-                        await self._upload_file(uploader, parent.cap, name, source, progress)
+                        await self._upload_file(
+                            uploader, parent.cap, name, source, progress, mirror_id
+                        )
                     )
             await uploader.finish()
 
-        async def change(blocks: Blocks, tree: CID) -> CID:
-            target = await self._dir_at(blocks, tree, names)
+        async def change(blocks: Blocks, root: CID) -> CID:
+            target = await self._dir_at(blocks, root, found.base, rel)
             labels = [label for item in prepared for label in item.nodes]
-            await blocks.lookup(tree, labels)  # fetch the CHAMP paths in few round trips
+            await blocks.lookup(root, labels)  # the CHAMP paths in few round trips
             existing = {e.name: (chunk, e) for chunk in target.chunks for e in chunk.entries}
             dirty: set[int] = set()
             for item in prepared:
-                found = existing.get(item.entry.name)
-                if found is not None:
-                    chunk, old = found
+                located = existing.get(item.entry.name)
+                if located is not None:
+                    chunk, old = located
                     if old.is_dir:
                         raise Conflict(f"{item.entry.name} is a directory")
-                    tree = await self._unlink(
-                        blocks, tree, await self._labels(blocks, tree, target.cap, old)
+                    if old.writer not in (None, target.cap.writer):
+                        raise Conflict(f"{old.name} has a writer of its own: remove it first")
+                    root = await self._unlink(
+                        blocks, root, await self._labels(blocks, root, target.cap, old)
                     )
                     chunk.entries.remove(old)
                     dirty.add(chunk.index)
                 target.chunks[-1].entries.append(item.entry)
                 dirty.add(target.chunks[-1].index)
             new_nodes = {label: cid for item in prepared for label, cid in item.nodes.items()}
-            tree = await champ.put_many(blocks, tree, new_nodes)
-            return await self._save_dir(blocks, tree, target, dirty)
+            root = await champ.put_many(blocks, root, new_nodes)
+            return await self._save_dir(blocks, root, target, dirty, mirror_id)
 
-        await self._commit(change, uploads=[uploader.upload])
+        await self._commit(tree, first, change, uploads=[uploader.upload])
 
     async def write_file(
         self, path: str, source: BinaryIO, *, progress: Progress | None = None
     ) -> None:
         """Upload one file from a binary stream, in bounded memory whatever its size."""
-        names = self._split(path)
+        username, names = self._split(path)
         if not names:
             raise Conflict("the home directory is not a file")
         await self.write_files(
-            "/".join(["", self.session.username, *names[:-1]]),
+            "/".join(["", username, *names[:-1]]),
             [(names[-1], lambda: contextlib.nullcontext(source))],
             progress=progress,
         )
 
     async def usage(self) -> tuple[int, int]:
         """(bytes used, quota) of this user at the home node."""
+        session = self.require_session()
         signed = now_ms()
-        owner = self.session.owner
+        owner = session.owner
         reply = await self.api.call(
             "usage.get",
             {
                 "owner": owner,
                 "time": signed,
-                "sig": accounts.sign_timed(self.session.identity, accounts.USAGE, [owner], signed),
+                "sig": accounts.sign_timed(session.identity, accounts.USAGE, [owner], signed),
             },
         )
         return int(reply["used"]), int(reply["quota"])
-
-    # -- whole small files and capabilities -----------------------------------------------
-    # Minimal versions for the social state (`/<me>/.pyrgos/...`); the general writer-tree
-    # filesystem provides the same three methods.
-
-    async def capability(self, path: str) -> Capability:
-        """The capability of the file or directory at `path` (the home's for the home)."""
-        _, writer_data, blocks = await self._root()
-        dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
-        return dirs[0].cap if entry is None else entry.capability(dirs[-1].cap)
-
-    async def read_bytes(self, path: str, limit: int) -> bytes:
-        """The whole file at `path`; TooLarge, before reading it, when it is over `limit`."""
-        props = await self.stat(path)
-        if props.is_dir:
-            raise Conflict(f"{path} is a directory")
-        if props.size > limit:
-            raise TooLarge(f"{path} is {props.size} bytes, over the limit of {limit}")
-        async with self.read(path) as pieces:
-            return b"".join([piece async for piece in pieces])
-
-    async def write_bytes(self, path: str, data: bytes) -> None:
-        """Write (or overwrite) the file at `path` with `data`, in one commit."""
-        await self.write_file(path, io.BytesIO(data))
 
 
 @dataclass(frozen=True)
@@ -962,7 +1227,7 @@ async def put_tree(fs: FileSystem, local: Path, remote: str, progress: Progress 
     for start in range(0, len(files), FILES_PER_COMMIT):
         await fs.write_files(remote, files[start : start + FILES_PER_COMMIT], progress=progress)
     for folder in folders:
-        await put_tree(fs, folder, f"{remote.rstrip('/')}/{check_file_name(folder.name)}", progress)
+        await put_tree(fs, folder, _child_path(remote, check_file_name(folder.name)), progress)
 
 
 def _scan(local: Path) -> tuple[list[tuple[str, Opener]], list[Path]]:
@@ -1100,11 +1365,11 @@ async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress 
 async def _get_tree_at(
     fs: FileSystem, remote: str, folder: int, shown: Path, progress: Progress | None
 ) -> int:
-    contents = await fs.contents(remote)
+    contents = await fs.contents(remote, all=True)  # a download keeps hidden names
     skipped = contents.unreadable
     for item in contents.items:
         name = check_file_name(item.name)  # a hostile writer cannot plant '..' or '/'
-        path = f"{remote.rstrip('/')}/{name}"
+        path = _child_path(remote, name)
         try:
             if item.is_dir:
                 sub = _open_folder(folder, name, shown / name)
@@ -1119,13 +1384,19 @@ async def _get_tree_at(
     return skipped
 
 
+def _child_path(remote: str, name: str) -> str:
+    """The path of `name` in the directory `remote`; "" and "/" are the home directory."""
+    base = remote.rstrip("/")
+    return f"{base}/{name}" if base else name
+
+
 async def tree_size(fs: FileSystem, remote: str) -> int:
     """Total bytes of the readable files under `remote` (for a progress bar)."""
     total = 0
-    for item in await fs.listdir(remote, long=True):
+    for item in await fs.listdir(remote, long=True, all=True):
         if item.is_dir:
             with contextlib.suppress(*UNREADABLE_ENTRY):
-                total += await tree_size(fs, f"{remote.rstrip('/')}/{item.name}")
+                total += await tree_size(fs, _child_path(remote, item.name))
         elif item.props is not None:
             total += item.props.size
     return total

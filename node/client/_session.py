@@ -13,7 +13,7 @@ from typing import Final
 
 import trio
 
-from node.client._api import NodeApi
+from node.client._api import NodeApi, Route
 from node.client._blocks import Blocks, new_upload_id, put_blocks, stage_dir_chunk
 from protocols import accounts, champ, crypto
 from protocols.accounts import LoginData
@@ -57,6 +57,12 @@ class Session:
     token: bytes
     expiry: int
     weak_kdf: bool = False  # derived with the small test profile: the password is easy to crack
+    home_node: bytes | None = None  # the node id of the user's home, from the PKI claim
+
+    @property
+    def route(self) -> Route:
+        """How this user's own data is reached: their identity, homed on their home node."""
+        return Route(self.owner, self.home_node)
 
     @property
     def identity(self) -> SigningKey:
@@ -132,7 +138,7 @@ async def signup(
     )
     stamp = now_ms()
     props = Properties(name=username, is_dir=True, size=0, modified=stamp, created=stamp)
-    blocks = Blocks(api)
+    blocks = Blocks(api, Route(owner))
     tree = await stage_dir_chunk(
         blocks, champ.EMPTY_ROOT, home, 0, KeyBlock(crypto.random_key()), props, [], None,
         hashed_id(mirror_bat),
@@ -155,11 +161,10 @@ async def signup(
         }
         | ({} if token is None else {"token": token}),
     )
-    api.route(owner, node_id)
     # The node session comes from a login like any other (one round trip, no second KDF).
     _, session, expiry = await _open_node_session(api, username, login)
     api.session = session
-    return Session(api, username, data, session, expiry, weak)
+    return Session(api, username, data, session, expiry, weak, node_id.encode())
 
 
 async def login_keys(
@@ -234,8 +239,7 @@ async def reopen(
         raise Corrupted("the PKI names another identity for this user than their login data")
     if claim.expiry - int(time.time()) < RENEW_BEFORE:
         await renew_claim(api, data.identity, claim)
-    api.route(data.home.owner, claim.home)
-    return Session(api, username, data, token, expiry)
+    return Session(api, username, data, token, expiry, home_node=claim.home.encode())
 
 
 async def logout(session: Session, *, everywhere: bool = False) -> bool:
@@ -291,7 +295,7 @@ async def change_password(session: Session, current: str, new: str) -> Session:
         raise Corrupted("the account has no root pointer")
     pointer = PointerUpdate.decode(pointer_raw)
     session.identity.public.verify(pointer.signed_part, pointer.signature, POINTER_CONTEXT)
-    blocks = Blocks(api)
+    blocks = Blocks(api, session.route)
     writer_data = WriterData.decode(await blocks.get(pointer.new))
     if writer_data.login is None:
         raise MalformedInput("the identity root publishes no login parameters")
@@ -322,4 +326,4 @@ async def change_password(session: Session, current: str, new: str) -> Session:
     )
     token, expiry = _session_reply(reply)
     api.session = token
-    return Session(api, username, session.data, token, expiry, session.weak_kdf)
+    return Session(api, username, session.data, token, expiry, session.weak_kdf, session.home_node)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from node.client._api import NodeApi
+from node.client._api import NodeApi, Route
 from node.client._fs import FileSystem
 from node.client._session import now_ms
 from protocols import accounts, contacts, crypto
@@ -89,7 +89,7 @@ class Fingerprint:
 
 
 def _me(fs: FileSystem) -> str:
-    return fs.session.username
+    return fs.require_session().username
 
 
 def _state_path(fs: FileSystem, name: str) -> str:
@@ -183,14 +183,7 @@ async def _trust(fs: FileSystem, username: str, identity: CID, clock: Clock) -> 
 
 async def _public_block(api: NodeApi, owner: CID, cid: CID) -> bytes:
     """A public block (a WriterData) of another user, read through their home."""
-    # The node reads a block of `owner` at that user's home; NodeApi keeps one owner per
-    # connection until reads take their route per call.
-    saved = api.owner
-    api.owner = owner
-    try:
-        return await api.get_block(cid)
-    finally:
-        api.owner = saved
+    return await api.get_block(cid, route=Route(owner))
 
 
 async def _boxing_key(api: NodeApi, identity: CID) -> BoxingPublicKey:
@@ -218,7 +211,7 @@ async def _boxing_key(api: NodeApi, identity: CID) -> BoxingPublicKey:
 
 
 def _signed(fs: FileSystem, payload: list[object], clock: Clock) -> dict[str, Any]:
-    session = fs.session
+    session = fs.require_session()
     signed = clock()
     sig = accounts.sign_timed(session.identity, accounts.SOCIAL, payload, signed)
     return {"time": signed, "sig": sig}
@@ -226,7 +219,7 @@ def _signed(fs: FileSystem, payload: list[object], clock: Clock) -> dict[str, An
 
 async def _inbox(fs: FileSystem, clock: Clock) -> list[tuple[bytes, bytes]]:
     """(id, sealed request) of every request in my inbox."""
-    owner = fs.session.owner
+    owner = fs.require_session().owner
     reply = await fs.api.call("social.list", {"owner": owner, **_signed(fs, [owner], clock)})
     if not isinstance(reply, list) or len(reply) > MAX_INBOX:
         raise Corrupted(f"the node returned a malformed inbox (a list of at most {MAX_INBOX})")
@@ -246,7 +239,7 @@ async def _inbox(fs: FileSystem, clock: Clock) -> list[tuple[bytes, bytes]]:
 async def _remove(fs: FileSystem, ids: list[bytes], clock: Clock) -> None:
     if not ids:
         return
-    owner = fs.session.owner
+    owner = fs.require_session().owner
     await fs.api.call(
         "social.remove", {"owner": owner, "ids": ids, **_signed(fs, [owner, ids], clock)}
     )
@@ -261,7 +254,7 @@ async def _send(
     clock: Clock,
 ) -> None:
     request = FollowRequest.create(
-        fs.session.identity, kind, _me(fs), claim.username, entry, reply, clock()
+        fs.require_session().identity, kind, _me(fs), claim.username, entry, reply, clock()
     )
     sealed = seal_request(request, await _boxing_key(fs.api, claim.identity))
     await fs.api.call("social.send", {"target": claim.identity, "request": sealed})
@@ -276,7 +269,7 @@ class _Opened:
 
 
 async def _open_inbox(fs: FileSystem, clock: Clock) -> _Opened:
-    me, boxing = _me(fs), fs.session.data.boxing
+    me, boxing = _me(fs), fs.require_session().data.boxing
     store = await load_keys(fs)
     claims: dict[str, Claim | None] = {}
     opened = _Opened([], [])
@@ -471,7 +464,7 @@ async def fingerprint(
     """My own safety number, or the one of the key I hold for `username` (recorded now if
     this is the first time I see them), and whether the PKI names another key now."""
     if username is None or username == _me(fs):
-        me = fs.session.owner
+        me = fs.require_session().owner
         return Fingerprint(_me(fs), me, contacts.fingerprint(me), True, False)
     claim = await _claim(fs.api, username)
     store = await load_keys(fs)

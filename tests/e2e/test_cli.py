@@ -121,6 +121,10 @@ def test_scenario(node: NodeProcess, cli: Cli, tmp_path: Path) -> None:
     cli.ok("rm", "docs")  # emptied by the move
     cli.ok("rm", "-r", "archive")
     assert cli.ok("ls").lines == ["big.bin"]
+    cli.ok("mkdir", ".state")  # names starting with "." are listed only by `ls -a`
+    assert cli.ok("ls").lines == ["big.bin"]
+    assert cli.ok("ls", "-a").lines == [".state/", "big.bin"]
+    cli.ok("rm", ".state")
 
     # a folder with nested files, up and down
     folder = make_folder(tmp_path / "photos")

@@ -20,6 +20,7 @@ from node.client import (
     Contents,
     FileSystem,
     NodeApi,
+    Session,
     get_file,
     get_tree,
     login,
@@ -146,6 +147,12 @@ async def test_seek_costs_the_same_at_any_offset(running_node: RunningNode, api:
     assert counts[0][0] <= 4  # the home directory's node, the file's node, one fragment
 
 
+async def home_tree(fs: FileSystem) -> tuple[Blocks, CID]:
+    """The blocks of one read of the user's home tree, and its CHAMP root."""
+    found = await fs._find("")
+    return found.blocks, await found.trees.tree(found.cap.writer)
+
+
 def champ_entries(block: bytes) -> int | None:
     """The entries of a CHAMP node ([datamap, nodemap, buckets, children]); None otherwise."""
     try:
@@ -237,8 +244,8 @@ async def test_directory_chunks_hold_at_most_500_entries(fs: FileSystem) -> None
     files = [(f"f{i:04d}", lambda: io.BytesIO(b"")) for i in range(1201)]
     with trio.fail_after(120):
         await fs.write_files("/alice", files)  # type: ignore[arg-type]
-        _, writer_data, blocks = await fs._root()
-        home = await fs._read_dir(blocks, writer_data.tree, fs.session.home)
+        blocks, root = await home_tree(fs)
+        home = await fs._read_dir(blocks, root, fs.require_session().home)
     assert [len(chunk.entries) for chunk in home.chunks] == [500, 500, 201]
     assert home.props.chunks == 3
     assert home.props.size == 1201
@@ -352,11 +359,12 @@ async def test_a_failed_or_cancelled_download_leaves_no_temporary_file(
 async def rewrite_dir(fs: FileSystem, path: str, edit: Callable[[list[Any]], object]) -> None:
     """Rewrite chunk 0 of the directory `path` with its CBOR items edited, as another writer
     or damage could: sealed with the cryptree primitives, past every check of the client."""
-    names = fs._split(path)
-    mirror_id = fs.session.mirror_id
+    found = await fs._find(path)
+    writer, first = await fs._writable(found)
+    mirror_id = fs.require_session().mirror_id
 
     async def change(blocks: Blocks, tree: CID) -> CID:
-        directory = await fs._dir_at(blocks, tree, names)
+        directory = await fs._dir_at(blocks, tree, found.base, found.names)
         chunk = directory.chunks[0]
         plain = cbor.encode(edit([entry.to_cbor() for entry in chunk.entries]))
         payload = seal_data(directory.cap, 0, chunk.keys, True, plain, mirror_id)
@@ -369,7 +377,7 @@ async def rewrite_dir(fs: FileSystem, path: str, edit: Callable[[list[Any]], obj
             blocks, tree, directory.cap.label, chunk.node, await blocks.put(node)
         )
 
-    await fs._commit(change)
+    await fs._commit(writer, first, change)
 
 
 def plant_bad_entries(items: list[Any]) -> list[Any]:
@@ -421,18 +429,18 @@ async def test_bad_entries_are_skipped_reported_and_removed(fs: FileSystem, tmp_
         await fs.write_file("photos/d.jpg", io.BytesIO(b"d"))
         assert (await fs.contents("photos", long=True)).unreadable == 7
 
-        _, writer_data, blocks = await fs._root()
-        directory = await fs._dir_at(blocks, writer_data.tree, ["photos"])
+        blocks, root = await home_tree(fs)
+        directory = await fs._dir_at(blocks, root, fs.require_session().home, ["photos"])
         garbled = next(e for e in directory.entries() if e.name == "garbled")
-        assert (await blocks.lookup(writer_data.tree, [garbled.label]))[garbled.label] is not None
+        assert (await blocks.lookup(root, [garbled.label]))[garbled.label] is not None
 
         assert await fs.remove_unreadable("photos") == 7
         after = await fs.contents("photos", long=True)
         assert [i.name for i in after.items] == ["a.jpg", "d.jpg", "sub"]
         assert after.unreadable == 0
         assert await fs.remove_unreadable("photos") == 0
-        _, writer_data, blocks = await fs._root()
-        assert (await blocks.lookup(writer_data.tree, [garbled.label]))[garbled.label] is None
+        blocks, root = await home_tree(fs)
+        assert (await blocks.lookup(root, [garbled.label]))[garbled.label] is None
 
 
 async def test_rm_removes_bad_entries_by_name_and_with_their_directory(fs: FileSystem) -> None:
@@ -472,3 +480,22 @@ async def test_a_whole_malformed_directory_chunk_is_still_an_error(
                 await listing
         await fs.remove("d", recursive=True)
         assert await fs.listdir() == []
+
+
+async def test_a_put_reads_each_block_once(api: NodeApi, alice: Session) -> None:
+    """One command reads the root pointer once and each node on the path once: the CHAMP
+    lookups, the directory nodes and the WriterData it read before the upload serve its
+    commit too. (Before the shared cache, this put cost 20 round trips: the root and the
+    path were read three times.)"""
+    with trio.fail_after(30):
+        await FileSystem(alice).mkdir("/alice/a/b", parents=True)
+        fs = FileSystem(alice)
+        await api.node_id()  # asked once per client, whatever it does
+        trips = api.round_trips
+        await fs.write_file("/alice/a/b/x.txt", io.BytesIO(b"x"))
+        count = api.round_trips - trips
+        assert await read_all(fs, "/alice/a/b/x.txt") == b"x"
+    # pointer.get, the WriterData, one CHAMP lookup (a small CHAMP is one node, cached after
+    # the first), the nodes of /alice, a and b, the upload's put, the commit's put, pointer.cas
+    assert count == 9
+    assert count < 20
