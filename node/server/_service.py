@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from node.server import _writers
 from node.server._gc import Collection, reachable_bytes, stored_key, stored_record
 from node.server._pki import PkiLog, SyncResult
 from node.store import Batch, DiskFull, Space, Store, owner_prefix
@@ -493,7 +494,8 @@ class NodeService:
         )
         if self._owner_of(writer) != owner:
             raise Denied("this writer does not belong to that owner")
-        self._check_session(owner, args)
+        if writer == owner:  # issue 8: a sub-writer's puts are authorised by its signatures
+            self._check_session(owner, args)
         async with self._write_lock:
             await trio.to_thread.run_sync(self._put_blocks_sync, owner, blocks, upload)
         return [cid for cid, _ in blocks]
@@ -530,14 +532,16 @@ class NodeService:
         if len({w for w, _ in parsed}) != len(parsed):
             raise MalformedInput("one update per writer")
         async with self._write_lock:
-            for writer, update in parsed:
-                if self._owner_of(writer) != owner:
-                    raise Denied("this writer does not belong to that owner")
-                self._check_pointer(writer, update)
-            self._check_session(owner, args)
+            # issue 8: owner proofs of the identity root first, then the other writers
+            registered = _writers.check_updates(
+                self.store, owner, parsed, self._check_pointer, self._pointer
+            )
+            if registered.identity:  # a sub-writer's commit is authorised by its signatures
+                self._check_session(owner, args)
             with self.store.batch(sync=True) as batch:  # durable before the reply
                 for writer, update in parsed:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
+                registered.apply(batch)
                 self._close_uploads(batch, uploads)
             self._counted.discard(owner.raw)
             if self._collection is not None:
@@ -726,6 +730,8 @@ class NodeService:
         writer_data = WriterData.decode(staged[update.new])
         if writer_data.login is None:
             raise MalformedInput("the identity WriterData must publish its login parameters")
+        if writer_data.owned:  # sub-writers are registered by a later pointer.cas
+            raise MalformedInput("a new account owns no other writers yet")
         self._check_kdf(writer_data.login)
         check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
         size = sum(len(d) for d in staged.values())
@@ -856,11 +862,13 @@ class NodeService:
                 raise MalformedInput("the new identity root must publish the new login parameters")
             self._check_kdf(params)
             self._check_pointer(owner, update)
+            registered = _writers.registration(self.store, owner, self._pointer(owner), update.new)
             account["login_key"] = new_key.to_cbor()
             account["data"] = new_data
             with self.store.batch(sync=True) as batch:
                 batch.put(Space.ACCOUNTS, username.encode(), cbor.encode(account))
                 batch.put(Space.POINTERS, owner.raw, update.encode())
+                registered.apply(batch)
                 self._close_uploads(batch, args.get("uploads", []))
                 self._end_sessions(batch, owner)
                 token, expiry = self._open_session(batch, owner, ended_all=True)
