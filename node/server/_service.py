@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from node.server import _writers
+from node.server import _social, _writers
 from node.server._gc import Collection, reachable_bytes, stored_key, stored_record
 from node.server._pki import PkiLog, SyncResult
 from node.store import Batch, DiskFull, Space, Store, owner_prefix
@@ -110,6 +110,10 @@ HOME_ARGUMENT: Final = {
     "account.update": "username",
     "session.end": "owner",
     "session.check": "owner",
+    # issue 8: the follow-request inbox and secret links
+    "social.send": "target",
+    "social.list": "owner",
+    "social.remove": "owner",
 }
 # The calls that prove a password: failures are throttled (protocols.accounts.LoginThrottle).
 THROTTLED: Final = frozenset({"account.login", "account.update"})
@@ -225,6 +229,7 @@ class NodeService:
         self._counted: set[bytes] = set()  # owners counted exactly, no pointer moved since
         self._recount_due: dict[bytes, float] = {}  # owner -> earliest next exact count
         self._blocks = StoreBlocks(store)
+        self.inbox = _social.Inbox(store)  # issue 8: follow requests (node/server/_social.py)
 
     @property
     def node_id_bytes(self) -> bytes:
@@ -956,6 +961,19 @@ class NodeService:
         self.store.delete(Space.SESSIONS, key, sync=True)
         return True
 
+    # -- issue 8: the follow-request inbox (node/server/_social.py) ------------------------
+
+    async def social_send(self, args: Args, requester: bytes) -> bool:
+        async with self._write_lock:
+            return self.inbox.send(args, _SOURCE.get(), bool(requester), self.clock())
+
+    async def social_list(self, args: Args, requester: bytes) -> list[dict[str, bytes]]:
+        return self.inbox.list(args, int(self.clock() * 1000))
+
+    async def social_remove(self, args: Args, requester: bytes) -> int:
+        async with self._write_lock:
+            return self.inbox.remove(args, int(self.clock() * 1000))
+
     # -- maintenance --------------------------------------------------------------------
 
     async def collect_garbage(self) -> dict[str, int]:
@@ -1095,4 +1113,8 @@ METHODS: Final[dict[str, Handler]] = {
     "pki.entries": NodeService.pki_entries,
     "pki.submit": NodeService.pki_submit,
     "admin.gc": NodeService.admin_gc,
+    # issue 8
+    "social.send": NodeService.social_send,
+    "social.list": NodeService.social_list,
+    "social.remove": NodeService.social_remove,
 }

@@ -197,6 +197,9 @@ def _typed(node: Node) -> dict[str, st.SearchStrategy[Any]]:
         "token": st.text(max_size=40),
         "session": st.one_of(st.sampled_from(_values(node, "session")), sized_bytes),
         "all": st.one_of(st.booleans(), decoded_values),
+        "target": key_hashes,
+        "request": st.one_of(st.binary(min_size=2184, max_size=2184), sized_bytes),
+        "ids": st.lists(st.one_of(st.binary(min_size=16, max_size=16), sized_bytes), max_size=9),
     }
 
 
@@ -240,6 +243,9 @@ ARGUMENTS: dict[str, list[str]] = {
     "pki.entries": ["after", "limit"],
     "pki.submit": ["record"],
     "admin.gc": ["token"],
+    "social.send": ["target", "request"],
+    "social.list": ["owner", "time", "sig"],
+    "social.remove": ["owner", "ids", "time", "sig"],
 }
 MISSING = object()
 
