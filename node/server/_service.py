@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from node.server import _social, _writers
+from node.server import _links, _social, _writers
 from node.server._gc import Collection, reachable_bytes, stored_key, stored_record
 from node.server._pki import PkiLog, SyncResult
 from node.store import Batch, DiskFull, Space, Store, owner_prefix
@@ -114,9 +114,11 @@ HOME_ARGUMENT: Final = {
     "social.send": "target",
     "social.list": "owner",
     "social.remove": "owner",
+    "link.get": "owner",
 }
 # The calls that prove a password: failures are throttled (protocols.accounts.LoginThrottle).
-THROTTLED: Final = frozenset({"account.login", "account.update"})
+# issue 8: a wrong link proof (a password guess) and an unknown label count like a failed login.
+THROTTLED: Final = frozenset({"account.login", "account.update", "link.get"})
 SOURCE_FREE_FAILURES: Final = 20  # one address or peer may carry many users' logins
 
 
@@ -974,6 +976,12 @@ class NodeService:
         async with self._write_lock:
             return self.inbox.remove(args, int(self.clock() * 1000))
 
+    # -- issue 8: secret links (node/server/_links.py) ----------------------------------
+
+    async def link_get(self, args: Args, requester: bytes) -> dict[str, Any]:
+        async with self._write_lock:
+            return await _links.get(self.store, self._blocks, args, int(self.clock() * 1000))
+
     # -- maintenance --------------------------------------------------------------------
 
     async def collect_garbage(self) -> dict[str, int]:
@@ -1117,4 +1125,5 @@ METHODS: Final[dict[str, Handler]] = {
     "social.send": NodeService.social_send,
     "social.list": NodeService.social_list,
     "social.remove": NodeService.social_remove,
+    "link.get": NodeService.link_get,
 }
