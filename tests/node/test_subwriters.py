@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import trio
 
-from node.client import NodeApi, Session, signup
+from node.client import NodeApi, Session, change_password, signup
+from node.client import _session as client_session
 from node.server._gc import reachable_bytes
 from node.store import Space
 from protocols import cbor
@@ -233,3 +235,30 @@ async def test_a_commit_cannot_drop_a_writer_and_update_it(
         kept = unchanged(running_node.store, Space.POINTERS, Space.WRITERS)
         with kept, pytest.raises(Denied, match="homed on this node"):
             await set_owned(api, alice, [], (w, later))
+
+
+async def test_a_password_change_keeps_the_owned_writers(
+    running_node: RunningNode, api: NodeApi, bare: NodeApi, alice: Session
+) -> None:
+    writer = SigningKey.generate()
+    w = writer.public.key_hash()
+    with trio.fail_after(TIMEOUT):
+        first = await create_sub_writer(api, alice, writer)
+        await change_password(alice, PASSWORD, "a brand new passphrase")
+        assert running_node.store.get(Space.WRITERS, w.raw) == alice.owner.raw
+        (root,) = await put(bare, alice.owner, [sub_root(writer, 4)], writer)
+        later = PointerUpdate.create(writer, first.new, root, 2)
+        assert await commit(bare, alice.owner, [(w, later)]) is True
+
+
+async def test_a_signup_whose_root_owns_writers_is_refused(
+    running_node: RunningNode, api: NodeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def owning(**fields: Any) -> WriterData:
+        proof = OwnerProof.create(SigningKey.generate(), fields["controller"]).encode()
+        return WriterData(**fields, owned=[proof])
+
+    monkeypatch.setattr(client_session, "WriterData", owning)
+    refused = pytest.raises(MalformedInput, match="owns no other writers")
+    with trio.fail_after(TIMEOUT), unchanged(running_node.store), refused:
+        await signup(api, "carol", PASSWORD)
