@@ -181,6 +181,10 @@ async def test_the_target_block_needs_the_owners_bat(
         async with NodeApi(running_node.url) as anonymous:
             with pytest.raises(NotFound, match="read auth"):
                 await anonymous.get_block(found)
+            # The links CHAMP and its targets are reachable from the owner's root: kept.
+            await running_node.service.collect_garbage()
+            reply = await anonymous.call("link.get", use(alice, label, keys))
+            assert reply["cap"] == target.cap
 
 
 @pytest.fixture
