@@ -22,7 +22,7 @@ from protocols.errors import AuthFailed, Corrupted, InvalidSignature, MalformedI
 LOGIN: Final = b"pyrgos/login/1"
 UPDATE_LOGIN: Final = b"pyrgos/login-update/1"
 USAGE: Final = b"pyrgos/usage/1"
-SOCIAL: Final = b"pyrgos/social/1"
+SOCIAL: Final = b"pyrgos/social/1"  # social.list and social.remove: the owner reads its inbox
 MAX_SKEW_MS: Final = 5 * 60 * 1000  # signed times are good for ±5 minutes
 MAX_LOGIN_DATA: Final = 16 * 1024
 _DATA_CONTEXT: Final = b"pyrgos/login-data/1"

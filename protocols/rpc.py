@@ -8,7 +8,7 @@ Each message is one frame (protocols/frames.py) of at most MAX_FRAME bytes of CB
 
 - `id`: chosen by the caller, 0 ≤ id < 2⁶³, unique among its calls in flight on the stream; a
   reply carries the id of its request. Replies may come in any order (calls are pipelined).
-- `method`: 1 to 64 characters, a name from the node's method table (node/server/_service.py).
+- `method`: 1 to 64 characters, a name from the node's method table (protocols/methods.py).
 - `args`: a CBOR map, the same arguments the HTTP API takes for that method.
 - `result`: any CBOR value.
 - `error.code`: 1 to 64 characters, a PyrgosError code (protocols/errors.py) or "internal" for a
@@ -16,9 +16,10 @@ Each message is one frame (protocols/frames.py) of at most MAX_FRAME bytes of CB
 Maps have exactly these keys; anything else is MalformedInput.
 
 Call limits, the same over HTTP and the tunnel: a call's arguments are at most
-`args_limit(method)` bytes of CBOR (CALL_BYTES for the methods that carry blocks, SMALL_CALL for
-every other) and at most MAX_CALL_ITEMS items. Items are counted before anything is decoded;
-the size before the method runs (over HTTP, before the body is read).
+`args_limit(method)` bytes of CBOR (the method's `args_bytes` in protocols/methods.py:
+MAX_CALL_BYTES for the methods that carry blocks, SMALL_CALL for every other) and at most
+MAX_CALL_ITEMS items. Items are counted before anything is decoded; the size before the method
+runs (over HTTP, before the body is read).
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from typing import Any, Final
 
 from protocols.cbor import CBORValue, encoded_length
 from protocols.errors import MalformedInput, PyrgosError, TooLarge, error_from_code
+from protocols.methods import MAX_CALL_BYTES as MAX_CALL_BYTES
+from protocols.methods import METHODS
+from protocols.methods import SMALL_CALL as SMALL_CALL
 
-MiB: Final = 1024 * 1024
-MAX_CALL_BYTES: Final = 9 * MiB  # one put of 8 blocks of 1 MiB and its framing
-SMALL_CALL: Final = 64 * 1024  # the largest other call (a login update: 4 KiB) many times over
 # The methods whose arguments carry blocks: the only ones that need megabytes.
-CALL_BYTES: Final = {"block.put": MAX_CALL_BYTES, "account.signup": MAX_CALL_BYTES}
+CALL_BYTES: Final = {m.name: m.args_bytes for m in METHODS.values() if m.args_bytes != SMALL_CALL}
 # Items in one call's arguments: a put of 64 blocks holds about 300. Refusing past this
 # before decoding keeps a megabyte body of tiny items from costing seconds of CPU.
 MAX_CALL_ITEMS: Final = 4096
@@ -69,7 +70,8 @@ class Reply:
 
 def args_limit(method: str) -> int:
     """The most bytes of CBOR the arguments of a call to `method` may take."""
-    return CALL_BYTES.get(method, SMALL_CALL)
+    spec = METHODS.get(method)
+    return SMALL_CALL if spec is None else spec.args_bytes
 
 
 def check_args_size(method: str, args: dict[str, Any]) -> None:

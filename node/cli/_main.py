@@ -574,6 +574,99 @@ def _human(size: int) -> str:
     raise AssertionError
 
 
+# -- social commands -------------------------------------------------------------------------
+
+
+def cmd_follow(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: client.social.follow(fs, args.user))
+    print(f"asked to follow {args.user}; `pyrgos requests` picks up their answer")
+
+
+def cmd_requests(args: argparse.Namespace) -> None:
+    result = run_fs(args, client.social.requests)
+    for name in result.accepted:
+        print(f"{name} accepted: you now follow {name}")
+    for name in result.rejected:
+        print(f"{name} declined your follow request")
+    for pending in result.pending:
+        mark = "  KEY CHANGED" if pending.key_changed else ""
+        print(f"{pending.username}  asked {_format_time(pending.time)}{mark}")
+    if not (result.pending or result.accepted or result.rejected):
+        print("no follow requests")
+    sys.stdout.flush()
+    for message in result.warnings:
+        warn(message)
+    if result.dropped:
+        warn(f"removed {result.dropped} unreadable or forged request(s) from the inbox")
+
+
+def cmd_accept(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: client.social.accept(fs, args.user, follow_back=args.follow_back))
+    also = f"; asked to follow {args.user} back" if args.follow_back else ""
+    print(f"{args.user} now follows you{also}")
+
+
+def cmd_reject(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: client.social.reject(fs, args.user))
+    print(f"declined {args.user}'s follow request")
+
+
+def cmd_followers(args: argparse.Namespace) -> None:
+    for name, since in run_fs(args, client.social.followers):
+        print(f"{name}  since {_format_time(since)}")
+
+
+def cmd_following(args: argparse.Namespace) -> None:
+    for name, followee in run_fs(args, client.social.following):
+        state = "pending: not answered yet" if followee.cap is None else "following"
+        print(f"{name}  {state} since {_format_time(followee.since)}")
+
+
+def cmd_unfollow(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: client.social.unfollow(fs, args.user))
+    print(f"no longer following {args.user}")
+
+
+def cmd_remove_follower(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: client.social.remove_follower(fs, args.user))
+    print(f"{args.user} no longer follows you")
+
+
+def print_fingerprint(held: client.social.Fingerprint, *, mine: bool, qr: bool) -> None:
+    """The safety number in three lines of four groups, and its QR code when asked."""
+    groups = held.digits.split(" ")
+    if mine:
+        print(f"your fingerprint ({held.username}):")
+    else:
+        print(f"fingerprint of {held.username} ({'' if held.verified else 'not '}verified):")
+    for row in range(0, len(groups), 4):
+        print("  " + " ".join(groups[row : row + 4]))
+    if qr:
+        import qrcode
+
+        code = qrcode.QRCode(border=1)
+        code.add_data(held.digits.replace(" ", ""))
+        code.make(fit=True)
+        code.print_ascii(out=sys.stdout)
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> None:
+    held = run_fs(args, lambda fs: client.social.fingerprint(fs, args.user))
+    print_fingerprint(held, mine=args.user is None, qr=args.qr or sys.stdout.isatty())
+    if held.changed:
+        sys.stdout.flush()
+        warn(
+            f"the PKI now names another identity key for {args.user} than this one: compare"
+            f" fingerprints with them and run `pyrgos verify {args.user} FINGERPRINT`"
+        )
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    digits = " ".join(args.fingerprint)
+    run_fs(args, lambda fs: client.social.verify(fs, args.user, digits))
+    print(f"verified {args.user}'s identity key")
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 
@@ -752,6 +845,63 @@ def build_parser() -> argparse.ArgumentParser:
     mv.add_argument("target", metavar="DST")
     mv.set_defaults(run=cmd_mv)
     client_command("space", "show usage and quota").set_defaults(run=cmd_space)
+
+    def user_command(
+        name: str, help_text: str, run: Callable[[argparse.Namespace], None]
+    ) -> argparse.ArgumentParser:
+        sub = client_command(name, help_text)
+        sub.add_argument("user", metavar="USER")
+        sub.set_defaults(run=run)
+        return sub
+
+    user_command(
+        "follow",
+        "ask USER to let you follow them: once they accept, you read what they share with you",
+        cmd_follow,
+    )
+    client_command(
+        "requests",
+        "list the follow requests waiting for your answer (and pick up the answers to yours)",
+    ).set_defaults(run=cmd_requests)
+    accept = user_command(
+        "accept", "let USER follow you: they can then read what you share with them", cmd_accept
+    )
+    accept.add_argument(
+        "--follow-back", action="store_true", help="also ask to follow USER yourself"
+    )
+    user_command("reject", "decline USER's follow request (they are told)", cmd_reject)
+    client_command("followers", "list who follows you").set_defaults(run=cmd_followers)
+    client_command(
+        "following", "list whom you follow, and the requests they have not answered yet"
+    ).set_defaults(run=cmd_following)
+    user_command(
+        "unfollow",
+        "stop following USER (forgets their folder for you; they are not told)",
+        cmd_unfollow,
+    )
+    user_command(
+        "remove-follower",
+        "stop USER following you: revokes what you shared with them and deletes /YOU/shared/USER",
+        cmd_remove_follower,
+    )
+    fingerprint = client_command(
+        "fingerprint",
+        "show your safety number, or the one of the key you hold for USER: compare it with "
+        "theirs in person or over a channel you trust",
+    )
+    fingerprint.add_argument("user", metavar="USER", nargs="?", default=None)
+    fingerprint.add_argument(
+        "--qr", action="store_true", help="print its QR code even when output is not a terminal"
+    )
+    fingerprint.set_defaults(run=cmd_fingerprint)
+    verify = user_command(
+        "verify",
+        "record USER's current identity key as verified, if FINGERPRINT (what `pyrgos "
+        "fingerprint` shows them) matches it; needed after their key changed",
+        cmd_verify,
+    )
+    verify.add_argument("fingerprint", metavar="FINGERPRINT", nargs="+",
+                        help="the 60 digits; spaces are ignored")  # fmt: skip
     return parser
 
 

@@ -1,5 +1,6 @@
 """A user's session with a node: accounts and the encrypted filesystem (all crypto is here)."""
 
+from node.client import _social as social
 from node.client._api import NodeApi
 from node.client._fs import Contents, FileSystem, Listing, get_file, get_tree, put_tree, tree_size
 from node.client._profile import Profile, SavedSession, default_profile
@@ -35,5 +36,6 @@ __all__ = [
     "reopen",
     "resume",
     "signup",
+    "social",
     "tree_size",
 ]

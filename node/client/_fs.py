@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import itertools
 import math
 import mimetypes
@@ -63,6 +64,7 @@ from protocols.errors import (
     MalformedInput,
     NotFound,
     StaleRoot,
+    TooLarge,
 )
 from protocols.names import check_file_name, split_path
 from protocols.pointers import CONTEXT as POINTER_CONTEXT
@@ -891,6 +893,30 @@ class FileSystem:
             },
         )
         return int(reply["used"]), int(reply["quota"])
+
+    # -- whole small files and capabilities -----------------------------------------------
+    # Minimal versions for the social state (`/<me>/.pyrgos/...`); the general writer-tree
+    # filesystem provides the same three methods.
+
+    async def capability(self, path: str) -> Capability:
+        """The capability of the file or directory at `path` (the home's for the home)."""
+        _, writer_data, blocks = await self._root()
+        dirs, entry = await self._walk(blocks, writer_data.tree, self._split(path))
+        return dirs[0].cap if entry is None else entry.capability(dirs[-1].cap)
+
+    async def read_bytes(self, path: str, limit: int) -> bytes:
+        """The whole file at `path`; TooLarge, before reading it, when it is over `limit`."""
+        props = await self.stat(path)
+        if props.is_dir:
+            raise Conflict(f"{path} is a directory")
+        if props.size > limit:
+            raise TooLarge(f"{path} is {props.size} bytes, over the limit of {limit}")
+        async with self.read(path) as pieces:
+            return b"".join([piece async for piece in pieces])
+
+    async def write_bytes(self, path: str, data: bytes) -> None:
+        """Write (or overwrite) the file at `path` with `data`, in one commit."""
+        await self.write_file(path, io.BytesIO(data))
 
 
 @dataclass(frozen=True)

@@ -1,32 +1,25 @@
-"""Secret links at the owner's home node (DESIGN §10, keyspace LINKS): `link.get` checks a
-reader's proof, the expiry and the use count, and counts one use before handing over the
-sealed capability. Key: owner_prefix(owner) ‖ label -> varint uses so far.
+"""Secret links at the owner's home node (DESIGN §10): `link.get` checks a reader's proof, the
+expiry and the use count, and counts one use before handing over the sealed capability. Owns
+Space.LINKS (owner_prefix(owner) ‖ label -> varint uses so far).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from node.store import Space, Store, owner_prefix
 from protocols import champ, crypto
-from protocols.cid import CID, CODEC_DAG_CBOR, decode_varint, encode_varint
+from protocols.cid import CID, decode_varint, encode_varint
 from protocols.errors import AuthFailed, Denied, MalformedInput, NotFound, TooLarge
-from protocols.links import LABEL_BYTES, PROOF_BYTES, LinkTarget, lookup_key
+from protocols.links import LinkTarget, lookup_key
+from protocols.methods import LinkGet, LinkGetReply
 from protocols.pointers import PointerUpdate
 from protocols.writerdata import WriterData
 
+if TYPE_CHECKING:
+    from node.server._service import NodeService
+
 UNKNOWN = "no such link: it was revoked, or never made (check the URL)"
-
-
-def _args(args: dict[str, Any]) -> tuple[CID, bytes, bytes]:
-    owner, label, proof = args.get("owner"), args.get("label"), args.get("proof")
-    if not isinstance(owner, CID) or not owner.is_identity or owner.codec != CODEC_DAG_CBOR:
-        raise MalformedInput("argument 'owner' must be a public-key hash")
-    if not isinstance(label, bytes) or len(label) != LABEL_BYTES:
-        raise MalformedInput(f"argument 'label' must be {LABEL_BYTES} bytes")
-    if not isinstance(proof, bytes) or len(proof) != PROOF_BYTES:
-        raise MalformedInput(f"argument 'proof' must be {PROOF_BYTES} bytes")
-    return owner, label, proof
 
 
 async def find_target(
@@ -70,15 +63,21 @@ def check_use(target: LinkTarget, proof: bytes, used: int, now_ms: int) -> None:
         raise Denied(f"this link has been used its {target.max_uses} times")
 
 
-async def get(
-    store: Store, blocks: champ.BlockSource, args: dict[str, Any], now_ms: int
-) -> dict[str, Any]:
-    """`link.get`: one use of a link, counted durably before the capability is returned.
-    The caller holds the node's write lock (the count is read, checked and written)."""
-    owner, label, proof = _args(args)
-    target = await find_target(store, blocks, owner, label)
-    used = uses(store, owner, label)
-    check_use(target, proof, used, now_ms)
-    with store.batch(sync=True) as batch:
-        batch.put(Space.LINKS, owner_prefix(owner.raw) + label, encode_varint(used + 1))
-    return {"cap": target.cap, "password": target.password}
+class Links:
+    """The `link.get` call of the users homed here."""
+
+    def __init__(self, node: NodeService) -> None:
+        self.node = node
+        self.store: Store = node.store
+
+    async def link_get(self, request: LinkGet, requester: bytes) -> LinkGetReply:
+        """One use of a link, counted durably before the capability is returned (the count
+        is read, checked and written under the node's write lock)."""
+        store, owner, label = self.store, request.owner, request.label
+        async with self.node.write_lock:
+            target = await find_target(store, self.node.blocks.source, owner, label)
+            used = uses(store, owner, label)
+            check_use(target, request.proof, used, int(self.node.clock() * 1000))
+            with store.batch(sync=True) as batch:
+                batch.put(Space.LINKS, owner_prefix(owner.raw) + label, encode_varint(used + 1))
+        return LinkGetReply(target.cap, target.password)

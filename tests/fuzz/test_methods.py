@@ -29,7 +29,7 @@ from node.net import API_PREFIX, MAX_BODY_BYTES, build_app
 from node.net._rpc import serve_rpc
 from node.server import METHODS, NodeService
 from node.store import Space, Store
-from protocols import accounts, bats, cbor, champ, rpc
+from protocols import accounts, bats, cbor, champ, methods, rpc
 from protocols.blocks import sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW, encode_varint
 from protocols.crypto import SigningKey
@@ -209,12 +209,12 @@ def _values(node: Node, name: str) -> list[Any]:
     return [args[name] for _, args in node.valid_calls if name in args]
 
 
-# The arguments each method reads (node/server/_service.py).
+# The arguments each method takes (protocols/methods.py).
 ARGUMENTS: dict[str, list[str]] = {
     "node.info": [],
     "block.get": ["cid", "auth", "owner"],
     "block.put": ["owner", "writer", "upload", "blocks", "sigs", "session"],
-    "champ.get": ["root", "keys"],
+    "champ.get": ["root", "keys", "owner"],
     "pointer.get": ["writer", "owner"],
     "pointer.cas": ["owner", "updates", "uploads", "session"],
     "account.signup": [
@@ -225,6 +225,7 @@ ARGUMENTS: dict[str, list[str]] = {
         "pointer",
         "blocks",
         "sigs",
+        "token",
     ],
     "account.params": ["username"],
     "account.login": ["username", "time", "sig"],
@@ -255,7 +256,9 @@ MISSING = object()
 
 def test_every_method_is_fuzzed() -> None:
     """A method added to the table needs its arguments named here (and typed in _typed)."""
-    assert set(ARGUMENTS) == set(METHODS)
+    assert set(ARGUMENTS) == set(METHODS) == set(methods.METHODS)
+    for name, spec in methods.METHODS.items():  # every argument the request type takes
+        assert set(ARGUMENTS[name]) == set(spec.request.__dataclass_fields__), name
 
 
 @st.composite
@@ -488,7 +491,7 @@ def fresh_session(node: Node) -> bytes:
     """A live session token of the user: the fuzzed calls before may have ended the recorded
     ones (a session.end with a recorded token) and throttled the user's logins."""
     with node.store.batch() as batch:
-        token, _ = node.service._open_session(batch, node.owner)
+        token, _ = node.service.accounts.open_session(batch, node.owner)
     return token
 
 

@@ -447,7 +447,7 @@ BAD_PUTS: list[tuple[str, type[PyrgosError], str]] = [
     ("lengths", MalformedInput, "same length"),
     ("not-lists", MalformedInput, "same length"),
     ("item-shape", MalformedInput, "each block is"),
-    ("upload", MalformedInput, "upload must be 16 bytes"),
+    ("upload", MalformedInput, "'upload' must be 16 bytes"),
     ("sig-type", MalformedInput, "signatures must be bytes"),
     ("writer-type", MalformedInput, "'writer'"),
 ]

@@ -219,7 +219,7 @@ async def test_the_owner_renews_and_updates_through_any_node(tmp_path: Path) -> 
 
 async def test_node_records_come_from_their_node_and_new_nodes_are_capped(tmp_path: Path) -> None:
     root, _ = swarm_of(tmp_path)
-    root._new_nodes = DailyLimit(2)
+    root.pki_calls._new_nodes = DailyLimit(2)
     with trio.fail_after(30):
         key = SigningKey.generate()
         record = {"record": record_to_cbor(NodeRecord.create(key, ["/ip4/10.0.0.9/tcp/1"], 1))}
@@ -277,11 +277,13 @@ async def test_a_failed_signup_gives_its_count_back(tmp_path: Path) -> None:
 
 async def test_a_node_with_a_signup_token_requires_it(tmp_path: Path) -> None:
     root, _ = swarm_of(tmp_path, signup_token="open sesame", max_source_signups=1)
-    for token in (None, "wrong", 7):
+    for token in (None, "wrong"):
         with pytest.raises(Denied, match="signup token"):
             await sign_up(
                 root, "ann", tamper=lambda a, t=token: a if t is None else {**a, "token": t}
             )
+    with pytest.raises(MalformedInput, match="'token' must be text"):
+        await sign_up(root, "ann", tamper=lambda a: {**a, "token": 7})
     invited = lambda a: {**a, "token": "open sesame"}  # noqa: E731
     await sign_up(root, "ann", tamper=invited)
     await sign_up(root, "bob", tamper=invited)  # the token's holder is not limited per source

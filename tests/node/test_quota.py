@@ -13,7 +13,7 @@ import trio
 from node.client import FileSystem, NodeApi, Session, signup
 from node.client._blocks import new_upload_id
 from node.net import serve_api
-from node.server import _service as service_module
+from node.server import _blocks as service_module
 from node.store import Store
 from protocols.blocks import sign_put
 from protocols.cid import CID, CODEC_RAW

@@ -194,7 +194,6 @@ async def test_account_update_needs_the_current_login_key_not_the_identity(
                     "login_key": new_key,
                     "login_data": b"sealed",
                     "pointer": pointer,
-                    "session": alice.token,
                     "time": signed,
                     "sig": accounts.sign_timed(signer, accounts.UPDATE_LOGIN, payload, signed),
                 },

@@ -20,9 +20,9 @@ from node.server import _social as social_module
 from node.store import Store
 from protocols import accounts, crypto
 from protocols.crypto import SigningKey
-from protocols.errors import AuthFailed, MalformedInput, NotFound, RateLimited
+from protocols.errors import AuthFailed, MalformedInput, NotFound, RateLimited, TooLarge
 from protocols.pki import DailyLimit
-from protocols.social_limits import FOLLOW_PLAIN_BYTES, FOLLOW_SEALED_BYTES
+from protocols.social import FOLLOW_PLAIN_BYTES, FOLLOW_SEALED_BYTES
 from simulations.swarm import LocalNetwork, new_node
 from tests.node.conftest import PASSWORD, RunningNode
 from tests.node.test_bad_input import unchanged
@@ -78,10 +78,10 @@ async def test_bad_sends_store_nothing(running_node: RunningNode, alice: Session
     service = running_node.service
     stranger = SigningKey.generate().public.key_hash()
     bad: list[tuple[dict[str, Any], type[Exception], str]] = [
-        ({"target": alice.owner, "request": sealed()[:-1]}, MalformedInput, "exactly 2184"),
-        ({"target": alice.owner, "request": sealed() + b"\0"}, MalformedInput, "exactly 2184"),
-        ({"target": alice.owner, "request": "text"}, MalformedInput, "exactly"),
-        ({"target": alice.owner}, MalformedInput, "exactly"),
+        ({"target": alice.owner, "request": sealed()[:-1]}, MalformedInput, "2184 bytes"),
+        ({"target": alice.owner, "request": sealed() + b"\0"}, MalformedInput, "2184 bytes"),
+        ({"target": alice.owner, "request": "text"}, MalformedInput, "request"),
+        ({"target": alice.owner}, MalformedInput, "request"),
         ({"target": "alice", "request": sealed()}, MalformedInput, "public-key hash"),
         ({"target": stranger, "request": sealed()}, NotFound, "no user"),
     ]
@@ -113,7 +113,7 @@ async def test_lists_and_removals_need_the_identity_signature(
                 "ids",
             ),
             ("social.remove", {"ids": [], **signed(alice, [owner, []])}, MalformedInput, "ids"),
-            ("social.remove", {"ids": one * 1001, **signed(alice, [owner])}, MalformedInput, "ids"),
+            ("social.remove", {"ids": one * 1001, **signed(alice, [owner])}, TooLarge, "ids"),
         ]
         for method, args, error, message in cases:
             with unchanged(running_node.store), pytest.raises(error, match=message):

@@ -207,7 +207,7 @@ async def test_a_collection_keeps_a_sub_writers_tree_and_forgets_a_dropped_one(
         first = await create_sub_writer(api, alice, writer)
         await service.collect_garbage()
         assert store.has_block(first.new.raw)
-        used = service._usage(alice.owner)[0]
+        used = service.blocks.usage(alice.owner)[0]
         assert used == reachable_bytes(store, alice.owner, 0)
         assert used >= len(store.get_block(first.new.raw) or b"")
         # Dropped from `owned`: unregistered and its pointer gone in the same commit.
