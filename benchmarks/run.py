@@ -2,7 +2,8 @@
 
 Prints one table: each figure beside a reference measured in the same run (the raw primitive,
 or the same operation at a smaller size) and its target. Run with `make bench`. The node-to-node
-rows come from benchmarks/network.py (`--network-only` runs just those).
+rows come from benchmarks/network.py (`--network-only` runs just those), the sharing rows from
+benchmarks/social.py (`--social-only`).
 """
 
 from __future__ import annotations
@@ -375,14 +376,20 @@ def main() -> None:
     parser.add_argument(
         "--network-only", action="store_true", help="only node to node (benchmarks/network.py)"
     )
+    parser.add_argument(
+        "--social-only", action="store_true", help="only sharing and links (benchmarks/social.py)"
+    )
     args = parser.parse_args()
     sizes = [32 * MiB, 100 * MiB] if args.quick else [100 * MiB, GiB]
     work = Path(tempfile.mkdtemp(prefix="pyrgos-bench-"))
     try:
         from network import run_network  # this directory: it imports this module's helpers
+        from social import run_social
 
-        rows = [] if args.network_only else run(sizes, work)
-        rows += run_network(work / "network")
+        only = args.network_only or args.social_only
+        rows = [] if only else run(sizes, work)
+        rows += [] if args.social_only else run_network(work / "network")
+        rows += [] if args.network_only else run_social(work / "social")
         print_table(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -18,9 +18,11 @@ from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import KdfParams, VerifyKey
 from protocols.cryptree import MAX_BLOCK_BYTES
 from protocols.errors import InvalidName, MalformedInput, TooLarge
+from protocols.links import LABEL_BYTES, MAX_SEALED_CAP, PROOF_BYTES
 from protocols.names import check_username
 from protocols.pki import Claim, Record, record_from_cbor, record_to_cbor
 from protocols.pointers import PointerUpdate
+from protocols.social import FOLLOW_SEALED_BYTES, INBOX_ID_BYTES, MAX_PENDING
 
 MiB: Final = 1024 * 1024
 MAX_CALL_BYTES: Final = 9 * MiB  # one put of 8 blocks of 1 MiB and its framing
@@ -831,6 +833,142 @@ class AdminGc(Message):
         return {"token": self.token}
 
 
+# -- the follow-request inbox (protocols/social.py) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class SocialSend(Message):
+    target: CID  # the identity key hash of the user the request is boxed to
+    request: bytes  # sealed: always FOLLOW_SEALED_BYTES, whoever sent it
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "social.send", {"target", "request"}, set())
+        return cls(
+            _key_hash(v.get("target"), "target"),
+            _bytes(v.get("request"), "request", size=FOLLOW_SEALED_BYTES),
+        )
+
+    def to_cbor(self) -> CBORValue:
+        return {"target": self.target, "request": self.request}
+
+
+@dataclass(frozen=True)
+class SocialList(Message):
+    owner: CID
+    time: int  # ms, signed with the owner by the identity key
+    sig: bytes
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "social.list", {"owner", "time", "sig"}, set())
+        return cls(
+            _key_hash(v.get("owner"), "owner"),
+            _int(v.get("time"), "time"),
+            _bytes(v.get("sig"), "sig", size=SIGNATURE_BYTES),
+        )
+
+    def to_cbor(self) -> CBORValue:
+        return {"owner": self.owner, "time": self.time, "sig": self.sig}
+
+
+@dataclass(frozen=True)
+class SocialListReply(Message):
+    items: tuple[tuple[bytes, bytes], ...]  # (id, sealed request), at most MAX_PENDING
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        items = []
+        for item in _list(value, "inbox", 0, MAX_PENDING):
+            v = _reply(item, "an inbox item", {"id", "request"})
+            items.append(
+                (
+                    _bytes(v.get("id"), "id", size=INBOX_ID_BYTES),
+                    _bytes(v.get("request"), "request", size=FOLLOW_SEALED_BYTES),
+                )
+            )
+        return cls(tuple(items))
+
+    def to_cbor(self) -> CBORValue:
+        return [{"id": i, "request": r} for i, r in self.items]
+
+
+@dataclass(frozen=True)
+class SocialRemove(Message):
+    owner: CID
+    ids: tuple[bytes, ...]  # 1 to MAX_PENDING inbox ids
+    time: int  # ms, signed with the owner and the ids by the identity key
+    sig: bytes
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "social.remove", {"owner", "ids", "time", "sig"}, set())
+        owner = _key_hash(v.get("owner"), "owner")
+        ids = _list(v.get("ids"), "ids", 1, MAX_PENDING)
+        return cls(
+            owner,
+            tuple(_bytes(i, "ids", size=INBOX_ID_BYTES) for i in ids),
+            _int(v.get("time"), "time"),
+            _bytes(v.get("sig"), "sig", size=SIGNATURE_BYTES),
+        )
+
+    def to_cbor(self) -> CBORValue:
+        return {"owner": self.owner, "ids": list(self.ids), "time": self.time, "sig": self.sig}
+
+
+@dataclass(frozen=True)
+class Count(Message):
+    """The reply of a call that answers how many items it changed."""
+
+    count: int
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        return cls(_int(value, "reply"))
+
+    def to_cbor(self) -> CBORValue:
+        return self.count
+
+
+# -- secret links (protocols/links.py) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkGet(Message):
+    owner: CID
+    label: bytes
+    proof: bytes = field(repr=False)  # derived from the link's key (and password)
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "link.get", {"owner", "label", "proof"}, set())
+        return cls(
+            _key_hash(v.get("owner"), "owner"),
+            _bytes(v.get("label"), "label", size=LABEL_BYTES),
+            _bytes(v.get("proof"), "proof", size=PROOF_BYTES),
+        )
+
+    def to_cbor(self) -> CBORValue:
+        return {"owner": self.owner, "label": self.label, "proof": self.proof}
+
+
+@dataclass(frozen=True)
+class LinkGetReply(Message):
+    cap: bytes  # the sealed capability (protocols/links.py open_capability)
+    password: bool  # whether the link was made with a password
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _reply(value, "a link.get reply", {"cap", "password"})
+        return cls(
+            _bytes(v.get("cap"), "cap", limit=MAX_SEALED_CAP),
+            _bool(v.get("password"), "password"),
+        )
+
+    def to_cbor(self) -> CBORValue:
+        return {"cap": self.cap, "password": self.password}
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 
@@ -845,8 +983,10 @@ class Method:
     # The argument naming the user whose home node the call belongs to: a node that receives
     # it for a user homed elsewhere forwards it there and relays the answer.
     home: str | None = None
-    session: bool = False  # the node accepts it only within a live session of the user
-    throttled: bool = False  # it proves a password: failures are throttled
+    # The node accepts it only within a live session of the user (block.put and pointer.cas:
+    # when the writer is the user's identity writer; a sub-writer's signatures suffice).
+    session: bool = False
+    throttled: bool = False  # it proves a password (or a link's): failures are throttled
 
 
 METHODS: Final[dict[str, Method]] = {
@@ -870,6 +1010,10 @@ METHODS: Final[dict[str, Method]] = {
         Method("pki.entries", PkiEntries, Report),
         Method("pki.submit", PkiSubmit, PkiSubmitReply),
         Method("admin.gc", AdminGc, Report),
+        Method("social.send", SocialSend, Done, home="target"),
+        Method("social.list", SocialList, SocialListReply, home="owner"),
+        Method("social.remove", SocialRemove, Count, home="owner"),
+        Method("link.get", LinkGet, LinkGetReply, home="owner", throttled=True),
     )
 }
 # Each request type names its method: a typed caller needs no method name of its own.

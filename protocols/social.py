@@ -28,6 +28,9 @@ FOLLOW_SEALED_BYTES: Final = (
 )  # 2184: the only length a node stores
 REPLY_BYTES: Final = 32  # random, chosen by the follower: an answer echoes it
 INBOX_ID_BYTES: Final = 16  # sha256(sealed request)[:16] names a request in its target's inbox
+# Requests waiting per target: bounds what strangers can store for a user, and so the inbox
+# a node lists and the ids one removal names.
+MAX_PENDING: Final = 1000
 _MAX_REQUEST_ITEMS: Final = 64  # the map, its fields and a capability: about 30 items
 
 Kind = Literal["follow", "accept", "reject"]

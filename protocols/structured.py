@@ -1,6 +1,7 @@
-"""The structured (dag-cbor) blocks a node stores: WriterData, CHAMP nodes and cryptree nodes.
+"""The structured (dag-cbor) blocks a node stores: WriterData, CHAMP nodes, cryptree nodes, and
+the link-target and public-entry blocks of secret links and publishing.
 
-A node checks every dag-cbor block at put against these three shapes, so that whatever it must
+A node checks every dag-cbor block at put against these shapes, so that whatever it must
 later decode (to collect garbage, to count usage) is small, known and cheap to decode.
 """
 
@@ -11,9 +12,11 @@ from typing import Final
 from protocols import cbor, champ, cryptree
 from protocols.cid import CID
 from protocols.errors import MalformedInput, TooLarge
+from protocols.links import LinkTarget
+from protocols.publishing import PublicEntry
 from protocols.writerdata import MAX_WRITER_DATA, WriterData
 
-# The largest of the three kinds: a full CHAMP node is under 12 KiB, a cryptree node and a
+# The largest of the kinds: a full CHAMP node is under 12 KiB, a cryptree node and a
 # WriterData at most 16 KiB each. A hostile block can thus hold at most ~16,000 CBOR items.
 MAX_STRUCTURED_BYTES: Final = max(champ.MAX_NODE_SIZE, cryptree.MAX_NODE_BYTES, MAX_WRITER_DATA)
 
@@ -27,11 +30,16 @@ def check_structured(data: bytes) -> None:
         champ.check_node(data)
     elif isinstance(value, dict) and "controller" in value:
         WriterData.decode(data)
+    elif isinstance(value, dict) and "link" in value:  # before "bats": a link target has both
+        LinkTarget.decode(data)
+    elif isinstance(value, dict) and "public" in value:
+        PublicEntry.decode(data)
     elif isinstance(value, dict) and "bats" in value:
         cryptree.Node.decode(data)
     else:
         raise MalformedInput(
-            "a dag-cbor block must be a WriterData, a CHAMP node or a cryptree node"
+            "a dag-cbor block must be a WriterData, a CHAMP node, a cryptree node, "
+            "a link target or a public entry"
         )
 
 

@@ -29,6 +29,7 @@ class WriterData:
     boxing: BoxingPublicKey | None = None
     owned: list[bytes] = field(default_factory=list)
     links: CID | None = None
+    public: CID | None = None  # the published items' CHAMP (protocols/publishing.py)
 
     def to_cbor(self) -> dict[str, object]:
         value: dict[str, object] = {
@@ -43,6 +44,8 @@ class WriterData:
             value["boxing"] = self.boxing.to_cbor()
         if self.links is not None:
             value["links"] = self.links
+        if self.public is not None:
+            value["public"] = self.public
         return value
 
     def encode(self) -> bytes:
@@ -66,7 +69,11 @@ class WriterData:
         links = value.get("links")
         if links is not None and (not isinstance(links, CID) or links.codec != CODEC_DAG_CBOR):
             raise MalformedInput("WriterData links must link a CHAMP root")
-        unknown = set(value) - {"v", "controller", "tree", "owned", "login", "boxing", "links"}
+        public = value.get("public")
+        if public is not None and (not isinstance(public, CID) or public.codec != CODEC_DAG_CBOR):
+            raise MalformedInput("WriterData public must link a CHAMP root")
+        known = {"v", "controller", "tree", "owned", "login", "boxing", "links", "public"}
+        unknown = set(value) - known
         if unknown:
             raise MalformedInput(f"unknown WriterData fields: {sorted(unknown)}")
         return cls(
@@ -76,6 +83,7 @@ class WriterData:
             boxing=BoxingPublicKey.from_cbor(value["boxing"]) if "boxing" in value else None,
             owned=owned,
             links=links,
+            public=public,
         )
 
 

@@ -35,6 +35,7 @@ from protocols.pointers import CONTEXT as POINTER_CONTEXT
 from protocols.pointers import PointerUpdate
 from protocols.social import (
     INBOX_ID_BYTES,
+    MAX_PENDING,
     MAX_STATE_BYTES,
     REPLY_BYTES,
     Followee,
@@ -50,7 +51,7 @@ STATE_DIR: Final = ".pyrgos"  # hidden: `ls` skips names starting with "."
 SOCIAL_FILE: Final = "social"
 KEYS_FILE: Final = "keys"
 SHARED_DIR: Final = "shared"  # /<me>/shared/<them>/: what I share with each follower
-MAX_INBOX: Final = 1_000  # what a node keeps per target; a longer reply is refused
+MAX_INBOX: Final = MAX_PENDING  # what a node keeps per target; a longer reply is refused
 Clock = Callable[[], int]  # milliseconds since the epoch
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.server import _writers
 from node.server._blocks import close_uploads, usage_record, validate_blocks
 from node.store import Batch, Space, Store, owner_prefix
 from protocols import accounts, bats, cbor
@@ -94,6 +95,8 @@ class Accounts:
         writer_data = WriterData.decode(staged[update.new])
         if writer_data.login is None:
             raise MalformedInput("the identity WriterData must publish its login parameters")
+        if writer_data.owned:  # sub-writers are registered by a later pointer.cas
+            raise MalformedInput("a new account owns no other writers yet")
         self._check_kdf(writer_data.login)
         check_update(VerifyKey.from_key_hash(owner), None, update, writer_data.controller)
         size = sum(len(d) for d in staged.values())
@@ -270,11 +273,17 @@ class Accounts:
                 raise MalformedInput("the new identity root must publish the new login parameters")
             self._check_kdf(params)
             node.pointers.check_pointer(owner, update)
+            # Sub-writers survive a password change: the new root's owner proofs are checked
+            # and registered as in pointer.cas.
+            registered = _writers.registration(
+                self.store, owner, node.pointers.pointer(owner), update.new
+            )
             account["login_key"] = request.login_key.to_cbor()
             account["data"] = request.login_data
             with self.store.batch(sync=True) as batch:
                 batch.put(Space.ACCOUNTS, username.encode(), cbor.encode(account))
                 batch.put(Space.POINTERS, owner.raw, update.encode())
+                registered.apply(batch)
                 close_uploads(self.store, batch, request.uploads)
                 self._end_sessions(batch, owner)
                 token, expiry = self.open_session(batch, owner, ended_all=True)

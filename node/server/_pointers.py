@@ -1,11 +1,13 @@
 """Pointers and writers: each writer's signed pointer update and the owner each writer belongs
-to. Owns Space.POINTERS (writer -> signed update) and Space.WRITERS (writer -> owner).
+to. Owns Space.POINTERS (writer -> signed update) and Space.WRITERS (writer -> owner; the
+sub-writers' entries kept from owner proofs by node/server/_writers.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from node.server import _writers
 from node.server._blocks import close_uploads
 from node.store import Space, Store
 from protocols.cid import CID
@@ -53,17 +55,24 @@ class Pointers:
         return PointerGetReply(None if update is None else update.encode())
 
     async def pointer_cas(self, request: PointerCas, requester: bytes) -> Done:
-        """Move the pointers of one owner's writers at once, all or none, durably."""
+        """Move the pointers of one owner's writers at once, all or none, durably.
+
+        The identity writer's update and the owner proofs of its new root are checked first,
+        so one commit can register a sub-writer and set its first pointer
+        (node/server/_writers.py). The session is needed only when the identity writer is in
+        the commit: a sub-writer's commit is authorised by its signatures.
+        """
         node, owner = self.node, request.owner
         async with node.write_lock:
-            for writer, update in request.updates:
-                if self.owner_of(writer) != owner:
-                    raise Denied("this writer does not belong to that owner")
-                self.check_pointer(writer, update)
-            node.accounts.check_session(owner, request.session)
+            registered = _writers.check_updates(
+                self.store, owner, list(request.updates), self.check_pointer, self.pointer
+            )
+            if registered.identity:
+                node.accounts.check_session(owner, request.session)
             with self.store.batch(sync=True) as batch:  # durable before the reply
                 for writer, update in request.updates:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
+                registered.apply(batch)
                 close_uploads(self.store, batch, request.uploads)
             node.blocks.pointer_moved(owner)
             if node.collection is not None:

@@ -3,7 +3,9 @@
 `NodeService.call` decodes each call's arguments with its typed request (protocols/methods.py),
 forwards home calls to the user's home node, throttles password proofs, and dispatches to the
 part that owns the call's domain: _blocks.py (blocks, CHAMP lookups, quota), _pointers.py
-(pointers, writers), _accounts.py (accounts, sessions), _pki_calls.py (the PKI). Writes are
+(pointers, writers; _writers.py keeps the sub-writers of owner proofs), _accounts.py
+(accounts, sessions), _pki_calls.py (the PKI), _social.py (the follow-request inbox),
+_links.py (secret links). Writes are
 serialised by one lock and applied in one LevelDB batch each, so a refused call changes nothing.
 Blocking store work runs in a worker thread so the event loop keeps serving.
 """
@@ -24,9 +26,11 @@ import trio
 from node.server._accounts import Accounts
 from node.server._blocks import Blocks, StoreBlocks, stored_block
 from node.server._gc import Collection
+from node.server._links import Links
 from node.server._pki import PkiLog, SyncResult
 from node.server._pki_calls import PkiCalls
 from node.server._pointers import Pointers
+from node.server._social import Inbox
 from node.store import Space, Store
 from protocols import accounts, bats
 from protocols.cid import CID
@@ -114,6 +118,8 @@ class NodeService:
         self.pointers = Pointers(self)
         self.accounts = Accounts(self)
         self.pki_calls = PkiCalls(self)
+        self.inbox = Inbox(self)
+        self.links = Links(self)
 
     @property
     def node_id_bytes(self) -> bytes:
@@ -321,4 +327,8 @@ METHODS: Final[dict[str, Handler]] = {
     "pki.entries": lambda s, r, q: s.pki_calls.pki_entries(r, q),
     "pki.submit": lambda s, r, q: s.pki_calls.pki_submit(r, q),
     "admin.gc": lambda s, r, q: s.admin_gc(r, q),
+    "social.send": lambda s, r, q: s.inbox.social_send(r, q, _SOURCE.get()),
+    "social.list": lambda s, r, q: s.inbox.social_list(r, q),
+    "social.remove": lambda s, r, q: s.inbox.social_remove(r, q),
+    "link.get": lambda s, r, q: s.links.link_get(r, q),
 }

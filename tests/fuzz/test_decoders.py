@@ -25,6 +25,7 @@ from protocols import (
     contacts,
     crypto,
     cryptree,
+    links,
     names,
     rpc,
     social,
@@ -35,6 +36,7 @@ from protocols.crypto import BoxingKey, BoxingPublicKey, KdfParams, SigningKey, 
 from protocols.cryptree import Capability, KeyBlock, Properties
 from protocols.errors import Corrupted, MalformedInput, PyrgosError
 from protocols.frames import FrameDecoder, encode_frame
+from protocols.owners import OwnerProof
 from protocols.peerid import base58_decode, check_peer_id, peer_id_of
 from protocols.pki import (
     MAX_ENTRY_BYTES,
@@ -49,6 +51,8 @@ from protocols.pki import (
     verify_served,
 )
 from protocols.pointers import PointerUpdate
+from protocols.publishing import PublicEntry, normalise
+from protocols.structured import MAX_STRUCTURED_BYTES, check_structured
 from protocols.writerdata import MAX_WRITER_DATA, WriterData, controller_of
 from tests.fuzz.budget import FUZZ, SHAPES, describe, shape, shape_bytes, within_budget
 from tests.fuzz.inputs import decoded_values, mutated_bytes, mutated_value
@@ -203,6 +207,20 @@ def _signup_claim_check(value: Any) -> object:
     return record_from_cbor(value)
 
 
+OWNER_PROOF = OwnerProof.create(SigningKey.from_seed(key(21)), OWNER).encode()
+LINK_KEYS = links.derive(key(22), None)
+LINK_TARGET = links.LinkTarget(
+    bats=[bats.hashed_id(key(23))],
+    cap=links.seal_capability(LINK_KEYS.cap_key, key(24)[:16], CAP),
+    verifier=LINK_KEYS.verifier,
+    password=False,
+    expiry=NOW * 1000,
+    max_uses=3,
+).encode()
+PUBLIC_ENTRY = PublicEntry("/alice/public/x", CAP.read_only()).encode()
+LINK_URL = links.format_url("http://127.0.0.1:8000", OWNER, key(24)[:16], key(22))
+
+
 @dataclass(frozen=True)
 class Decoder:
     decode: Callable[[bytes], object]
@@ -273,6 +291,19 @@ BYTE_DECODERS: dict[str, Decoder] = {
     "crypto.unpad": Decoder(crypto.unpad, cryptree.MAX_BLOCK_BYTES, [crypto.pad(b"x", 4096)]),
     "cid.CID.from_bytes": Decoder(CID.from_bytes, 256, [OWNER.raw, BLOCK_CID.raw]),
     "cid.decode_varint": Decoder(decode_varint, 16, [b"\x80\x01", b"\x7f"]),
+    "owners.OwnerProof.decode": Decoder(OwnerProof.decode, 256, [OWNER_PROOF]),
+    "links.LinkTarget.decode": Decoder(
+        links.LinkTarget.decode, links.MAX_TARGET_BYTES, [LINK_TARGET]
+    ),
+    "publishing.PublicEntry.decode": Decoder(PublicEntry.decode, 2048, [PUBLIC_ENTRY]),
+    "structured.check_structured": Decoder(
+        check_structured, MAX_STRUCTURED_BYTES, [LINK_TARGET, PUBLIC_ENTRY, WRITER_DATA.encode()]
+    ),
+    "links.open_capability": Decoder(
+        lambda data: links.open_capability(LINK_KEYS.cap_key, key(24)[:16], data),
+        links.MAX_SEALED_CAP,
+        [links.LinkTarget.decode(LINK_TARGET).cap],
+    ),
 }
 
 VALUE_DECODERS: dict[str, tuple[Callable[[Any], object], list[Any]]] = {
@@ -304,6 +335,8 @@ TEXT_DECODERS: dict[str, tuple[Callable[[str], object], list[str]]] = {
     "peerid.base58_decode": (lambda text: base58_decode(text[:64]), [NODE_ID]),
     "names.check_username": (names.check_username, ["alice", "a-b-c"]),
     "names.split_path": (names.split_path, ["/alice/docs/notes.txt", "a//b/"]),
+    "links.parse_url": (links.parse_url, [LINK_URL]),
+    "publishing.normalise": (normalise, ["/alice/public/x", "/alice//x/"]),
     "names.check_password": (
         lambda text: names.check_password("alice", text),
         ["correct horse battery"],

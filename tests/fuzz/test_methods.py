@@ -197,6 +197,11 @@ def _typed(node: Node) -> dict[str, st.SearchStrategy[Any]]:
         "token": st.text(max_size=40),
         "session": st.one_of(st.sampled_from(_values(node, "session")), sized_bytes),
         "all": st.one_of(st.booleans(), decoded_values),
+        "target": key_hashes,
+        "request": st.one_of(st.binary(min_size=2184, max_size=2184), sized_bytes),
+        "label": st.one_of(st.binary(min_size=16, max_size=16), sized_bytes),
+        "proof": st.one_of(st.binary(min_size=32, max_size=32), sized_bytes),
+        "ids": st.lists(st.one_of(st.binary(min_size=16, max_size=16), sized_bytes), max_size=9),
     }
 
 
@@ -241,6 +246,10 @@ ARGUMENTS: dict[str, list[str]] = {
     "pki.entries": ["after", "limit"],
     "pki.submit": ["record"],
     "admin.gc": ["token"],
+    "social.send": ["target", "request"],
+    "social.list": ["owner", "time", "sig"],
+    "social.remove": ["owner", "ids", "time", "sig"],
+    "link.get": ["owner", "label", "proof"],
 }
 MISSING = object()
 

@@ -18,6 +18,7 @@ from protocols.errors import InvalidName, MalformedInput, PyrgosError, TooLarge
 from protocols.methods import METHODS, Message
 from protocols.pki import Claim, NodeRecord
 from protocols.pointers import PointerUpdate
+from protocols.social import FOLLOW_SEALED_BYTES, INBOX_ID_BYTES, MAX_PENDING
 
 KEY = SigningKey.from_seed(bytes(32))
 OWNER = KEY.public.key_hash()
@@ -32,6 +33,10 @@ SIG = bytes(64)
 CLAIM = Claim.create(KEY, "alice", "node-a", 2_000_000_000)
 AUTH = bats.ReadAuth(bats.inline_id(bytes(32)), 100, bytes(32))
 PARAMS = KdfParams(3, 64 * 1024 * 1024, bytes(16))
+SEALED = bytes(FOLLOW_SEALED_BYTES)  # a sealed follow request's only length
+INBOX_ID = bytes(INBOX_ID_BYTES)
+LABEL = bytes(range(16))
+PROOF = bytes(32)
 
 
 def _requests() -> dict[str, list[Message]]:
@@ -79,6 +84,13 @@ def _requests() -> dict[str, list[Message]]:
             methods.PkiSubmit(NodeRecord.create(KEY, ["/ip4/127.0.0.1/tcp/1"], 1)),
         ],
         "admin.gc": [methods.AdminGc("secret")],
+        "social.send": [methods.SocialSend(OWNER, SEALED)],
+        "social.list": [methods.SocialList(OWNER, 1, SIG)],
+        "social.remove": [
+            methods.SocialRemove(OWNER, (INBOX_ID,), 1, SIG),
+            methods.SocialRemove(OWNER, (INBOX_ID,) * MAX_PENDING, 1, SIG),
+        ],
+        "link.get": [methods.LinkGet(OWNER, LABEL, PROOF)],
     }
 
 
@@ -106,6 +118,13 @@ def _replies() -> dict[str, list[Message]]:
         "pki.entries": [methods.Report({"entries": [], "head": None})],
         "pki.submit": [methods.PkiSubmitReply(1, ROOT)],
         "admin.gc": [methods.Report({"deleted": 0})],
+        "social.send": [methods.Done()],
+        "social.list": [
+            methods.SocialListReply(()),
+            methods.SocialListReply(((INBOX_ID, SEALED), (bytes([1]) * 16, SEALED))),
+        ],
+        "social.remove": [methods.Count(0), methods.Count(3)],
+        "link.get": [methods.LinkGetReply(bytes(41), False), methods.LinkGetReply(b"c", True)],
     }
 
 
@@ -219,6 +238,22 @@ def _wrong_types() -> list[tuple[str, dict[str, Any], type[PyrgosError], str]]:
         ("pki.submit", {"record": [1]}, MalformedInput, "'record'"),
         ("pki.submit", {"record": {"kind": "nothing"}}, MalformedInput, ""),
         ("admin.gc", {"token": b"x"}, MalformedInput, "'token'"),
+        ("social.send", {"target": ROOT}, MalformedInput, "'target'"),
+        ("social.send", {"request": SEALED[:-1]}, MalformedInput, "'request' must be 2184 bytes"),
+        ("social.send", {"request": SEALED + b"\0"}, MalformedInput, "'request'"),
+        ("social.send", {"request": "sealed"}, MalformedInput, "'request'"),
+        ("social.list", {"owner": "alice"}, MalformedInput, "'owner'"),
+        ("social.list", {"time": -5}, MalformedInput, "'time'"),
+        ("social.list", {"sig": bytes(65)}, MalformedInput, "'sig'"),
+        ("social.remove", {"ids": []}, MalformedInput, "'ids'"),
+        ("social.remove", {"ids": [INBOX_ID] * (MAX_PENDING + 1)}, TooLarge, "'ids'"),
+        ("social.remove", {"ids": [bytes(15)]}, MalformedInput, "'ids' must be 16 bytes"),
+        ("social.remove", {"ids": INBOX_ID}, MalformedInput, "'ids' must be a list"),
+        ("social.remove", {"time": 2**63}, MalformedInput, "'time'"),
+        ("link.get", {"owner": CID_RAW}, MalformedInput, "'owner'"),
+        ("link.get", {"label": bytes(15)}, MalformedInput, "'label' must be 16 bytes"),
+        ("link.get", {"proof": bytes(33)}, MalformedInput, "'proof' must be 32 bytes"),
+        ("link.get", {"proof": "guess"}, MalformedInput, "'proof'"),
     ]
 
 
@@ -262,16 +297,30 @@ def test_malformed_replies_are_refused() -> None:
         ({"seq": 1}, methods.PkiSubmitReply),
         ({1: 2}, methods.Report),
         ({"node": "n"}, methods.NodeInfoReply),
+        ([{"id": INBOX_ID}], methods.SocialListReply),
+        ([{"id": INBOX_ID, "request": SEALED[:-1]}], methods.SocialListReply),
+        ([{"id": b"short", "request": SEALED}], methods.SocialListReply),
+        ({"id": INBOX_ID, "request": SEALED}, methods.SocialListReply),
+        (True, methods.Count),
+        (-1, methods.Count),
+        ({"cap": b"c"}, methods.LinkGetReply),
+        ({"cap": "c", "password": False}, methods.LinkGetReply),
+        ({"cap": b"c", "password": 1}, methods.LinkGetReply),
     ):
         with pytest.raises(MalformedInput):
             reply.from_cbor(value)
+    with pytest.raises(TooLarge):  # a node cannot make a client hold more than an inbox
+        methods.SocialListReply.from_cbor([{"id": INBOX_ID, "request": SEALED}] * 1001)
+    with pytest.raises(TooLarge):
+        methods.LinkGetReply.from_cbor({"cap": bytes(1025), "password": False})
 
 
 def test_the_table_carries_the_facts_of_each_method() -> None:
     assert rpc.args_limit("block.put") == rpc.args_limit("account.signup") == rpc.MAX_CALL_BYTES
     assert rpc.args_limit("pointer.cas") == rpc.args_limit("no.such.method") == rpc.SMALL_CALL
     assert rpc.CALL_BYTES == {"block.put": rpc.MAX_CALL_BYTES, "account.signup": rpc.MAX_CALL_BYTES}
-    assert {n for n, m in METHODS.items() if m.throttled} == {"account.login", "account.update"}
+    throttled = {n for n, m in METHODS.items() if m.throttled}
+    assert throttled == {"account.login", "account.update", "link.get"}
     assert {n for n, m in METHODS.items() if m.session} == {
         "block.put",
         "pointer.cas",
@@ -279,6 +328,9 @@ def test_the_table_carries_the_facts_of_each_method() -> None:
         "session.check",
         "session.end",
     }
+    assert METHODS["social.send"].home == "target"
+    assert METHODS["social.list"].home == METHODS["social.remove"].home == "owner"
+    assert METHODS["link.get"].home == "owner"
     for name, spec in METHODS.items():
         assert spec.name == name
         if spec.home is not None:  # the home argument is a field of the request
