@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Final
 
@@ -20,8 +20,8 @@ from node.client import _typed as typed
 from node.client._api import NodeApi, Route
 from node.client._blocks import BlockCache, Blocks
 from node.client._fs import MAX_COMMIT_ATTEMPTS, FileSystem
-from node.client._resolve import Listing, Resolved
-from node.client._session import now_ms, test_kdf_allowed
+from node.client._resolve import HomeResolver, Listing, Resolved, Resolver, Resolvers
+from node.client._session import Session, now_ms, test_kdf_allowed
 from node.client._trees import TreeUpdate, WriterTree, commit_trees
 from protocols import champ, crypto, links, publishing
 from protocols.cid import CID, CODEC_DAG_CBOR
@@ -315,7 +315,7 @@ class CapabilityResolver:
 
 
 async def link_filesystem(
-    api: NodeApi, url: str, password: str | None = None, *, test_kdf: bool | None = None
+    api: NodeApi, url: str | LinkUrl, password: str | None = None, *, test_kdf: bool | None = None
 ) -> FileSystem:
     """A FileSystem without a session reading one link's item at `/link`."""
     cap, route = await open_link(api, url, password, test_kdf=test_kdf)
@@ -383,7 +383,7 @@ class PublicResolver:
         root = await WriterTree(claim.identity, route).read(blocks)
         shown = "/" + "/".join([username, *names])
         if root.data.public is None:
-            raise NotFound(f"{shown}: {username} publishes nothing")
+            raise NotFound(f"{shown} is not published: {username} publishes nothing")
         prefixes = ["/" + "/".join([username, *names[:depth]]) for depth in range(len(names) + 1)]
         keys = {publishing.path_key(p): p for p in prefixes}
         found = await blocks.lookup(root.data.public, keys)
@@ -405,3 +405,23 @@ class PublicResolver:
     async def list_top(self, username: str) -> list[Listing] | None:
         check_username(username)
         return None  # `/user` lists only when it is published itself
+
+
+class ReadingResolver:
+    """A logged-in user's view for reading: their own home for `/<me>/...`; for another
+    user's paths, `others` in order (what they share with me), then what they publish, so
+    that the error of a path found nowhere is the public index's, not "not your home"."""
+
+    def __init__(self, session: Session, others: Sequence[Resolver] = ()) -> None:
+        self.username = session.username
+        self.home = HomeResolver(session)
+        self.others = Resolvers([*others, PublicResolver(session.api)])
+
+    def _source(self, username: str) -> Resolver:
+        return self.home if username == self.username else self.others
+
+    async def resolve(self, username: str, names: list[str]) -> Resolved:
+        return await self._source(username).resolve(username, names)
+
+    async def list_top(self, username: str) -> list[Listing] | None:
+        return await self._source(username).list_top(username)
