@@ -442,14 +442,19 @@ def run_fs(args: argparse.Namespace, action: Callable[[FileSystem], Awaitable[An
     return trio.run(run)
 
 
-def run_read(args: argparse.Namespace, action: Callable[[FileSystem], Awaitable[Any]]) -> Any:
-    """`run_fs` for reads: without a login, what users publish is still readable; with one,
-    another user's paths fall back to what they publish."""
+def run_read(
+    args: argparse.Namespace, path: str, action: Callable[[FileSystem], Awaitable[Any]]
+) -> Any:
+    """`run_fs` for reads of `path`: without a login, what users publish is still readable
+    (a relative path needs a login); with one, another user's paths fall back to what they
+    publish."""
 
     async def run() -> Any:
         try:
             Profile(args.profile).load()
         except NotFound:  # not logged in: published items only
+            if not path.startswith("/"):
+                raise
             async with NodeApi(node_url()) as api:
                 return await action(FileSystem(api, client.links.PublicResolver(api)))
         async with open_session(args) as session:
@@ -512,7 +517,7 @@ def cmd_get(args: argparse.Namespace) -> None:
             await client.get_file(fs, args.remote, target, progress, props.size)
         return 0
 
-    skipped = run_read(args, action)
+    skipped = run_read(args, args.remote, action)
     if skipped:
         warn(_unreadable(skipped, args.remote) + "; the download is incomplete")
         raise SystemExit(EXIT_INCOMPLETE)
@@ -521,7 +526,7 @@ def cmd_get(args: argparse.Namespace) -> None:
 def cmd_cat(args: argparse.Namespace) -> None:
     if args.offset < 0 or (args.length is not None and args.length < 0):
         raise UsageError("--offset and --length must not be negative")
-    run_read(args, lambda fs: _cat(fs, args.remote, args.offset, args.length))
+    run_read(args, args.remote, lambda fs: _cat(fs, args.remote, args.offset, args.length))
 
 
 async def _cat(fs: FileSystem, remote: str, offset: int = 0, length: int | None = None) -> None:
@@ -539,7 +544,9 @@ def _mode(is_dir: bool) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    contents = run_read(args, lambda fs: fs.contents(args.remote, long=args.long, all=args.all))
+    contents = run_read(
+        args, args.remote, lambda fs: fs.contents(args.remote, long=args.long, all=args.all)
+    )
     for item in contents.items:
         if not args.long:
             print(item.name + ("/" if item.is_dir else ""))
