@@ -182,13 +182,13 @@ def lookup_key(label: bytes) -> bytes:
     return crypto.sha256(label)
 
 
-def _optional_int(value: object, low: int, high: int, what: str) -> int | None:
+def _optional_int(
+    value: object, low: int, high: int, what: str, of: str = "a link target"
+) -> int | None:
     if value is None:
         return None
     if type(value) is not int or not low <= value <= high:
-        raise MalformedInput(
-            f"a link target's {what} must be null or an integer in [{low}, {high}]"
-        )
+        raise MalformedInput(f"{of}'s {what} must be null or an integer in [{low}, {high}]")
     return value
 
 
@@ -317,7 +317,7 @@ class LinkRecord:
             raise MalformedInput("a link record's path is an absolute path")
         if type(cap_key) is not bytes or len(cap_key) != crypto.KEY_BYTES:
             raise MalformedInput(f"a link record's cap_key is {crypto.KEY_BYTES} bytes")
-        created = _optional_int(value["created"], 0, 2**63 - 1, "creation time")
+        created = _optional_int(value["created"], 0, 2**63 - 1, "creation time", "a link record")
         if created is None:
             raise MalformedInput("a link record's creation time is an integer")
         writable, password = value["writable"], value["password"]
@@ -328,8 +328,8 @@ class LinkRecord:
             path=path,
             cap_key=cap_key,
             created=created,
-            expiry=_optional_int(value["expiry"], 0, 2**63 - 1, "expiry"),
-            max_uses=_optional_int(value["max"], 1, MAX_USES, "max"),
+            expiry=_optional_int(value["expiry"], 0, 2**63 - 1, "expiry", "a link record"),
+            max_uses=_optional_int(value["max"], 1, MAX_USES, "max", "a link record"),
             writable=writable,
             password=password,
         )

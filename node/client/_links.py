@@ -279,6 +279,7 @@ async def open_link(
     wrong or missing password; Denied for a link past its expiry or its uses; NotFound for a
     revoked one."""
     parsed = url if isinstance(url, LinkUrl) else links.parse_url(url)
+    claim = await claim_of(api, identity=parsed.owner)  # first: a use is not spent in vain
     weak = test_kdf_allowed() if test_kdf is None else test_kdf
     keys = await trio.to_thread.run_sync(lambda: links.derive(parsed.key, password, test_kdf=weak))
     try:
@@ -292,7 +293,6 @@ async def open_link(
     cap = links.open_capability(keys.cap_key, parsed.label, reply.cap)
     if cap.owner != parsed.owner:
         raise Corrupted("the link's capability names another owner than its URL")
-    claim = await claim_of(api, identity=parsed.owner)
     return cap, Route(parsed.owner, claim.home.encode())
 
 
