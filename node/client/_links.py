@@ -46,6 +46,9 @@ from protocols.writerdata import WriterData
 
 STATE_DIR: Final = ".pyrgos"  # the user's hidden state folder, as node/client/_social.py
 LINKS_FILE: Final = "links"
+SHARED_DIR: Final = "shared"  # /<me>/shared/<them>/: what I share with each follower
+# Never linked or published, nor is the home that holds them (see `_absolute`).
+PRIVATE_FOLDERS: Final = frozenset({STATE_DIR, SHARED_DIR})
 LINK_NAME: Final = "link"  # the name a FileSystem reading one link gives its item: /link
 Clock = Callable[[], int]  # milliseconds since the epoch
 # Rotating an item (new keys, labels and BATs for its subtree, DESIGN §6): what makes a
@@ -84,13 +87,21 @@ async def _champ_get(blocks: Blocks, root: CID | None, key: bytes) -> CID | None
 
 
 def _absolute(fs: FileSystem, path: str) -> str:
-    """`path` as the normalised absolute path of one of the session user's own items."""
+    """`path` as the normalised absolute path of one of the session user's own items that
+    may be handed out: not the home itself, nor anything in the client's state folder or in
+    `shared`, which hold the user's social graph, link keys and the capabilities shared with
+    each follower (a link or publication of those would hand all of that out)."""
     me = fs.require_session().username
     names = split_path(path)
     if not path.startswith("/"):
         names = [me, *names]
     if not names or names[0] != me:
         raise Denied(f"only your own items can be linked or published (under /{me})")
+    if len(names) == 1 or names[1] in PRIVATE_FOLDERS:
+        raise Denied(
+            f"/{'/'.join(names[:2])} holds your private state (contacts, link keys, what you"
+            " share with whom): link or publish the items in it instead"
+        )
     return publishing.normalise("/" + "/".join(names))
 
 

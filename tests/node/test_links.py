@@ -13,7 +13,13 @@ import pytest
 import trio
 
 from node.client import FileSystem, NodeApi, Session, get_tree, links, signup
-from node.client._links import PublicResolver, claim_of, link_filesystem, open_link
+from node.client._links import (
+    PublicResolver,
+    ReadingResolver,
+    claim_of,
+    link_filesystem,
+    open_link,
+)
 from node.net import serve_api
 from node.server import NodeService
 from node.store import Space, Store
@@ -180,6 +186,11 @@ async def test_link_limits_and_writable_links(pair: Pair, owner: FileSystem) -> 
             await links.create_link(owner, "docs/a.txt", node_url=pair.home_url, expires=0)
         with pytest.raises(Denied, match="your own"):
             await links.create_link(owner, "/bob/x", node_url=pair.home_url)
+        for private in ("/alice", "", ".pyrgos/links", "/alice/shared", "shared/bob/caps"):
+            with pytest.raises(Denied, match="private state"):
+                await links.create_link(owner, private, node_url=pair.home_url)
+            with pytest.raises(Denied, match="private state"):
+                await links.publish(owner, private)
         with pytest.raises(NotFound):
             await links.create_link(owner, "docs/none", node_url=pair.home_url)
         with pytest.raises(MalformedInput, match="http"):
@@ -242,3 +253,20 @@ async def test_claims_by_identity_are_checked(
         assert (claim.username, claim.home) == ("alice", pair.home.settings.node_id)
         with pytest.raises(NotFound, match="no user has this identity"):
             await claim_of(reader, identity=SigningKey.generate().public.key_hash())
+
+
+async def test_a_logged_in_reader_sees_its_home_and_what_others_publish(
+    pair: Pair, owner: FileSystem, reader: NodeApi
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        bob = await signup(reader, "bob", PASSWORD)
+        await FileSystem(bob).write_bytes("mine.txt", b"bob's")
+        await links.publish(owner, "docs/sub")
+        fs = FileSystem(reader, ReadingResolver(bob), bob)
+        assert await fs.read_bytes("mine.txt", 100) == b"bob's"
+        assert await fs.read_bytes("/bob/mine.txt", 100) == b"bob's"
+        assert await fs.read_bytes("/alice/docs/sub/b.txt", 100) == b"below"
+        with pytest.raises(NotFound, match="not published"):
+            await fs.read_bytes("/alice/docs/a.txt", 100)
+        with pytest.raises(Denied, match="only its owner"):
+            await fs.write_bytes("/alice/docs/sub/c.txt", b"no")
