@@ -7,6 +7,7 @@ which they read through the read-only capability of that folder they got when I 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -132,52 +133,62 @@ async def share(
 
 
 async def unshare(fs: FileSystem, path: str, username: str) -> None:
-    """Stop sharing `path` with `username`: their entry goes, then the item is rotated
-    (fresh labels, BATs and keys; a fresh writer for a writable item) and everyone who keeps
-    access gets the new capability. Their old capability then finds nothing."""
+    """Stop sharing `path` with `username`: the item is rotated (fresh labels, BATs and keys;
+    a fresh writer while someone keeps write access, else back into its parent's writer),
+    then their entry goes and everyone who keeps access gets the new capability. Their old
+    capability then finds nothing. A refused rotation changes nothing."""
     item_path = _own_path(fs, path)
     check_username(username)
-    items = await _read_caps(fs, username)
+    files = await _caps_files(fs)
+    items = files.get(username, [])
     kept = [item for item in items if item.path != item_path]
     if len(kept) == len(items):
         raise NotFound(f"{item_path} is not shared with {username}: `pyrgos shared` lists them")
-    await _write_caps(fs, username, kept)
-    await _rotate(fs, [item_path])
+    files[username] = kept
+    await _rotate(fs, files, [item_path], {username})
 
 
-async def _rotate(fs: FileSystem, paths: list[str]) -> None:
-    """Rotate each item (an item inside another rotated one is rotated with it), then
-    give the remaining sharees the new capabilities. An item removed since is skipped."""
+async def _caps_files(fs: FileSystem) -> dict[str, list[SharedItem]]:
+    """Every follower's caps file of mine, by username (folders that are not one skipped)."""
+    try:
+        folders = await fs.listdir(f"/{_me(fs)}/{SHARED_DIR}", all=True)
+    except NotFound:
+        return {}
+    files: dict[str, list[SharedItem]] = {}
+    for folder in folders:
+        if folder.is_dir:
+            try:
+                files[folder.name] = await _read_caps(fs, check_username(folder.name))
+            except PyrgosError:
+                continue
+    return files
+
+
+async def _rotate(
+    fs: FileSystem, files: dict[str, list[SharedItem]], paths: list[str], dirty: set[str]
+) -> None:
+    """Rotate each item of `paths` (one inside another rotated one goes with it), into a
+    writer of its own exactly when an entry of `files` still shares it writable; then write
+    the caps files of `dirty` and every caps file naming a rotated item, with the current
+    capabilities (an item removed since is dropped). An item removed since is not rotated."""
     done: list[str] = []
     for path in sorted(set(paths)):
         if any(within(path, outer) for outer in done):
             continue
-        try:
-            await fs.rotate(path)
-        except NotFound:
-            continue
+        writable = any(i.path == path and i.writable for items in files.values() for i in items)
+        with contextlib.suppress(NotFound):  # removed since: its entries are dropped below
+            await fs.rotate(path, own_writer=writable)
         done.append(path)
-        await reshare(fs, path)
+    await _reshare(fs, files, done, dirty)
 
 
-async def reshare(fs: FileSystem, path: str) -> None:
-    """After `path` was rotated: every caps file naming it or an item below it gets the
-    current capabilities (an item gone since is dropped from them)."""
-    me = _me(fs)
-    try:
-        folders = await fs.listdir(f"/{me}/{SHARED_DIR}", all=True)
-    except NotFound:
-        return
-    for folder in folders:
-        if not folder.is_dir:
-            continue
-        try:
-            items = await _read_caps(fs, check_username(folder.name))
-        except PyrgosError:
-            continue  # not a follower's folder
+async def _reshare(
+    fs: FileSystem, files: dict[str, list[SharedItem]], paths: list[str], dirty: set[str]
+) -> None:
+    for username, items in files.items():
         updated: list[SharedItem] = []
         for item in items:
-            if not within(item.path, path):
+            if not any(within(item.path, path) for path in paths):
                 updated.append(item)
                 continue
             try:
@@ -186,17 +197,24 @@ async def reshare(fs: FileSystem, path: str) -> None:
                 continue
             updated.append(SharedItem(item.path, cap if item.writable else cap.read_only(),
                                       item.writable, item.since))  # fmt: skip
-        if updated != items:
-            await _write_caps(fs, folder.name, updated)
+        if updated != items or username in dirty:
+            await _write_caps(fs, username, updated)
+
+
+async def reshare(fs: FileSystem, path: str) -> None:
+    """After `path` was rotated: every caps file naming it or an item below it gets the
+    current capabilities (an item gone since is dropped from them)."""
+    await _reshare(fs, await _caps_files(fs), [path], set())
 
 
 async def revoke_all(fs: FileSystem, username: str) -> None:
     """Unshare everything shared with `username` (remove-follower): one rotation per item."""
-    items = await _read_caps(fs, username)
+    files = await _caps_files(fs)
+    items = files.get(username, [])
     if not items:
         return
-    await _write_caps(fs, username, [])
-    await _rotate(fs, [item.path for item in items])
+    files[username] = []
+    await _rotate(fs, files, [item.path for item in items], {username})
 
 
 # -- what others share with me -------------------------------------------------------------

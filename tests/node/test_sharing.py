@@ -218,11 +218,8 @@ async def test_remove_follower_revokes_what_was_shared(users: Users) -> None:
         with pytest.raises((NotFound, Denied)):
             await users.fs("bob").contents_of(item.cap, route)
         assert await read_all(users.fs("alice"), "docs/a.txt") == b"a"
-        # The item keeps a writer of its own, a fresh one: the old one is dropped.
-        assert (await users.fs("alice").capability("docs")).writer not in (
-            item.cap.writer,
-            users.sessions["alice"].owner,
-        )
+        # No one writes it any more: it is back in alice's own writer, the old one dropped.
+        assert (await users.fs("alice").capability("docs")).writer == users.sessions["alice"].owner
 
 
 def count_puts(api: NodeApi) -> list[int]:
@@ -266,3 +263,32 @@ async def test_rotation_rewrites_only_the_subtree(users: Users) -> None:
 
 def opener(data: bytes) -> Any:
     return lambda: contextlib.nullcontext(io.BytesIO(data))
+
+
+async def test_a_writable_share_inside_another(users: Users) -> None:
+    """A sub-writer inside a sub-writer: made in one commit of three trees (the outer writer's,
+    the owner's identity with the new proof, the new writer's); rotating the outer item is
+    refused until the inner one is unshared, which folds it back into the outer writer."""
+    with trio.fail_after(TIMEOUT):
+        fs = users.fs("alice")
+        await fs.mkdir("team/sub", parents=True)
+        await fs.write_file("team/sub/a.txt", io.BytesIO(b"a"))
+        await befriend(users, "alice", "bob")
+        await befriend(users, "alice", "carol")
+        outer = await sharing.share(users.fs("alice"), "team", "bob", write=True)
+        inner = await sharing.share(users.fs("alice"), "team/sub", "carol", write=True)
+        assert len({outer.cap.writer, inner.cap.writer, users.sessions["alice"].owner}) == 3
+        await users.fs("carol").write_file("/alice/team/sub/b.txt", io.BytesIO(b"from carol"))
+        assert await read_all(users.fs("bob"), "/alice/team/sub/b.txt") == b"from carol"
+        assert await read_all(users.fs("alice"), "team/sub/a.txt") == b"a"
+        with pytest.raises(Conflict, match="writer of its own"):
+            await sharing.unshare(users.fs("alice"), "team", "bob")
+        # Nothing was rotated: bob still writes with what he holds.
+        await sharing.share(users.fs("alice"), "team", "bob", write=True)
+        await users.fs("bob").write_file("/alice/team/c.txt", io.BytesIO(b"c"))
+        await sharing.unshare(users.fs("alice"), "team/sub", "carol")
+        with pytest.raises(NotFound, match="not shared"):
+            await users.fs("carol").listdir("/alice/team/sub")
+        assert await read_all(users.fs("bob"), "/alice/team/sub/b.txt") == b"from carol"
+        await sharing.unshare(users.fs("alice"), "team", "bob")
+        assert await read_all(users.fs("alice"), "team/c.txt") == b"c"
