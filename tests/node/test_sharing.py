@@ -16,7 +16,7 @@ from node.client import FileSystem, NodeApi, Session, sharing, signup, social
 from node.client._resolve import Listing
 from node.net import serve_api
 from node.store import Store
-from protocols.cryptree import Capability
+from protocols.cryptree import CHUNK_BYTES, Capability
 from protocols.errors import Conflict, Corrupted, Denied, NotFound
 from protocols.shares import SharedItem, decode_caps, encode_caps
 from simulations.swarm import LocalNetwork, new_node
@@ -208,9 +208,13 @@ async def test_remove_follower_revokes_what_was_shared(users: Users) -> None:
         alice = users.fs("alice")
         await alice.mkdir("docs")
         await alice.write_file("docs/a.txt", io.BytesIO(b"a"))
+        # Two chunks, the first of five fragments: each is opened and sealed again.
+        big = bytes(range(256)) * (CHUNK_BYTES // 256) + b"tail"
+        await alice.write_file("docs/big.bin", io.BytesIO(big))
         await befriend(users, "alice", "bob")
         item = await sharing.share(users.fs("alice"), "docs", "bob", write=True)
         assert await read_all(users.fs("bob"), "/alice/docs/a.txt") == b"a"
+        assert await read_all(users.fs("bob"), "/alice/docs/big.bin") == big
         await social.remove_follower(users.fs("alice"), "bob")
         with pytest.raises(NotFound):
             await users.fs("alice").stat("shared/bob")
@@ -218,6 +222,7 @@ async def test_remove_follower_revokes_what_was_shared(users: Users) -> None:
         with pytest.raises((NotFound, Denied)):
             await users.fs("bob").contents_of(item.cap, route)
         assert await read_all(users.fs("alice"), "docs/a.txt") == b"a"
+        assert await read_all(users.fs("alice"), "docs/big.bin") == big
         # No one writes it any more: it is back in alice's own writer, the old one dropped.
         assert (await users.fs("alice").capability("docs")).writer == users.sessions["alice"].owner
 
