@@ -7,7 +7,6 @@ which they read through the read-only capability of that folder they got when I 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -132,11 +131,13 @@ async def share(
     return item
 
 
-async def unshare(fs: FileSystem, path: str, username: str) -> None:
+async def unshare(fs: FileSystem, path: str, username: str) -> list[str]:
     """Stop sharing `path` with `username`: the item is rotated (fresh labels, BATs and keys;
     a fresh writer while someone keeps write access, else back into its parent's writer),
     then their entry goes and everyone who keeps access gets the new capability. Their old
-    capability then finds nothing. A refused rotation changes nothing."""
+    capability then finds nothing. A refused rotation changes nothing. Returns the paths
+    that could not be rotated because nothing is there any more (moved or removed since it
+    was shared): their entry is gone, but what was shared there was not rotated."""
     item_path = _own_path(fs, path)
     check_username(username)
     files = await _caps_files(fs)
@@ -145,7 +146,7 @@ async def unshare(fs: FileSystem, path: str, username: str) -> None:
     if len(kept) == len(items):
         raise NotFound(f"{item_path} is not shared with {username}: `pyrgos shared` lists them")
     files[username] = kept
-    await _rotate(fs, files, [item_path], {username})
+    return await _rotate(fs, files, [item_path], {username})
 
 
 async def _caps_files(fs: FileSystem) -> dict[str, list[SharedItem]]:
@@ -166,20 +167,25 @@ async def _caps_files(fs: FileSystem) -> dict[str, list[SharedItem]]:
 
 async def _rotate(
     fs: FileSystem, files: dict[str, list[SharedItem]], paths: list[str], dirty: set[str]
-) -> None:
+) -> list[str]:
     """Rotate each item of `paths` (one inside another rotated one goes with it), into a
     writer of its own exactly when an entry of `files` still shares it writable; then write
     the caps files of `dirty` and every caps file naming a rotated item, with the current
-    capabilities (an item removed since is dropped). An item removed since is not rotated."""
+    capabilities (an item removed since is dropped). Returns the paths where nothing was
+    found to rotate."""
     done: list[str] = []
+    missing: list[str] = []
     for path in sorted(set(paths)):
         if any(within(path, outer) for outer in done):
             continue
         writable = any(i.path == path and i.writable for items in files.values() for i in items)
-        with contextlib.suppress(NotFound):  # removed since: its entries are dropped below
+        try:
             await fs.rotate(path, own_writer=writable)
+        except NotFound:  # moved or removed since: its entries are dropped below
+            missing.append(path)
         done.append(path)
     await _reshare(fs, files, done, dirty)
+    return missing
 
 
 async def _reshare(
@@ -207,14 +213,15 @@ async def reshare(fs: FileSystem, path: str) -> None:
     await _reshare(fs, await _caps_files(fs), [path], set())
 
 
-async def revoke_all(fs: FileSystem, username: str) -> None:
-    """Unshare everything shared with `username` (remove-follower): one rotation per item."""
+async def revoke_all(fs: FileSystem, username: str) -> list[str]:
+    """Unshare everything shared with `username` (remove-follower): one rotation per item;
+    returns the paths where nothing was found to rotate (see `unshare`)."""
     files = await _caps_files(fs)
     items = files.get(username, [])
     if not items:
-        return
+        return []
     files[username] = []
-    await _rotate(fs, files, [item.path for item in items], {username})
+    return await _rotate(fs, files, [item.path for item in items], {username})
 
 
 # -- what others share with me -------------------------------------------------------------

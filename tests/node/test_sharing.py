@@ -215,7 +215,7 @@ async def test_remove_follower_revokes_what_was_shared(users: Users) -> None:
         item = await sharing.share(users.fs("alice"), "docs", "bob", write=True)
         assert await read_all(users.fs("bob"), "/alice/docs/a.txt") == b"a"
         assert await read_all(users.fs("bob"), "/alice/docs/big.bin") == big
-        await social.remove_follower(users.fs("alice"), "bob")
+        assert await social.remove_follower(users.fs("alice"), "bob") == []
         with pytest.raises(NotFound):
             await users.fs("alice").stat("shared/bob")
         route = users.sessions["alice"].route
@@ -297,3 +297,16 @@ async def test_a_writable_share_inside_another(users: Users) -> None:
         assert await read_all(users.fs("bob"), "/alice/team/sub/b.txt") == b"from carol"
         await sharing.unshare(users.fs("alice"), "team", "bob")
         assert await read_all(users.fs("alice"), "team/c.txt") == b"c"
+
+
+async def test_unsharing_an_item_moved_since(users: Users) -> None:
+    """Nothing is at the shared path any more: the entry goes, and the caller is told that
+    nothing was rotated there."""
+    with trio.fail_after(TIMEOUT):
+        await users.fs("alice").mkdir("photos")
+        await befriend(users, "alice", "bob")
+        await sharing.share(users.fs("alice"), "photos", "bob")
+        await users.fs("alice").move("photos", "pics")
+        assert await sharing.unshare(users.fs("alice"), "photos", "bob") == ["/alice/photos"]
+        assert not (await sharing.shared(users.fs("alice"))).mine
+        assert await users.fs("bob").listdir("/alice") == []
