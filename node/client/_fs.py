@@ -419,6 +419,8 @@ class FileSystem:
             top = await self.resolver.list_top(username)
             if top is not None:
                 items = sorted((i for i in top if all or not hidden(i.name)), key=lambda i: i.name)
+                if not long:  # a short listing is names and kinds, wherever it comes from
+                    items = [Listing(i.name, i.is_dir) for i in items]
                 return Contents(items, 0)
         found = await self._walk_from(await self.resolver.resolve(username, names))
         return await self._contents(found, long=long, all=all)

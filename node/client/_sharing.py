@@ -323,17 +323,20 @@ class ShareResolver:
 
     async def list_top(self, username: str) -> list[Listing] | None:
         route, items = await self._shares(username)
-        top: dict[str, bool] = {}
+        top: dict[str, Listing] = {}
         for item in items:
             names = split_path(item.path)[1:]
-            if len(names) > 1:
-                top[names[0]] = True
-            elif names[0] not in top:
+            if len(names) == 1:  # the item itself: its kind and properties
                 try:
-                    top[names[0]] = (await self.fs.open_capability(item.cap, route)).is_dir
+                    opened = await self.fs.open_capability(item.cap, route)
                 except UNREADABLE_ENTRY:
                     continue  # revoked since, or a forged capability: nothing to show
-        return [Listing(name, is_dir) for name, is_dir in sorted(top.items())]
+                top[names[0]] = Listing(names[0], opened.is_dir, opened.props)
+        for item in items:
+            names = split_path(item.path)[1:]
+            if len(names) > 1 and names[0] not in top:  # a folder of which part is shared
+                top[names[0]] = Listing(names[0], True)
+        return [top[name] for name in sorted(top)]
 
 
 def filesystem(session: Session) -> FileSystem:

@@ -98,6 +98,12 @@ async def test_share_read_then_write_then_unshare(users: Users) -> None:
         await users.fs("bob").mkdir("/alice/photos/trip")
         assert await read_all(users.fs("alice"), "photos/y.jpg") == b"from bob"
         assert await read_all(users.fs("carol"), "/alice/photos/y.jpg") == b"from bob"
+        await users.fs("bob").write_file("/alice/photos/tmp", io.BytesIO(b"t"))
+        await users.fs("bob").move("/alice/photos/tmp", "/alice/photos/trip/tmp")
+        await users.fs("bob").remove("/alice/photos/trip/tmp")
+        (top,) = await users.fs("bob").listdir("/alice", long=True)
+        assert top.props is not None
+        assert (top.name, top.props.name, top.props.size) == ("photos", "photos", 3)
         with pytest.raises(NotFound, match="not shared"):
             await users.fs("bob").write_file("/alice/z.txt", io.BytesIO(b"z"))
         listed = await sharing.shared(users.fs("alice"))
