@@ -1104,7 +1104,13 @@ class FileSystem:
         job = _Rewrite(blocks, source, session.mirror_id)
         async with open_tasks() as nursery:
             job.uploader = Uploader(self.api, session.owner, session.identity, nursery)
-            await self._rewrite(job, old_cap, entry.is_dir, new_cap, parent.cap.label, signer)
+            try:
+                await self._rewrite(job, old_cap, entry.is_dir, new_cap, parent.cap.label, signer)
+            except UNREADABLE_ENTRY as exc:  # not NotFound: the item itself is there
+                raise Corrupted(
+                    f"something inside {'/'.join(names)} cannot be read ({exc.message}): remove"
+                    " it (`pyrgos rm --bad DIR` removes unreadable entries); nothing was changed"
+                ) from exc
             await job.uploader.finish()
 
         # The parent's tree: old nodes out (when they were in it), new ones in (when they

@@ -13,10 +13,13 @@ import pytest
 import trio
 
 from node.client import FileSystem, NodeApi, Session, sharing, signup, social
+from node.client._blocks import Blocks
 from node.client._resolve import Listing
 from node.net import serve_api
 from node.store import Store
-from protocols.cryptree import CHUNK_BYTES, Capability
+from protocols import crypto
+from protocols.cid import CID
+from protocols.cryptree import CHUNK_BYTES, Capability, Entry
 from protocols.errors import Conflict, Corrupted, Denied, NotFound
 from protocols.shares import SharedItem, decode_caps, encode_caps
 from simulations.swarm import LocalNetwork, new_node
@@ -316,3 +319,33 @@ async def test_unsharing_an_item_moved_since(users: Users) -> None:
         assert await sharing.unshare(users.fs("alice"), "photos", "bob") == ["/alice/photos"]
         assert not (await sharing.shared(users.fs("alice"))).mine
         assert await users.fs("bob").listdir("/alice") == []
+
+
+async def test_a_rotation_over_an_unreadable_entry_changes_nothing(
+    fs: FileSystem, alice: Session
+) -> None:
+    ghost = Capability(alice.owner, alice.owner, *(crypto.random_bytes(32) for _ in range(4)))
+    with trio.fail_after(TIMEOUT):
+        await fs.mkdir("docs")
+        await fs.write_file("docs/ok.txt", io.BytesIO(b"ok"))
+        docs = await fs.capability("docs")
+        found = await fs._find("")
+        tree, first = await fs._writable(found)
+
+        async def plant(blocks: Blocks, root: CID) -> CID:
+            folder = await fs._read_dir(blocks, root, docs)
+            folder.chunks[-1].entries.append(Entry.link("ghost", False, ghost, docs))
+            return await fs._save_dir(blocks, root, folder, {0}, alice.mirror_id)
+
+        await fs._commit(tree, first, plant)
+        before = await sharing.filesystem(alice).capability("docs")
+        with pytest.raises(Corrupted, match=r"cannot be read.*nothing was changed"):
+            await sharing.filesystem(alice).rotate("docs")
+        assert await sharing.filesystem(alice).capability("docs") == before
+        with pytest.raises(Denied, match="owner"):
+            await sharing.filesystem(alice).rotate("/bob/docs")
+        with pytest.raises(Conflict, match="home"):
+            await sharing.filesystem(alice).rotate("/alice")
+        await FileSystem(alice).remove("docs/ghost")
+        await sharing.filesystem(alice).rotate("docs")
+        assert await read_all(sharing.filesystem(alice), "docs/ok.txt") == b"ok"
