@@ -281,8 +281,8 @@ def opener(data: bytes) -> Any:
 
 async def test_a_writable_share_inside_another(users: Users) -> None:
     """A sub-writer inside a sub-writer: made in one commit of three trees (the outer writer's,
-    the owner's identity with the new proof, the new writer's); rotating the outer item is
-    refused until the inner one is unshared, which folds it back into the outer writer."""
+    the owner's identity with the new proof, the new writer's). Revoking the outer item
+    rotates the inner one too, into a fresh writer, and its sharee keeps writing."""
     with trio.fail_after(TIMEOUT):
         fs = users.fs("alice")
         await fs.mkdir("team/sub", parents=True)
@@ -291,21 +291,27 @@ async def test_a_writable_share_inside_another(users: Users) -> None:
         await befriend(users, "alice", "carol")
         outer = await sharing.share(users.fs("alice"), "team", "bob", write=True)
         inner = await sharing.share(users.fs("alice"), "team/sub", "carol", write=True)
-        assert len({outer.cap.writer, inner.cap.writer, users.sessions["alice"].owner}) == 3
+        alice = users.sessions["alice"].owner
+        assert len({outer.cap.writer, inner.cap.writer, alice}) == 3
         await users.fs("carol").write_file("/alice/team/sub/b.txt", io.BytesIO(b"from carol"))
         assert await read_all(users.fs("bob"), "/alice/team/sub/b.txt") == b"from carol"
         assert await read_all(users.fs("alice"), "team/sub/a.txt") == b"a"
-        with pytest.raises(Conflict, match="writer of its own"):
-            await sharing.unshare(users.fs("alice"), "team", "bob")
-        # Nothing was rotated: bob still writes with what he holds.
-        await sharing.share(users.fs("alice"), "team", "bob", write=True)
-        await users.fs("bob").write_file("/alice/team/c.txt", io.BytesIO(b"c"))
-        await sharing.unshare(users.fs("alice"), "team/sub", "carol")
-        with pytest.raises(NotFound, match="not shared"):
-            await users.fs("carol").listdir("/alice/team/sub")
-        assert await read_all(users.fs("bob"), "/alice/team/sub/b.txt") == b"from carol"
-        await sharing.unshare(users.fs("alice"), "team", "bob")
-        assert await read_all(users.fs("alice"), "team/c.txt") == b"c"
+        # bob's item had its writer capability opened by bob: its keys all change, and the
+        # writable item inside it with them.
+        bob_inner = await users.fs("bob").capability("/alice/team/sub")
+        assert await sharing.unshare(users.fs("alice"), "team", "bob") == []
+        route = users.sessions["alice"].route
+        for old in (outer.cap, bob_inner, inner.cap):
+            with pytest.raises((NotFound, Denied)):
+                await users.fs("bob").contents_of(old, route)
+        assert (await users.fs("alice").capability("team")).writer == alice
+        now = await users.fs("alice").capability("team/sub")
+        assert now.writer not in (inner.cap.writer, alice)
+        await users.fs("carol").write_file("/alice/team/sub/c.txt", io.BytesIO(b"c"))
+        assert await read_all(users.fs("alice"), "team/sub/c.txt") == b"c"
+        assert await read_all(users.fs("alice"), "team/sub/b.txt") == b"from carol"
+        ((_, item),) = (await sharing.shared(users.fs("carol"))).with_me
+        assert item.cap == now
 
 
 async def test_unsharing_an_item_moved_since(users: Users) -> None:
