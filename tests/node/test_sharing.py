@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, sharing, signup, social
+from node.client import FileSystem, NodeApi, Session, get_tree, sharing, signup, social
 from node.client._blocks import Blocks
 from node.client._resolve import Listing
 from node.net import serve_api
@@ -71,7 +71,7 @@ async def read_all(fs: FileSystem, path: str) -> bytes:
         return b"".join([piece async for piece in pieces])
 
 
-async def test_share_read_then_write_then_unshare(users: Users) -> None:
+async def test_share_read_then_write_then_unshare(users: Users, tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         alice = users.fs("alice")
         await alice.mkdir("photos")
@@ -87,6 +87,8 @@ async def test_share_read_then_write_then_unshare(users: Users) -> None:
         assert await bob.listdir("/alice") == [Listing("photos", True)]
         assert await bob.listdir("/alice/photos") == [Listing("x.jpg", False)]
         assert await read_all(bob, "/alice/photos/x.jpg") == b"picture"
+        assert await get_tree(users.fs("bob"), "/alice/photos", tmp_path / "got", None) == 0
+        assert (tmp_path / "got" / "x.jpg").read_bytes() == b"picture"
         with pytest.raises(NotFound, match="not shared"):
             await users.fs("bob").stat("/alice/notes.txt")
         with pytest.raises(Denied, match="read-only"):
