@@ -108,7 +108,8 @@ async def share(
     Only followers can be shared with (Denied otherwise, nothing changed), and only while
     their key is the one I trust. A writable share first makes the item its own sub-writer
     (a rotation, after which everyone else who shares it gets the new capability), so the
-    follower can change that item and nothing above it.
+    follower can change that item and nothing above it. Sharing read-only what was shared
+    writable with them takes the write access back: the item is rotated as by `unshare`.
     """
     item_path = _own_path(fs, path)
     check_username(username)
@@ -122,6 +123,16 @@ async def share(
     claim = await _claim(fs.api, username)
     await _trust(fs, username, claim.identity, clock)
     cap = await fs.capability(item_path)  # NotFound for a missing item: nothing changed
+    files = await _caps_files(fs)
+    mine = files.get(username, [])
+    if not write and any(i.path == item_path and i.writable for i in mine):
+        # Write access taken back: they hold the write key, so the item is rotated (as by
+        # unshare) and they get the new capability, read-only.
+        item = SharedItem(item_path, cap.read_only(), False, clock())
+        files[username] = [*(i for i in mine if i.path != item_path), item]
+        await _rotate(fs, files, [item_path], {username})
+        return SharedItem(item_path, (await fs.capability(item_path)).read_only(), False,
+                          item.since)  # fmt: skip
     if write and not await _has_own_writer(fs, item_path):
         cap = await fs.rotate(item_path, own_writer=True)
         await reshare(fs, item_path)

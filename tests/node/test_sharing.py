@@ -357,3 +357,20 @@ async def test_a_rotation_over_an_unreadable_entry_changes_nothing(
         await FileSystem(alice).remove("docs/ghost")
         await sharing.filesystem(alice).rotate("docs")
         assert await read_all(sharing.filesystem(alice), "docs/ok.txt") == b"ok"
+
+
+async def test_taking_write_access_back(users: Users) -> None:
+    with trio.fail_after(TIMEOUT):
+        await users.fs("alice").mkdir("docs")
+        await befriend(users, "alice", "bob")
+        writable = await sharing.share(users.fs("alice"), "docs", "bob", write=True)
+        await users.fs("bob").write_file("/alice/docs/a.txt", io.BytesIO(b"a"))
+        reading = await sharing.share(users.fs("alice"), "docs", "bob")
+        assert not reading.writable
+        assert reading.cap == (await users.fs("alice").capability("docs")).read_only()
+        assert reading.cap.writer == users.sessions["alice"].owner  # nobody writes it now
+        with pytest.raises(Denied, match="read-only"):
+            await users.fs("bob").write_file("/alice/docs/b.txt", io.BytesIO(b"b"))
+        with pytest.raises((NotFound, Denied)):
+            await users.fs("bob").contents_of(writable.cap, users.sessions["alice"].route)
+        assert await read_all(users.fs("bob"), "/alice/docs/a.txt") == b"a"
