@@ -1072,7 +1072,9 @@ class FileSystem:
 
         `own_writer`: True puts the subtree in a new sub-writer (its owner proof added to the
         owner's identity root in the same commit); False in the parent's writer; None keeps
-        the kind (an item with a writer of its own gets a fresh one). Only the owner rotates.
+        the kind (an item with a writer of its own gets a fresh one). An item with a writer of
+        its own inside the subtree gets a fresh one too, in the same commit. Only the owner
+        rotates.
         Cost: every node and fragment of the subtree, read and written once, a chunk at a time.
         """
         session = self.require_session()
