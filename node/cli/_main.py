@@ -437,7 +437,7 @@ def cmd_passwd(args: argparse.Namespace) -> None:
 def run_fs(args: argparse.Namespace, action: Callable[[FileSystem], Awaitable[Any]]) -> Any:
     async def run() -> Any:
         async with open_session(args) as session:
-            return await action(FileSystem(session))
+            return await action(client.sharing.filesystem(session))
 
     return trio.run(run)
 
@@ -458,9 +458,7 @@ def run_read(
             async with NodeApi(node_url()) as api:
                 return await action(FileSystem(api, client.links.PublicResolver(api)))
         async with open_session(args) as session:
-            return await action(
-                FileSystem(session.api, client.links.ReadingResolver(session), session)
-            )
+            return await action(client.sharing.filesystem(session))
 
     return trio.run(run)
 
@@ -655,8 +653,18 @@ def cmd_unfollow(args: argparse.Namespace) -> None:
 
 
 def cmd_remove_follower(args: argparse.Namespace) -> None:
-    run_fs(args, lambda fs: client.social.remove_follower(fs, args.user))
+    missing = run_fs(args, lambda fs: client.social.remove_follower(fs, args.user))
     print(f"{args.user} no longer follows you")
+    _warn_not_rotated(missing)
+
+
+def _warn_not_rotated(missing: list[str]) -> None:
+    sys.stdout.flush()
+    for path in missing:
+        warn(
+            f"nothing is at {path} any more, so it was not rotated: if it was moved, what was"
+            " shared there may still open it (share it again, then unshare it, at its new path)"
+        )
 
 
 def print_fingerprint(held: client.social.Fingerprint, *, mine: bool, qr: bool) -> None:
@@ -752,7 +760,9 @@ def cmd_link_list(args: argparse.Namespace) -> None:
 
 
 def cmd_link_revoke(args: argparse.Namespace) -> None:
-    record = run_fs(args, lambda fs: client.links.revoke_link(fs, args.id))
+    record = run_fs(
+        args, lambda fs: client.links.revoke_link(fs, args.id, rotate=client.sharing.rotate)
+    )
     print(f"revoked link {args.id}" + ("" if record is None else f" to {record.path}"))
 
 
@@ -817,8 +827,43 @@ def cmd_publish(args: argparse.Namespace) -> None:
 
 
 def cmd_unpublish(args: argparse.Namespace) -> None:
-    path = run_fs(args, lambda fs: client.links.unpublish(fs, args.path))
+    path = run_fs(
+        args, lambda fs: client.links.unpublish(fs, args.path, rotate=client.sharing.rotate)
+    )
     print(f"unpublished {path}")
+
+
+# -- sharing commands ------------------------------------------------------------------------
+
+
+def cmd_share(args: argparse.Namespace) -> None:
+    item = run_fs(args, lambda fs: client.sharing.share(fs, args.path, args.user, write=args.write))
+    access = "read and write" if item.writable else "read"
+    print(f"shared {item.path} with {args.user} ({access})")
+
+
+def cmd_unshare(args: argparse.Namespace) -> None:
+    missing = run_fs(args, lambda fs: client.sharing.unshare(fs, args.path, args.user))
+    if missing:
+        print(f"{args.path} is no longer shared with {args.user}")
+    else:
+        print(f"{args.user} no longer has access to {args.path}; its keys were rotated")
+    _warn_not_rotated(missing)
+
+
+def cmd_shared(args: argparse.Namespace) -> None:
+    result = run_fs(args, client.sharing.shared)
+    for name, item in result.mine:
+        access = "read-write" if item.writable else "read-only"
+        print(f"{item.path}  shared with {name}  {access}  since {_format_time(item.since)}")
+    for name, item in result.with_me:
+        access = "read-write" if item.writable else "read-only"
+        print(f"{item.path}  shared by {name}  {access}  since {_format_time(item.since)}")
+    if not (result.mine or result.with_me):
+        print("nothing shared")
+    sys.stdout.flush()
+    for problem in result.problems:
+        warn(problem)
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -1120,6 +1165,29 @@ def build_parser() -> argparse.ArgumentParser:
     unpublish = client_command("unpublish", "stop publishing PATH")
     unpublish.add_argument("path", metavar="PATH")
     unpublish.set_defaults(run=cmd_unpublish)
+
+    share = client_command(
+        "share",
+        "share your file or folder PATH with the follower USER (read-only, or with --write "
+        "writable): they see it at its path under your name, e.g. /YOU/photos",
+    )
+    share.add_argument("path", metavar="PATH")
+    share.add_argument("user", metavar="USER")
+    share.add_argument(
+        "--write", action="store_true", help="let USER change the item (and nothing else)"
+    )
+    share.set_defaults(run=cmd_share)
+    unshare = client_command(
+        "unshare",
+        "stop sharing PATH with USER: its keys are rotated, so what USER held no longer opens "
+        "it; everyone else who shares it keeps access",
+    )
+    unshare.add_argument("path", metavar="PATH")
+    unshare.add_argument("user", metavar="USER")
+    unshare.set_defaults(run=cmd_unshare)
+    client_command(
+        "shared", "list what you share with whom, and what others share with you"
+    ).set_defaults(run=cmd_shared)
     return parser
 
 

@@ -1,6 +1,7 @@
 """A user's session with a node: accounts and the encrypted filesystem (all crypto is here)."""
 
 from node.client import _links as links
+from node.client import _sharing as sharing
 from node.client import _social as social
 from node.client._api import NodeApi, Route
 from node.client._blocks import BlockCache
@@ -50,6 +51,7 @@ __all__ = [
     "put_tree",
     "reopen",
     "resume",
+    "sharing",
     "signup",
     "social",
     "tree_size",

@@ -35,7 +35,13 @@ from node.client._blocks import (
 )
 from node.client._resolve import HomeResolver, Listing, Resolved, Resolver
 from node.client._session import Session, now_ms
-from node.client._trees import TreeRoot, TreeUpdate, WriterTree, commit_trees
+from node.client._trees import (
+    MAX_TREES_PER_COMMIT,
+    TreeRoot,
+    TreeUpdate,
+    WriterTree,
+    commit_trees,
+)
 from protocols import accounts, champ, crypto
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.cryptree import (
@@ -52,6 +58,7 @@ from protocols.cryptree import (
     build_node,
     chunk_labels,
     decode_dir_chunk,
+    encode_dir_chunk,
     open_fragment,
     open_inline,
     open_node,
@@ -59,6 +66,7 @@ from protocols.cryptree import (
     payload_data,
     payload_key,
     seal_data,
+    seal_writer_secret,
 )
 from protocols.errors import (
     Conflict,
@@ -70,6 +78,8 @@ from protocols.errors import (
     TooLarge,
 )
 from protocols.names import check_file_name, split_path
+from protocols.owners import OwnerProof
+from protocols.writerdata import MAX_OWNED, WriterData
 
 MAX_COMMIT_ATTEMPTS: Final = 8
 FRAGMENTS_IN_FLIGHT: Final = 4  # fragment reads kept in flight while downloading
@@ -415,6 +425,8 @@ class FileSystem:
             top = await self.resolver.list_top(username)
             if top is not None:
                 items = sorted((i for i in top if all or not hidden(i.name)), key=lambda i: i.name)
+                if not long:  # a short listing is names and kinds, wherever it comes from
+                    items = [Listing(i.name, i.is_dir) for i in items]
                 return Contents(items, 0)
         found = await self._walk_from(await self.resolver.resolve(username, names))
         return await self._contents(found, long=long, all=all)
@@ -550,10 +562,13 @@ class FileSystem:
         """The whole of a small file (state files): TooLarge when it is over `limit` bytes."""
         return await self._read_small(await self._find(path), path, limit)
 
-    async def read_capability(self, cap: Capability, route: Route, limit: int) -> bytes:
-        """`read_bytes` of the file a capability names, read through `route`."""
-        found = await self._walk_from(Resolved(cap, route, []))
-        return await self._read_small(found, "this file", limit)
+    async def read_capability(
+        self, cap: Capability, route: Route, limit: int, names: Sequence[str] = ()
+    ) -> bytes:
+        """`read_bytes` of the file a capability names (or the file at `names` below the
+        directory it names), read through `route`."""
+        found = await self._walk_from(Resolved(cap, route, list(names)))
+        return await self._read_small(found, "/".join(names) or "this file", limit)
 
     async def _read_small(self, found: _Found, shown: str, limit: int) -> bytes:
         if found.is_dir:
@@ -671,6 +686,8 @@ class FileSystem:
         root = await found.trees.root(base.writer)
         own = base.owner == session.owner
         if base.writer == base.owner:
+            if not own and base.write_key is None:
+                raise Denied("this item is read-only to you: you hold no write access to it")
             if not own:
                 raise Denied("only its owner writes outside a shared item's subtree")
             return WriterTree(base.writer, blocks.route, session.identity, session.mirror_id), root
@@ -1044,6 +1061,204 @@ class FileSystem:
         node = build_node(cap, 0, opened.keys, entry.is_dir, props, opened.data, mirror_id)
         return await champ.put(blocks, tree, cap.label, cid, await blocks.put(node))
 
+    # -- rotation -----------------------------------------------------------------------
+
+    async def rotate(self, path: str, *, own_writer: bool | None = None) -> Capability:
+        """Rewrite the item at `path` and its whole subtree under fresh labels, BATs, read
+        and write keys (DESIGN §6), in one atomic commit; return its new (writable)
+        capability. Whoever held an old capability then finds nothing: the old nodes are
+        removed from their writer's tree (or that writer is dropped whole), and the new ones
+        need new BATs.
+
+        `own_writer`: True puts the subtree in a new sub-writer (its owner proof added to the
+        owner's identity root in the same commit); False in the parent's writer; None keeps
+        the kind (an item with a writer of its own gets a fresh one). An item with a writer of
+        its own inside the subtree gets a fresh one too, in the same commit. Only the owner
+        rotates.
+        Cost: every node and fragment of the subtree, read and written once, a chunk at a time.
+        """
+        session = self.require_session()
+        username, names = self._split(path)
+        if username != session.username:
+            raise Denied("only its owner can rotate the keys of an item")
+        if not names:
+            raise Conflict("the home directory cannot be rotated: choose a folder in it")
+        for attempt in range(MAX_COMMIT_ATTEMPTS):
+            try:
+                return await self._rotate_once(names, own_writer)
+            except StaleRoot:
+                await trio.sleep(random.uniform(0, 0.02 * 2**attempt))
+        raise Conflict("the tree kept changing under this rotation; try again")
+
+    async def _rotate_once(self, names: list[str], own_writer: bool | None) -> Capability:
+        session = self.require_session()
+        found_parent, name, rel = await self._parent("/".join(["", session.username, *names]))
+        parent_tree, parent_root = await self._writable(found_parent)
+        blocks = Blocks(self.api, session.route, self.cache)
+        parent = await self._dir_at(blocks, parent_root.data.tree, found_parent.base, rel)
+        located = parent.find(name)
+        if located is None:
+            raise NotFound(f"no such file or directory: {'/'.join(names)}")
+        chunk, entry = located
+        old_cap = entry.capability(parent.cap)
+        had_own = old_cap.writer != parent.cap.writer
+        new_own = had_own if own_writer is None else own_writer
+        job = _Rewrite(blocks, _Trees(blocks), parent.cap.writer, session.mirror_id)
+        source = parent_root.data.tree
+        if had_own:
+            job.dropped.append(old_cap.writer)
+            source = await job.trees.tree(old_cap.writer)
+        signer = crypto.SigningKey.generate() if new_own else None
+        new_cap = new_capability(parent.cap)
+        if signer is not None:
+            job.writers.append(signer)
+            new_cap = replace(new_cap, writer=signer.public.key_hash())
+        async with open_tasks() as nursery:
+            job.uploader = Uploader(self.api, session.owner, session.identity, nursery)
+            try:
+                await self._rewrite(
+                    job, source, old_cap, entry.is_dir, new_cap, parent.cap.label, signer
+                )
+            except UNREADABLE_ENTRY as exc:  # not NotFound: the item itself is there
+                raise Corrupted(
+                    f"something inside {'/'.join(names)} cannot be read ({exc.message}): remove"
+                    " it (`pyrgos rm --bad DIR` removes unreadable entries); nothing was changed"
+                ) from exc
+            await job.uploader.finish()
+        if len(job.writers) + 2 > MAX_TREES_PER_COMMIT:
+            raise TooLarge(
+                f"{'/'.join(names)} holds more than {MAX_TREES_PER_COMMIT - 2} items with a"
+                " writer of their own: unshare some of them first; nothing was changed"
+            )
+
+        # The parent's tree: the old nodes that were in it out, the new ones that stay in it
+        # in, and the entry relinked to the new capability.
+        tree = await self._unlink(blocks, parent_root.data.tree, job.old)
+        tree = await champ.put_many(blocks, tree, job.new.get(parent.cap.writer, {}))
+        chunk.entries[chunk.entries.index(entry)] = Entry.link(
+            name, entry.is_dir, new_cap, parent.cap
+        )
+        tree = await self._save_dir(blocks, tree, parent, {chunk.index}, session.mirror_id)
+        updates: list[TreeUpdate] = []
+        identity = WriterTree(session.owner, session.route, session.identity, session.mirror_id)
+        if not job.writers and not job.dropped:
+            updates.append(TreeUpdate(parent_tree, parent_root, tree))
+        else:  # the owner's identity root changes its owned writers in the same commit
+            id_root = parent_root if parent_tree.is_identity else await identity.read(blocks)
+            owned = [
+                proof for proof in id_root.data.owned
+                if OwnerProof.decode(proof).writer not in job.dropped
+            ]  # fmt: skip
+            owned += [OwnerProof.create(w, session.owner).encode() for w in job.writers]
+            if len(owned) > MAX_OWNED:
+                raise TooLarge(f"a user owns at most {MAX_OWNED} writers: unshare a writable item")
+            if parent_tree.is_identity:
+                data = replace(id_root.data, tree=tree, owned=owned)
+                updates.append(TreeUpdate(identity, id_root, tree, data))
+            else:
+                updates.append(TreeUpdate(parent_tree, parent_root, tree))
+                data = replace(id_root.data, owned=owned)
+                updates.append(TreeUpdate(identity, id_root, id_root.data.tree, data))
+        for writer in job.writers:
+            key = writer.public.key_hash()
+            new_tree = await champ.put_many(blocks, champ.EMPTY_ROOT, job.new.get(key, {}))
+            sub = WriterTree(key, session.route, writer, session.mirror_id)
+            updates.append(TreeUpdate(sub, None, new_tree, WriterData(key, new_tree)))
+        # The owner puts every block: a new writer is registered only by this very commit.
+        updates = [replace(u, put_by=session.identity) for u in updates]
+        await commit_trees(self.api, blocks, updates, [job.uploader.upload])
+        return new_cap
+
+    async def _rewrite(
+        self,
+        job: _Rewrite,
+        source: CID,
+        old: Capability,
+        is_dir: bool,
+        new: Capability,
+        parent_label: bytes,
+        signer: crypto.SigningKey | None,
+    ) -> None:
+        """Stage `old`'s subtree (read from the CHAMP `source`) again as `new`, its root
+        carrying `signer`'s seed (sealed under the new write key) when it starts a writer.
+        A sub-writer inside gets a fresh writer too (its old one is dropped whole)."""
+        secret = None
+        if signer is not None:
+            assert new.write_key is not None
+            secret = seal_writer_secret(new.write_key, new.label, signer.seed)
+        keys = KeyBlock(crypto.random_key(), secret)
+        new_nodes = job.new.setdefault(new.writer, {})
+        if not is_dir:
+            await self._rewrite_file(job, source, old, new, keys, parent_label)
+            return
+        directory = await self._read_dir(job.blocks, source, old)
+        for dir_chunk in directory.chunks:
+            assert dir_chunk.node is not None
+            if old.writer == job.parent_writer:
+                job.old[old.chunk(dir_chunk.index)[0]] = dir_chunk.node
+            entries = []
+            for child in dir_chunk.entries:
+                child_old = child.capability(old)
+                child_new, child_signer, child_source = new_capability(new), None, source
+                if child_old.writer != old.writer:  # a sub-writer inside: a fresh one too
+                    child_signer = crypto.SigningKey.generate()
+                    job.writers.append(child_signer)
+                    job.dropped.append(child_old.writer)
+                    child_new = replace(child_new, writer=child_signer.public.key_hash())
+                    child_source = await job.trees.tree(child_old.writer)
+                await self._rewrite(job, child_source, child_old, child.is_dir, child_new,
+                                    new.label, child_signer)  # fmt: skip
+                entries.append(Entry.link(child.name, child.is_dir, child_new, new))
+            props = dir_chunk.props
+            if props is not None:
+                props = replace(props, parent=parent_label)
+            payload = seal_data(new, dir_chunk.index, keys, True,
+                                encode_dir_chunk(entries, dir_chunk.unreadable),
+                                job.mirror_id)  # fmt: skip
+            for fragment in payload.fragments:
+                job.blocks.stage_raw(fragment)
+            node = build_node(new, dir_chunk.index, keys, True, props,
+                              payload_data(payload), job.mirror_id)  # fmt: skip
+            new_nodes[new.chunk(dir_chunk.index)[0]] = await job.blocks.put(node)
+
+    async def _rewrite_file(
+        self,
+        job: _Rewrite,
+        source: CID,
+        old: Capability,
+        new: Capability,
+        keys: KeyBlock,
+        parent_label: bytes,
+    ) -> None:
+        """Every chunk of a file opened and sealed again under `new`, one chunk at a time."""
+        ((_, block),) = await self._nodes(job.blocks, source, old, [0])
+        first = open_node(old, 0, False, block)
+        if first.props is None:
+            raise Corrupted("a first chunk has no metadata")
+        count = _chunk_count(first.props)
+        labels = [old.chunk(i)[0] for i in range(count)]
+        found = await job.blocks.lookup(source, labels)
+        new_nodes = job.new.setdefault(new.writer, {})
+        for index in range(count):
+            cid = found[labels[index]]
+            if cid is None:
+                raise NotFound(f"{first.props.name} is missing a chunk")
+            if old.writer == job.parent_writer:
+                job.old[labels[index]] = cid
+            opened = first
+            if index:
+                block = await job.blocks.fetch(cid, old.chunk(index)[1])
+                opened = open_node(old, index, False, block)
+            plain = await self._payload(job.blocks, old, index, opened, False)
+            payload, fragments = await trio.to_thread.run_sync(
+                _seal_file_chunk, new, index, keys, plain, job.mirror_id
+            )
+            del plain
+            await job.uploader.add(fragments)
+            props = replace(first.props, parent=parent_label) if index == 0 else None
+            node = build_node(new, index, keys, False, props, payload_data(payload), job.mirror_id)
+            new_nodes[new.chunk(index)[0]] = await job.blocks.put(node)
+
     # -- files --------------------------------------------------------------------------
 
     async def _upload_file(
@@ -1182,6 +1397,24 @@ class FileSystem:
             },
         )
         return int(reply["used"]), int(reply["quota"])
+
+
+@dataclass
+class _Rewrite:
+    """One rotation's work: the old nodes to remove from the parent's writer tree (label ->
+    CID; a sub-writer's old tree is dropped whole instead), the new nodes by the writer whose
+    tree gets them, the new sub-writers (outermost first), the old ones dropped, and the
+    uploader of the new fragments."""
+
+    blocks: Blocks
+    trees: _Trees
+    parent_writer: CID
+    mirror_id: bytes
+    old: dict[bytes, CID] = field(default_factory=dict)
+    new: dict[CID, dict[bytes, CID]] = field(default_factory=dict)
+    writers: list[crypto.SigningKey] = field(default_factory=list)
+    dropped: list[CID] = field(default_factory=list)
+    uploader: Uploader = field(init=False)
 
 
 @dataclass(frozen=True)

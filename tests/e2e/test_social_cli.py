@@ -44,3 +44,32 @@ def test_fingerprints_verify_and_bad_input(
     assert "usernames are" in alice.fails("follow", "Not-A-Name", code=9)
     assert alice.ok("following").out == ""
     assert alice.ok("followers").out == ""
+
+
+def test_share_shared_unshare(shared_node: NodeProcess, alice: Cli, tmp_path: Path) -> None:
+    dana = client(shared_node, tmp_path, "dana")
+    dana.ok("signup", "dana")
+    (tmp_path / "x.txt").write_bytes(b"shared bytes")
+    alice.ok("mkdir", "sharing-album")
+    alice.ok("put", tmp_path / "x.txt", "sharing-album/x.txt")
+    line = alice.fails("share", "sharing-album", "dana", code=8)
+    assert "does not follow you" in line
+    dana.ok("follow", "alice")
+    alice.ok("requests")
+    alice.ok("accept", "dana")
+    dana.ok("requests")
+    assert (
+        alice.ok("share", "sharing-album", "dana").out
+        == "shared /alice/sharing-album with dana (read)\n"
+    )
+    assert dana.ok("ls", "/alice").out == "sharing-album/\n"
+    assert dana.ok("cat", "/alice/sharing-album/x.txt").out == "shared bytes"
+    assert "read-only" in dana.fails(
+        "put", tmp_path / "x.txt", "/alice/sharing-album/y.txt", code=8
+    )
+    assert "shared by alice  read-only" in dana.ok("shared").out
+    assert "shared with dana  read-only" in alice.ok("shared").out
+    alice.ok("unshare", "sharing-album", "dana")
+    assert "not shared" in dana.fails("cat", "/alice/sharing-album/x.txt", code=4)
+    assert "not shared with dana" in alice.fails("unshare", "sharing-album", "dana", code=4)
+    assert alice.ok("cat", "sharing-album/x.txt").out == "shared bytes"

@@ -268,7 +268,7 @@ async def test_a_logged_in_reader_sees_its_home_and_what_others_publish(
         assert await fs.read_bytes("/alice/docs/sub/b.txt", 100) == b"below"
         with pytest.raises(NotFound, match="not published"):
             await fs.read_bytes("/alice/docs/a.txt", 100)
-        with pytest.raises(Denied, match="only its owner"):
+        with pytest.raises(Denied, match="read-only to you"):
             await fs.write_bytes("/alice/docs/sub/c.txt", b"no")
 
 
