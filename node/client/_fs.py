@@ -86,6 +86,7 @@ FRAGMENTS_IN_FLIGHT: Final = 4  # fragment reads kept in flight while downloadin
 GC_EVERY_CHUNKS: Final = 16  # collect young cyclic garbage this often in long transfers
 CHUNKS_AHEAD: Final = 2  # decrypted chunks held ahead of the reader: bounds memory
 FILES_PER_COMMIT: Final = 2000  # bounds a folder upload's staged state
+REWRITES: Final = 4  # files a rotation rewrites side by side (each holds at most one chunk)
 Progress = Callable[[int], None]
 Opener = Callable[[], contextlib.AbstractContextManager[BinaryIO]]  # opens a file's bytes
 
@@ -1194,10 +1195,14 @@ class FileSystem:
         directory = await self._read_dir(job.blocks, source, old)
         for dir_chunk in directory.chunks:
             assert dir_chunk.node is not None
+            # Each child's first node, fetched in batches into the cache: the walk below then
+            # reads them without a round trip each.
+            await self._children(job.blocks, source, old, dir_chunk.entries, job.trees)
             if old.writer == job.parent_writer:
                 job.old[old.chunk(dir_chunk.index)[0]] = dir_chunk.node
-            entries = []
-            for child in dir_chunk.entries:
+            entries: list[Entry | None] = [None] * len(dir_chunk.entries)
+
+            async def rewrite_child(out: list[Entry | None], slot: int, child: Entry) -> None:
                 child_old = child.capability(old)
                 child_new, child_signer, child_source = new_capability(new), None, source
                 if child_old.writer != old.writer:  # a sub-writer inside: a fresh one too
@@ -1208,12 +1213,19 @@ class FileSystem:
                     child_source = await job.trees.tree(child_old.writer)
                 await self._rewrite(job, child_source, child_old, child.is_dir, child_new,
                                     new.label, child_signer)  # fmt: skip
-                entries.append(Entry.link(child.name, child.is_dir, child_new, new))
+                out[slot] = Entry.link(child.name, child.is_dir, child_new, new)
+
+            # Siblings are rewritten side by side (files bounded by the job's limiter), so
+            # a folder of small files costs round trips in parallel, not one after another.
+            async with open_tasks() as nursery:
+                for slot, child in enumerate(dir_chunk.entries):
+                    nursery.start_soon(rewrite_child, entries, slot, child)
             props = dir_chunk.props
             if props is not None:
                 props = replace(props, parent=parent_label)
             payload = seal_data(new, dir_chunk.index, keys, True,
-                                encode_dir_chunk(entries, dir_chunk.unreadable),
+                                encode_dir_chunk([e for e in entries if e is not None],
+                                                 dir_chunk.unreadable),
                                 job.mirror_id)  # fmt: skip
             for fragment in payload.fragments:
                 job.blocks.stage_raw(fragment)
@@ -1231,6 +1243,18 @@ class FileSystem:
         parent_label: bytes,
     ) -> None:
         """Every chunk of a file opened and sealed again under `new`, one chunk at a time."""
+        async with job.files:
+            await self._rewrite_chunks(job, source, old, new, keys, parent_label)
+
+    async def _rewrite_chunks(
+        self,
+        job: _Rewrite,
+        source: CID,
+        old: Capability,
+        new: Capability,
+        keys: KeyBlock,
+        parent_label: bytes,
+    ) -> None:
         ((_, block),) = await self._nodes(job.blocks, source, old, [0])
         first = open_node(old, 0, False, block)
         if first.props is None:
@@ -1415,6 +1439,8 @@ class _Rewrite:
     writers: list[crypto.SigningKey] = field(default_factory=list)
     dropped: list[CID] = field(default_factory=list)
     uploader: Uploader = field(init=False)
+    # Files rewritten at once: round trips overlap, while memory stays at a few chunks.
+    files: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(REWRITES))
 
 
 @dataclass(frozen=True)
