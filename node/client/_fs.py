@@ -905,9 +905,7 @@ class FileSystem:
                 labels[key] = cid
 
     async def _unlink(self, blocks: Blocks, tree: CID, labels: dict[bytes, CID]) -> CID:
-        for label, cid in labels.items():
-            tree = await champ.remove(blocks, tree, label, cid)
-        return tree
+        return await champ.remove_many(blocks, tree, labels)
 
     async def remove(self, path: str, *, recursive: bool = False) -> None:
         """Remove a file or directory. An item with a writer of its own is unlinked from its
@@ -959,18 +957,19 @@ class FileSystem:
             directory = await self._dir_at(blocks, root, found.base, found.names)
             dirty = {chunk.index for chunk in directory.chunks if chunk.unreadable}
             removed = directory.unreadable()
+            gone: dict[bytes, CID] = {}  # the removed entries' nodes, unlinked in one pass
             for chunk in directory.chunks:
                 chunk.unreadable = []
                 own = [e for e in chunk.entries if e.writer in (None, directory.cap.writer)]
                 for entry, props in await self._children(blocks, root, directory.cap, own):
                     if props is None:
-                        labels = await self._labels(blocks, root, directory.cap, entry)
-                        root = await self._unlink(blocks, root, labels)
+                        gone.update(await self._labels(blocks, root, directory.cap, entry))
                         chunk.entries.remove(entry)
                         dirty.add(chunk.index)
                         removed += 1
             if not dirty:
                 return None
+            root = await self._unlink(blocks, root, gone)
             return await self._save_dir(blocks, root, directory, dirty, mirror_id)
 
         await self._commit(tree, first, change)
@@ -1343,6 +1342,8 @@ class FileSystem:
         """
         for name, _ in files:
             check_file_name(name)
+        if len({name for name, _ in files}) != len(files):
+            raise Conflict("the same file name is given twice in one upload")
         names = self._split(directory)[1]
         found = await self._find(directory)
         parent = await self._item_dir(found, "/".join(names))
@@ -1373,21 +1374,21 @@ class FileSystem:
             await blocks.lookup(root, labels)  # the CHAMP paths in few round trips
             existing = {e.name: (chunk, e) for chunk in target.chunks for e in chunk.entries}
             dirty: set[int] = set()
+            gone: dict[bytes, CID] = {}  # the replaced files' nodes, unlinked in one pass
             for item in prepared:
-                located = existing.get(item.entry.name)
+                located = existing.pop(item.entry.name, None)
                 if located is not None:
                     chunk, old = located
                     if old.is_dir:
                         raise Conflict(f"{item.entry.name} is a directory")
                     if old.writer not in (None, target.cap.writer):
                         raise Conflict(f"{old.name} has a writer of its own: remove it first")
-                    root = await self._unlink(
-                        blocks, root, await self._labels(blocks, root, target.cap, old)
-                    )
+                    gone.update(await self._labels(blocks, root, target.cap, old))
                     chunk.entries.remove(old)
                     dirty.add(chunk.index)
                 target.chunks[-1].entries.append(item.entry)
                 dirty.add(target.chunks[-1].index)
+            root = await self._unlink(blocks, root, gone)
             new_nodes = {label: cid for item in prepared for label, cid in item.nodes.items()}
             root = await champ.put_many(blocks, root, new_nodes)
             return await self._save_dir(blocks, root, target, dirty, mirror_id)
