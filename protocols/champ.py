@@ -19,7 +19,8 @@ Pure: blocks come and go only through the `BlockSource` / `BlockSink` protocols.
   a bucket. So the same contents give the same root whatever the history.
 - Put and remove are compare-and-swap on the key's current value (`_check_expected`); a
   mismatch raises Conflict and writes nothing. They write only the new nodes of the changed
-  path.
+  path. Their batch forms (`put_many`, `remove_many`) walk the union of the keys' paths once
+  and give the same root as one key at a time.
 - Decoding validates a node fully (`_decode_node`) and raises only MalformedInput; every
   fetched block is checked against its CID (Corrupted otherwise).
 - A batch lookup walks shared prefixes once: one fetch per distinct node on the union of the
@@ -499,6 +500,64 @@ async def remove(
     _check_root(root)
     key_hash = _key_hash(key, hashing)
     new_root = await _remove_at(sink, root, _At(hashing), key, key_hash, expected)
+    return await sink.put(_encode_node(new_root))
+
+
+async def _remove_many_at(
+    source: BlockSource,
+    cid: CID,
+    at: _At,
+    group: list[tuple[int, bytes, CID]],
+    pending: list[bytes],
+) -> _Node:
+    """Remove `group` (key hash, key, expected value) below the node `cid`; return its
+    replacement, not yet written. Children that stay nodes are encoded into `pending`, to be
+    written only once every expected value has been checked."""
+    node = _decode_node(await _fetch(source, cid), at)
+    groups: dict[int, list[tuple[int, bytes, CID]]] = {}
+    for item in group:
+        groups.setdefault(_slot(item[0], at.depth), []).append(item)
+    for slot, below in groups.items():
+        child = node.children.get(slot)
+        if child is not None:
+            new_child = await _remove_many_at(source, child, at.child(slot), below, pending)
+            if not new_child.children and new_child.size <= MAX_BUCKET:
+                # Folded bottom-up, so each subtree ends canonical: the same root as removes
+                # one by one.
+                entries = [e for bucket in new_child.buckets.values() for e in bucket]
+                node = node.with_bucket(slot, tuple(sorted(entries, key=_entry_key)))
+            else:
+                data = _encode_node(new_child)
+                pending.append(data)
+                node = node.with_child(slot, CID.of(CODEC_DAG_CBOR, data))
+            continue
+        bucket = node.buckets.get(slot, ())
+        for _, key, expected in below:
+            _check_expected(_find(bucket, key), expected, "remove")
+        gone = {key for _, key, _ in below}
+        node = node.with_bucket(slot, tuple(e for e in bucket if e[0] not in gone))
+    return node
+
+
+async def remove_many(
+    sink: BlockSink,
+    root: CID,
+    expected: Mapping[bytes, CID],
+    hashing: KeyHashing = KeyHashing.IDENTITY,
+) -> CID:
+    """Remove every key that maps to its expected value, in one pass over the union of their
+    paths (each node decoded and written once); the root equals that of one-by-one removes.
+
+    Raises Conflict, writing nothing, when any key is absent or maps to another value.
+    """
+    _check_root(root)
+    if not expected:
+        return root
+    group = [(_key_hash(key, hashing), key, value) for key, value in expected.items()]
+    pending: list[bytes] = []
+    new_root = await _remove_many_at(sink, root, _At(hashing), group, pending)
+    for data in pending:
+        await sink.put(data)
     return await sink.put(_encode_node(new_root))
 
 

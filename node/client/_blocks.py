@@ -122,6 +122,9 @@ class Blocks:
         self.route = route
         self.cache = BlockCache() if cache is None else cache
         self.staged: dict[CID, bytes] = {}
+        # Lookups already answered: a root names fixed contents, so an answer stays true. Held
+        # for one operation, it grows with the keys that operation looks up.
+        self._found: dict[tuple[CID, bytes], CID | None] = {}
 
     async def get(self, cid: CID) -> bytes:
         """A public block (CHAMP node, WriterData): staged, cached, or fetched."""
@@ -158,6 +161,14 @@ class Blocks:
         """Values of `keys` in the CHAMP at `root`: from the cache when it holds every node on
         their paths, else one round trip per 64 keys."""
         wanted = list(dict.fromkeys(keys))
+        known = {key: self._found[root, key] for key in wanted if (root, key) in self._found}
+        if len(known) == len(wanted):
+            return known
+        found = await self._lookup(root, wanted)
+        self._found.update(((root, key), value) for key, value in found.items())
+        return found
+
+    async def _lookup(self, root: CID, wanted: list[bytes]) -> dict[bytes, CID | None]:
         try:
             return await champ.get_many(_CachedOnly(self), root, wanted)
         except _Missing:

@@ -87,6 +87,10 @@ GC_EVERY_CHUNKS: Final = 16  # collect young cyclic garbage this often in long t
 CHUNKS_AHEAD: Final = 2  # decrypted chunks held ahead of the reader: bounds memory
 FILES_PER_COMMIT: Final = 2000  # bounds a folder upload's staged state
 REWRITES: Final = 4  # files a rotation rewrites side by side (each holds at most one chunk)
+# Small files are rewritten more at a time: their round trips overlap, while what they hold
+# (SMALL_REWRITES x SMALL_FILE_BYTES = 2 MiB) stays below one chunk.
+SMALL_FILE_BYTES: Final = 64 * 1024
+SMALL_REWRITES: Final = 32
 Progress = Callable[[int], None]
 Opener = Callable[[], contextlib.AbstractContextManager[BinaryIO]]  # opens a file's bytes
 
@@ -905,9 +909,7 @@ class FileSystem:
                 labels[key] = cid
 
     async def _unlink(self, blocks: Blocks, tree: CID, labels: dict[bytes, CID]) -> CID:
-        for label, cid in labels.items():
-            tree = await champ.remove(blocks, tree, label, cid)
-        return tree
+        return await champ.remove_many(blocks, tree, labels)
 
     async def remove(self, path: str, *, recursive: bool = False) -> None:
         """Remove a file or directory. An item with a writer of its own is unlinked from its
@@ -959,18 +961,19 @@ class FileSystem:
             directory = await self._dir_at(blocks, root, found.base, found.names)
             dirty = {chunk.index for chunk in directory.chunks if chunk.unreadable}
             removed = directory.unreadable()
+            gone: dict[bytes, CID] = {}  # the removed entries' nodes, unlinked in one pass
             for chunk in directory.chunks:
                 chunk.unreadable = []
                 own = [e for e in chunk.entries if e.writer in (None, directory.cap.writer)]
                 for entry, props in await self._children(blocks, root, directory.cap, own):
                     if props is None:
-                        labels = await self._labels(blocks, root, directory.cap, entry)
-                        root = await self._unlink(blocks, root, labels)
+                        gone.update(await self._labels(blocks, root, directory.cap, entry))
                         chunk.entries.remove(entry)
                         dirty.add(chunk.index)
                         removed += 1
             if not dirty:
                 return None
+            root = await self._unlink(blocks, root, gone)
             return await self._save_dir(blocks, root, directory, dirty, mirror_id)
 
         await self._commit(tree, first, change)
@@ -1179,6 +1182,7 @@ class FileSystem:
         new: Capability,
         parent_label: bytes,
         signer: crypto.SigningKey | None,
+        small: bool = False,
     ) -> None:
         """Stage `old`'s subtree (read from the CHAMP `source`) again as `new`, its root
         carrying `signer`'s seed (sealed under the new write key) when it starts a writer.
@@ -1190,19 +1194,23 @@ class FileSystem:
         keys = KeyBlock(crypto.random_key(), secret)
         new_nodes = job.new.setdefault(new.writer, {})
         if not is_dir:
-            await self._rewrite_file(job, source, old, new, keys, parent_label)
+            await self._rewrite_file(job, source, old, new, keys, parent_label, small)
             return
         directory = await self._read_dir(job.blocks, source, old)
         for dir_chunk in directory.chunks:
             assert dir_chunk.node is not None
             # Each child's first node, fetched in batches into the cache: the walk below then
             # reads them without a round trip each.
-            await self._children(job.blocks, source, old, dir_chunk.entries, job.trees)
+            # Their sizes pick the limiter: small files go many at a time.
+            listed = await self._children(job.blocks, source, old, dir_chunk.entries, job.trees)
+            smalls = [props is not None and props.size <= SMALL_FILE_BYTES for _, props in listed]
             if old.writer == job.parent_writer:
                 job.old[old.chunk(dir_chunk.index)[0]] = dir_chunk.node
             entries: list[Entry | None] = [None] * len(dir_chunk.entries)
 
-            async def rewrite_child(out: list[Entry | None], slot: int, child: Entry) -> None:
+            async def rewrite_child(
+                out: list[Entry | None], slot: int, child: Entry, small: bool
+            ) -> None:
                 child_old = child.capability(old)
                 child_new, child_signer, child_source = new_capability(new), None, source
                 if child_old.writer != old.writer:  # a sub-writer inside: a fresh one too
@@ -1212,14 +1220,14 @@ class FileSystem:
                     child_new = replace(child_new, writer=child_signer.public.key_hash())
                     child_source = await job.trees.tree(child_old.writer)
                 await self._rewrite(job, child_source, child_old, child.is_dir, child_new,
-                                    new.label, child_signer)  # fmt: skip
+                                    new.label, child_signer, small)  # fmt: skip
                 out[slot] = Entry.link(child.name, child.is_dir, child_new, new)
 
             # Siblings are rewritten side by side (files bounded by the job's limiter), so
             # a folder of small files costs round trips in parallel, not one after another.
             async with open_tasks() as nursery:
                 for slot, child in enumerate(dir_chunk.entries):
-                    nursery.start_soon(rewrite_child, entries, slot, child)
+                    nursery.start_soon(rewrite_child, entries, slot, child, smalls[slot])
             props = dir_chunk.props
             if props is not None:
                 props = replace(props, parent=parent_label)
@@ -1241,9 +1249,10 @@ class FileSystem:
         new: Capability,
         keys: KeyBlock,
         parent_label: bytes,
+        small: bool,
     ) -> None:
         """Every chunk of a file opened and sealed again under `new`, one chunk at a time."""
-        async with job.files:
+        async with job.small if small else job.files:
             await self._rewrite_chunks(job, source, old, new, keys, parent_label)
 
     async def _rewrite_chunks(
@@ -1255,13 +1264,15 @@ class FileSystem:
         keys: KeyBlock,
         parent_label: bytes,
     ) -> None:
-        ((_, block),) = await self._nodes(job.blocks, source, old, [0])
+        ((first_cid, block),) = await self._nodes(job.blocks, source, old, [0])
         first = open_node(old, 0, False, block)
         if first.props is None:
             raise Corrupted("a first chunk has no metadata")
         count = _chunk_count(first.props)
         labels = [old.chunk(i)[0] for i in range(count)]
-        found = await job.blocks.lookup(source, labels)
+        found: dict[bytes, CID | None] = {labels[0]: first_cid}
+        if count > 1:  # a one-chunk file (most of them) needs no second walk of the CHAMP
+            found.update(await job.blocks.lookup(source, labels[1:]))
         new_nodes = job.new.setdefault(new.writer, {})
         for index in range(count):
             cid = found[labels[index]]
@@ -1343,6 +1354,8 @@ class FileSystem:
         """
         for name, _ in files:
             check_file_name(name)
+        if len({name for name, _ in files}) != len(files):
+            raise Conflict("the same file name is given twice in one upload")
         names = self._split(directory)[1]
         found = await self._find(directory)
         parent = await self._item_dir(found, "/".join(names))
@@ -1373,21 +1386,21 @@ class FileSystem:
             await blocks.lookup(root, labels)  # the CHAMP paths in few round trips
             existing = {e.name: (chunk, e) for chunk in target.chunks for e in chunk.entries}
             dirty: set[int] = set()
+            gone: dict[bytes, CID] = {}  # the replaced files' nodes, unlinked in one pass
             for item in prepared:
-                located = existing.get(item.entry.name)
+                located = existing.pop(item.entry.name, None)
                 if located is not None:
                     chunk, old = located
                     if old.is_dir:
                         raise Conflict(f"{item.entry.name} is a directory")
                     if old.writer not in (None, target.cap.writer):
                         raise Conflict(f"{old.name} has a writer of its own: remove it first")
-                    root = await self._unlink(
-                        blocks, root, await self._labels(blocks, root, target.cap, old)
-                    )
+                    gone.update(await self._labels(blocks, root, target.cap, old))
                     chunk.entries.remove(old)
                     dirty.add(chunk.index)
                 target.chunks[-1].entries.append(item.entry)
                 dirty.add(target.chunks[-1].index)
+            root = await self._unlink(blocks, root, gone)
             new_nodes = {label: cid for item in prepared for label, cid in item.nodes.items()}
             root = await champ.put_many(blocks, root, new_nodes)
             return await self._save_dir(blocks, root, target, dirty, mirror_id)
@@ -1441,6 +1454,9 @@ class _Rewrite:
     uploader: Uploader = field(init=False)
     # Files rewritten at once: round trips overlap, while memory stays at a few chunks.
     files: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(REWRITES))
+    small: trio.CapacityLimiter = field(
+        default_factory=lambda: trio.CapacityLimiter(SMALL_REWRITES)
+    )
 
 
 @dataclass(frozen=True)

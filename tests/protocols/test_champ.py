@@ -80,7 +80,8 @@ def value_of(key: bytes) -> CID:
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["put", "put", "remove"]),  # grow the map enough to push down
+        # Grow the map enough to push down; remove_many takes a batch of the present keys.
+        st.sampled_from(["put", "put", "put", "remove", "remove_many"]),
         st.integers(0, 41),  # key index (modulo the pool)
         st.integers(0, len(VALUES) - 1),  # new value
         st.sampled_from(["right", "right", "right", "wrong", "absent"]),  # what to expect
@@ -96,6 +97,9 @@ async def _model_run(hashing: KeyHashing, ops: list[tuple[str, int, int, str]]) 
     model: dict[bytes, CID] = {}
     root = EMPTY_ROOT
     for action, key_index, value_index, expect in ops:
+        if action == "remove_many":
+            root = await _model_remove_many(store, model, root, hashing, key_index, expect)
+            continue
         key = pool[key_index % len(pool)]
         value = VALUES[value_index]
         current = model.get(key)
@@ -139,6 +143,47 @@ async def _model_run(hashing: KeyHashing, ops: list[tuple[str, int, int, str]]) 
         assert root == await champ.build(MemoryBlocks(), model, hashing)
 
 
+async def _model_remove_many(
+    store: CountingBlocks,
+    model: dict[bytes, CID],
+    root: CID,
+    hashing: KeyHashing,
+    pick: int,
+    expect: str,
+) -> CID:
+    """Remove a batch of the present keys (every (pick % 4 + 1)th, from pick on) at once;
+    with a wrong or absent expectation among them, nothing is written."""
+    present = sorted(model)
+    step = pick % 4 + 1
+    batch = {key: model[key] for key in present[pick % step :: step]}
+    if expect == "wrong" and batch:
+        key = next(iter(batch))
+        batch[key] = next(v for v in VALUES if v != model[key])
+    elif expect == "absent":
+        absent = [key for key in POOLS[hashing] if key not in model]
+        batch[absent[pick % len(absent)]] = VALUES[0]
+    blocks_before, puts_before = dict(store.blocks), store.puts
+    if expect in ("wrong", "absent") and batch:
+        with pytest.raises(Conflict, match="expected the key"):
+            await champ.remove_many(store, root, batch, hashing)
+        assert store.blocks == blocks_before
+        assert store.puts == puts_before
+        return root
+    new_root = await champ.remove_many(store, root, batch, hashing)
+    scratch, one_by_one = MemoryBlocks(store.blocks.values()), root
+    for key, value in batch.items():
+        one_by_one = await champ.remove(scratch, one_by_one, key, value, hashing)
+    for key in batch:
+        del model[key]
+    # The same root as one key at a time; only the nodes on the keys' new paths are written.
+    assert new_root == one_by_one
+    path = await champ.lookup_blocks(store, new_root, batch, hashing) if batch else []
+    assert store.puts - puts_before == len(path)
+    assert await contents(store, new_root, hashing) == model
+    assert new_root == await champ.build(MemoryBlocks(), model, hashing)
+    return new_root
+
+
 @pytest.mark.parametrize("hashing", list(KeyHashing))
 @FAST
 @given(ops=OPS)
@@ -161,6 +206,25 @@ def test_deep_collisions_push_down_to_the_last_level_and_fold_back() -> None:
         for key in deep[:3]:
             root = await champ.remove(store, root, key, value_of(key))
         assert root == EMPTY_ROOT
+
+    run(scenario)
+
+
+def test_remove_many_folds_deep_chains_in_one_pass() -> None:
+    async def scenario() -> None:
+        store = CountingBlocks()
+        deep = POOLS[KeyHashing.IDENTITY][:10]
+        root = await insert_all(store, deep, KeyHashing.IDENTITY)
+        store.gets.clear()
+        puts = store.puts
+        root = await champ.remove_many(store, root, {k: value_of(k) for k in deep[3:]})
+        # The 51-node chain is read once and folds back into one root bucket.
+        assert len(store.gets) == len(set(store.gets)) == 51
+        assert store.puts - puts == 1
+        assert root == await champ.build(MemoryBlocks(), {k: value_of(k) for k in deep[:3]})
+        assert await champ.remove_many(store, root, {}) == root
+        with pytest.raises(MalformedInput, match="32 bytes"):
+            await champ.remove_many(store, root, {b"short": VALUES[0]})
 
     run(scenario)
 
