@@ -435,7 +435,7 @@ def cmd_passwd(args: argparse.Namespace) -> None:
 def run_fs(args: argparse.Namespace, action: Callable[[FileSystem], Awaitable[Any]]) -> Any:
     async def run() -> Any:
         async with open_session(args) as session:
-            return await action(FileSystem(session))
+            return await action(client.sharing.filesystem(session))
 
     return trio.run(run)
 
@@ -665,6 +665,35 @@ def cmd_verify(args: argparse.Namespace) -> None:
     digits = " ".join(args.fingerprint)
     run_fs(args, lambda fs: client.social.verify(fs, args.user, digits))
     print(f"verified {args.user}'s identity key")
+
+
+# -- sharing commands ------------------------------------------------------------------------
+
+
+def cmd_share(args: argparse.Namespace) -> None:
+    item = run_fs(args, lambda fs: client.sharing.share(fs, args.path, args.user, write=args.write))
+    access = "read and write" if item.writable else "read"
+    print(f"shared {item.path} with {args.user} ({access})")
+
+
+def cmd_unshare(args: argparse.Namespace) -> None:
+    run_fs(args, lambda fs: client.sharing.unshare(fs, args.path, args.user))
+    print(f"{args.user} no longer has access to {args.path}; its keys were rotated")
+
+
+def cmd_shared(args: argparse.Namespace) -> None:
+    result = run_fs(args, client.sharing.shared)
+    for name, item in result.mine:
+        access = "read-write" if item.writable else "read-only"
+        print(f"{item.path}  shared with {name}  {access}  since {_format_time(item.since)}")
+    for name, item in result.with_me:
+        access = "read-write" if item.writable else "read-only"
+        print(f"{item.path}  shared by {name}  {access}  since {_format_time(item.since)}")
+    if not (result.mine or result.with_me):
+        print("nothing shared")
+    sys.stdout.flush()
+    for problem in result.problems:
+        warn(problem)
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -903,6 +932,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("fingerprint", metavar="FINGERPRINT", nargs="+",
                         help="the 60 digits; spaces are ignored")  # fmt: skip
+    share = client_command(
+        "share",
+        "share your file or folder PATH with the follower USER (read-only, or with --write "
+        "writable): they see it at its path under your name, e.g. /YOU/photos",
+    )
+    share.add_argument("path", metavar="PATH")
+    share.add_argument("user", metavar="USER")
+    share.add_argument(
+        "--write", action="store_true", help="let USER change the item (and nothing else)"
+    )
+    share.set_defaults(run=cmd_share)
+    unshare = client_command(
+        "unshare",
+        "stop sharing PATH with USER: its keys are rotated, so what USER held no longer opens "
+        "it; everyone else who shares it keeps access",
+    )
+    unshare.add_argument("path", metavar="PATH")
+    unshare.add_argument("user", metavar="USER")
+    unshare.set_defaults(run=cmd_unshare)
+    client_command(
+        "shared", "list what you share with whom, and what others share with you"
+    ).set_defaults(run=cmd_shared)
     return parser
 
 

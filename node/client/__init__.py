@@ -1,5 +1,6 @@
 """A user's session with a node: accounts and the encrypted filesystem (all crypto is here)."""
 
+from node.client import _sharing as sharing
 from node.client import _social as social
 from node.client._api import NodeApi, Route
 from node.client._blocks import BlockCache
@@ -48,6 +49,7 @@ __all__ = [
     "put_tree",
     "reopen",
     "resume",
+    "sharing",
     "signup",
     "social",
     "tree_size",

@@ -52,6 +52,7 @@ from protocols.cryptree import (
     build_node,
     chunk_labels,
     decode_dir_chunk,
+    encode_dir_chunk,
     open_fragment,
     open_inline,
     open_node,
@@ -59,6 +60,7 @@ from protocols.cryptree import (
     payload_data,
     payload_key,
     seal_data,
+    seal_writer_secret,
 )
 from protocols.errors import (
     Conflict,
@@ -70,6 +72,8 @@ from protocols.errors import (
     TooLarge,
 )
 from protocols.names import check_file_name, split_path
+from protocols.owners import OwnerProof
+from protocols.writerdata import MAX_OWNED, WriterData
 
 MAX_COMMIT_ATTEMPTS: Final = 8
 FRAGMENTS_IN_FLIGHT: Final = 4  # fragment reads kept in flight while downloading
@@ -550,10 +554,13 @@ class FileSystem:
         """The whole of a small file (state files): TooLarge when it is over `limit` bytes."""
         return await self._read_small(await self._find(path), path, limit)
 
-    async def read_capability(self, cap: Capability, route: Route, limit: int) -> bytes:
-        """`read_bytes` of the file a capability names, read through `route`."""
-        found = await self._walk_from(Resolved(cap, route, []))
-        return await self._read_small(found, "this file", limit)
+    async def read_capability(
+        self, cap: Capability, route: Route, limit: int, names: Sequence[str] = ()
+    ) -> bytes:
+        """`read_bytes` of the file a capability names (or the file at `names` below the
+        directory it names), read through `route`."""
+        found = await self._walk_from(Resolved(cap, route, list(names)))
+        return await self._read_small(found, "/".join(names) or "this file", limit)
 
     async def _read_small(self, found: _Found, shown: str, limit: int) -> bytes:
         if found.is_dir:
@@ -671,6 +678,8 @@ class FileSystem:
         root = await found.trees.root(base.writer)
         own = base.owner == session.owner
         if base.writer == base.owner:
+            if not own and base.write_key is None:
+                raise Denied("this item is read-only to you: you hold no write access to it")
             if not own:
                 raise Denied("only its owner writes outside a shared item's subtree")
             return WriterTree(base.writer, blocks.route, session.identity, session.mirror_id), root
@@ -1044,6 +1053,170 @@ class FileSystem:
         node = build_node(cap, 0, opened.keys, entry.is_dir, props, opened.data, mirror_id)
         return await champ.put(blocks, tree, cap.label, cid, await blocks.put(node))
 
+    # -- rotation -----------------------------------------------------------------------
+
+    async def rotate(self, path: str, *, own_writer: bool | None = None) -> Capability:
+        """Rewrite the item at `path` and its whole subtree under fresh labels, BATs, read
+        and write keys (DESIGN §6), in one atomic commit; return its new (writable)
+        capability. Whoever held an old capability then finds nothing: the old nodes are
+        removed from their writer's tree (or that writer is dropped whole), and the new ones
+        need new BATs.
+
+        `own_writer`: True puts the subtree in a new sub-writer (its owner proof added to the
+        owner's identity root in the same commit); False in the parent's writer; None keeps
+        the kind (an item with a writer of its own gets a fresh one). Only the owner rotates.
+        Cost: every node and fragment of the subtree, read and written once, a chunk at a time.
+        """
+        session = self.require_session()
+        username, names = self._split(path)
+        if username != session.username:
+            raise Denied("only its owner can rotate the keys of an item")
+        if not names:
+            raise Conflict("the home directory cannot be rotated: choose a folder in it")
+        for attempt in range(MAX_COMMIT_ATTEMPTS):
+            try:
+                return await self._rotate_once(names, own_writer)
+            except StaleRoot:
+                await trio.sleep(random.uniform(0, 0.02 * 2**attempt))
+        raise Conflict("the tree kept changing under this rotation; try again")
+
+    async def _rotate_once(self, names: list[str], own_writer: bool | None) -> Capability:
+        session = self.require_session()
+        found_parent, name, rel = await self._parent("/".join(["", session.username, *names]))
+        parent_tree, parent_root = await self._writable(found_parent)
+        blocks = Blocks(self.api, session.route, self.cache)
+        parent = await self._dir_at(blocks, parent_root.data.tree, found_parent.base, rel)
+        located = parent.find(name)
+        if located is None:
+            raise NotFound(f"no such file or directory: {'/'.join(names)}")
+        chunk, entry = located
+        old_cap = entry.capability(parent.cap)
+        had_own = old_cap.writer != parent.cap.writer
+        new_own = had_own if own_writer is None else own_writer
+        trees = _Trees(blocks)
+        source = parent_root.data.tree if not had_own else await trees.tree(old_cap.writer)
+        signer = crypto.SigningKey.generate() if new_own else None
+        new_cap = new_capability(parent.cap)
+        if signer is not None:
+            new_cap = replace(new_cap, writer=signer.public.key_hash())
+        job = _Rewrite(blocks, source, session.mirror_id)
+        async with open_tasks() as nursery:
+            job.uploader = Uploader(self.api, session.owner, session.identity, nursery)
+            await self._rewrite(job, old_cap, entry.is_dir, new_cap, parent.cap.label, signer)
+            await job.uploader.finish()
+
+        # The parent's tree: old nodes out (when they were in it), new ones in (when they
+        # stay in it), and the entry relinked to the new capability.
+        tree = parent_root.data.tree
+        if not had_own:
+            tree = await self._unlink(blocks, tree, job.old)
+        if signer is None:
+            tree = await champ.put_many(blocks, tree, job.new)
+        chunk.entries[chunk.entries.index(entry)] = Entry.link(
+            name, entry.is_dir, new_cap, parent.cap
+        )
+        tree = await self._save_dir(blocks, tree, parent, {chunk.index}, session.mirror_id)
+        updates: list[TreeUpdate] = []
+        identity = WriterTree(session.owner, session.route, session.identity, session.mirror_id)
+        if signer is None and not had_own:
+            updates.append(TreeUpdate(parent_tree, parent_root, tree))
+        else:  # the owner's identity root changes its owned writers in the same commit
+            id_root = parent_root if parent_tree.is_identity else await identity.read(blocks)
+            owned = list(id_root.data.owned)
+            if had_own:
+                owned = [p for p in owned if OwnerProof.decode(p).writer != old_cap.writer]
+            if signer is not None:
+                owned.append(OwnerProof.create(signer, session.owner).encode())
+            if len(owned) > MAX_OWNED:
+                raise TooLarge(f"a user owns at most {MAX_OWNED} writers: unshare a writable item")
+            if parent_tree.is_identity:
+                data = replace(id_root.data, tree=tree, owned=owned)
+                updates.append(TreeUpdate(identity, id_root, tree, data))
+            else:
+                updates.append(TreeUpdate(parent_tree, parent_root, tree))
+                data = replace(id_root.data, owned=owned)
+                updates.append(TreeUpdate(identity, id_root, id_root.data.tree, data))
+        if signer is not None:
+            new_tree = await champ.put_many(blocks, champ.EMPTY_ROOT, job.new)
+            sub = WriterTree(new_cap.writer, session.route, signer, session.mirror_id)
+            first = WriterData(controller=new_cap.writer, tree=new_tree)
+            updates.append(TreeUpdate(sub, None, new_tree, first))
+        # The owner puts every block: a new writer is registered only by this very commit.
+        updates = [replace(u, put_by=session.identity) for u in updates]
+        await commit_trees(self.api, blocks, updates, [job.uploader.upload])
+        return new_cap
+
+    async def _rewrite(
+        self,
+        job: _Rewrite,
+        old: Capability,
+        is_dir: bool,
+        new: Capability,
+        parent_label: bytes,
+        signer: crypto.SigningKey | None,
+    ) -> None:
+        """Stage `old`'s subtree again as `new` (its root carrying `signer`'s seed, sealed
+        under the new write key, when it starts a writer), recording old and new nodes."""
+        secret = None
+        if signer is not None:
+            assert new.write_key is not None
+            secret = seal_writer_secret(new.write_key, new.label, signer.seed)
+        keys = KeyBlock(crypto.random_key(), secret)
+        if is_dir:
+            directory = await self._read_dir(job.blocks, job.source, old)
+            for dir_chunk in directory.chunks:
+                assert dir_chunk.node is not None
+                job.old[old.chunk(dir_chunk.index)[0]] = dir_chunk.node
+                entries = []
+                for child in dir_chunk.entries:
+                    if child.writer not in (None, old.writer):
+                        raise Conflict(
+                            f"{child.name} inside has a writer of its own: unshare it first"
+                        )
+                    child_new = new_capability(new)
+                    await self._rewrite(
+                        job, child.capability(old), child.is_dir, child_new, new.label, None
+                    )
+                    entries.append(Entry.link(child.name, child.is_dir, child_new, new))
+                props = dir_chunk.props
+                if props is not None:
+                    props = replace(props, parent=parent_label)
+                payload = seal_data(new, dir_chunk.index, keys, True,
+                                    encode_dir_chunk(entries, dir_chunk.unreadable),
+                                    job.mirror_id)  # fmt: skip
+                for fragment in payload.fragments:
+                    job.blocks.stage_raw(fragment)
+                node = build_node(new, dir_chunk.index, keys, True, props,
+                                  payload_data(payload), job.mirror_id)  # fmt: skip
+                job.new[new.chunk(dir_chunk.index)[0]] = await job.blocks.put(node)
+            return
+        ((_, block),) = await self._nodes(job.blocks, job.source, old, [0])
+        first = open_node(old, 0, False, block)
+        if first.props is None:
+            raise Corrupted("a first chunk has no metadata")
+        count = _chunk_count(first.props)
+        labels = [old.chunk(i)[0] for i in range(count)]
+        found = await job.blocks.lookup(job.source, labels)
+        for index in range(count):
+            cid = found[labels[index]]
+            if cid is None:
+                raise NotFound(f"{first.props.name} is missing a chunk: it cannot be rewritten")
+            job.old[labels[index]] = cid
+            opened = first
+            if index:
+                opened = open_node(
+                    old, index, False, await job.blocks.fetch(cid, old.chunk(index)[1])
+                )
+            plain = await self._payload(job.blocks, old, index, opened, False)
+            payload, fragments = await trio.to_thread.run_sync(
+                _seal_file_chunk, new, index, keys, plain, job.mirror_id
+            )
+            del plain
+            await job.uploader.add(fragments)
+            props = replace(first.props, parent=parent_label) if index == 0 else None
+            node = build_node(new, index, keys, False, props, payload_data(payload), job.mirror_id)
+            job.new[new.chunk(index)[0]] = await job.blocks.put(node)
+
     # -- files --------------------------------------------------------------------------
 
     async def _upload_file(
@@ -1182,6 +1355,19 @@ class FileSystem:
             },
         )
         return int(reply["used"]), int(reply["quota"])
+
+
+@dataclass
+class _Rewrite:
+    """One rotation's work: where the old subtree is read from, the old nodes (label -> CID,
+    to remove) and the new ones (to add), and the uploader of the new fragments."""
+
+    blocks: Blocks
+    source: CID  # the CHAMP root of the old subtree's writer
+    mirror_id: bytes
+    old: dict[bytes, CID] = field(default_factory=dict)
+    new: dict[bytes, CID] = field(default_factory=dict)
+    uploader: Uploader = field(init=False)
 
 
 @dataclass(frozen=True)

@@ -442,8 +442,10 @@ async def unfollow(fs: FileSystem, username: str) -> None:
 
 
 async def revoke_shares(fs: FileSystem, username: str) -> None:
-    """Unshare everything shared with `username` (key rotation, DESIGN §6). Sharing is not
-    implemented yet, so nothing has been shared: the hook that remove-follower calls first."""
+    """Unshare everything shared with `username` (key rotation, DESIGN §6)."""
+    from node.client import _sharing  # imported here: sharing builds on this module
+
+    await _sharing.revoke_all(fs, username)
 
 
 async def remove_follower(fs: FileSystem, username: str) -> None:

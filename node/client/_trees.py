@@ -90,6 +90,9 @@ class TreeUpdate:
     root: TreeRoot | None
     new_tree: CID
     data: WriterData | None = None
+    # Who signs the puts of this tree's new blocks (None: its writer). A writer is registered
+    # only by the commit that lists its owner proof, so its first blocks are put by the owner.
+    put_by: SigningKey | None = None
 
 
 async def commit_trees(
@@ -113,7 +116,7 @@ async def commit_trees(
             data = replace(update.root.data, tree=update.new_tree)
         root = await blocks.put(data.encode())
         staged = [(cid, blocks.staged[cid]) for cid in blocks.reachable_staged(root)]
-        await put_blocks(api, owner, signer, staged, upload)
+        await put_blocks(api, owner, update.put_by or signer, staged, upload)
         pointer = None if update.root is None else update.root.pointer
         previous, sequence = (None, 1) if pointer is None else (pointer.new, pointer.sequence + 1)
         signed = PointerUpdate.create(signer, previous, root, sequence)

@@ -44,3 +44,27 @@ def test_fingerprints_verify_and_bad_input(
     assert "usernames are" in alice.fails("follow", "Not-A-Name", code=9)
     assert alice.ok("following").out == ""
     assert alice.ok("followers").out == ""
+
+
+def test_share_shared_unshare(shared_node: NodeProcess, alice: Cli, tmp_path: Path) -> None:
+    bob = client(shared_node, tmp_path, "bob")
+    bob.ok("signup", "bob")
+    (tmp_path / "x.txt").write_bytes(b"shared bytes")
+    alice.ok("mkdir", "photos")
+    alice.ok("put", tmp_path / "x.txt", "photos/x.txt")
+    line = alice.fails("share", "photos", "bob", code=8)
+    assert "does not follow you" in line
+    bob.ok("follow", "alice")
+    alice.ok("requests")
+    alice.ok("accept", "bob")
+    bob.ok("requests")
+    assert alice.ok("share", "photos", "bob").out == "shared /alice/photos with bob (read)\n"
+    assert bob.ok("ls", "/alice").out == "photos/\n"
+    assert bob.ok("cat", "/alice/photos/x.txt").out == "shared bytes"
+    assert "read-only" in bob.fails("put", tmp_path / "x.txt", "/alice/photos/y.txt", code=8)
+    assert "shared by alice  read-only" in bob.ok("shared").out
+    assert "shared with bob  read-only" in alice.ok("shared").out
+    alice.ok("unshare", "photos", "bob")
+    assert "not shared" in bob.fails("cat", "/alice/photos/x.txt", code=4)
+    assert "not shared with bob" in alice.fails("unshare", "photos", "bob", code=4)
+    assert alice.ok("cat", "photos/x.txt").out == "shared bytes"

@@ -28,6 +28,7 @@ from protocols import (
     links,
     names,
     rpc,
+    shares,
     social,
 )
 from protocols.blockexchange import MAX_ANSWER_FRAME, MAX_REQUEST_FRAME, Responder
@@ -218,6 +219,12 @@ LINK_TARGET = links.LinkTarget(
     max_uses=3,
 ).encode()
 PUBLIC_ENTRY = PublicEntry("/alice/public/x", CAP.read_only()).encode()
+CAPS_FILE = shares.encode_caps(
+    [
+        shares.SharedItem("/alice/x", CAP.read_only(), False, NOW),
+        shares.SharedItem("/alice/y", CAP, True, 1),
+    ]
+)
 LINK_URL = links.format_url("http://127.0.0.1:8000", OWNER, key(24)[:16], key(22))
 
 
@@ -296,6 +303,7 @@ BYTE_DECODERS: dict[str, Decoder] = {
         links.LinkTarget.decode, links.MAX_TARGET_BYTES, [LINK_TARGET]
     ),
     "publishing.PublicEntry.decode": Decoder(PublicEntry.decode, 2048, [PUBLIC_ENTRY]),
+    "shares.decode_caps": Decoder(shares.decode_caps, shares.MAX_CAPS_BYTES, [CAPS_FILE]),
     "structured.check_structured": Decoder(
         check_structured, MAX_STRUCTURED_BYTES, [LINK_TARGET, PUBLIC_ENTRY, WRITER_DATA.encode()]
     ),

@@ -1,0 +1,318 @@
+"""Sharing from a user's side (DESIGN §6, §10): what I share with each follower, revocation
+by key rotation, and other users' paths (`/bob/x/y`) resolved from what they share with me.
+
+What I share with a follower is the caps file `/<me>/shared/<them>/caps` (protocols/shares.py),
+which they read through the read-only capability of that folder they got when I accepted them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from node.client._api import Route
+from node.client._fs import UNREADABLE_ENTRY, FileSystem
+from node.client._resolve import HomeResolver, Listing, Resolved, Resolvers
+from node.client._session import Session, now_ms
+from node.client._social import (
+    SHARED_DIR,
+    STATE_DIR,
+    Clock,
+    _changed_message,
+    _claim,
+    _trust,
+    load_state,
+)
+from protocols.errors import (
+    Conflict,
+    Corrupted,
+    Denied,
+    MalformedInput,
+    NotFound,
+    PyrgosError,
+    TooLarge,
+)
+from protocols.names import check_username, split_path
+from protocols.shares import MAX_CAPS_BYTES, SharedItem, decode_caps, encode_caps, within
+from protocols.social import Followee
+
+CAPS_FILE: Final = "caps"
+
+
+@dataclass(frozen=True)
+class Shared:
+    """`pyrgos shared`: (follower, item) I share, (followee, item) shared with me, and why
+    some followee's shares could not be read."""
+
+    mine: list[tuple[str, SharedItem]]
+    with_me: list[tuple[str, SharedItem]]
+    problems: list[str]
+
+
+def _me(fs: FileSystem) -> str:
+    return fs.require_session().username
+
+
+def _caps_path(fs: FileSystem, username: str) -> str:
+    return f"/{_me(fs)}/{SHARED_DIR}/{username}/{CAPS_FILE}"
+
+
+def _own_path(fs: FileSystem, path: str) -> str:
+    """`path` as `/<me>/names…`: Denied for another user's item, Conflict for the home and
+    the folders that hold the social state (rotating them would cut followers off)."""
+    me = _me(fs)
+    names = split_path(path)
+    if path.startswith("/"):
+        if not names or names[0] != me:
+            raise Denied("you can share only your own items (paths under /" + me + ")")
+        names = names[1:]
+    if not names:
+        raise Conflict("the home directory itself cannot be shared: share a folder in it")
+    if names[0] in (STATE_DIR, SHARED_DIR):
+        raise Conflict(f"/{me}/{names[0]} holds your social state: it cannot be shared")
+    return "/" + "/".join([me, *names])
+
+
+async def _read_caps(fs: FileSystem, username: str) -> list[SharedItem]:
+    """What I share with `username` (none when the file does not exist)."""
+    path = _caps_path(fs, username)
+    try:
+        data = await fs.read_bytes(path, MAX_CAPS_BYTES)
+        return decode_caps(data)
+    except NotFound:
+        return []
+    except (TooLarge, MalformedInput) as exc:
+        raise Corrupted(f"{path} is damaged: {exc.message}") from None
+
+
+async def _write_caps(fs: FileSystem, username: str, items: list[SharedItem]) -> None:
+    data = encode_caps(items)  # TooLarge before anything is written
+    path = _caps_path(fs, username)
+    try:
+        await fs.write_bytes(path, data)
+    except NotFound:  # the folder made at accept was removed since
+        await fs.mkdir(path.rsplit("/", 1)[0], parents=True)
+        await fs.write_bytes(path, data)
+
+
+async def _has_own_writer(fs: FileSystem, path: str) -> bool:
+    parent = await fs.capability(path.rsplit("/", 1)[0])
+    return (await fs.capability(path)).writer != parent.writer
+
+
+async def share(
+    fs: FileSystem, path: str, username: str, *, write: bool = False, clock: Clock = now_ms
+) -> SharedItem:
+    """Share my item at `path` with the follower `username`, read-only or writable.
+
+    Only followers can be shared with (Denied otherwise, nothing changed), and only while
+    their key is the one I trust. A writable share first makes the item its own sub-writer
+    (a rotation, after which everyone else who shares it gets the new capability), so the
+    follower can change that item and nothing above it.
+    """
+    item_path = _own_path(fs, path)
+    check_username(username)
+    if username == _me(fs):
+        raise Conflict("you cannot share with yourself")
+    if username not in (await load_state(fs)).followers:
+        raise Denied(
+            f"{username} does not follow you: only followers can be shared with"
+            f" (they run `pyrgos follow {_me(fs)}`, then you `pyrgos accept {username}`)"
+        )
+    claim = await _claim(fs.api, username)
+    await _trust(fs, username, claim.identity, clock)
+    cap = await fs.capability(item_path)  # NotFound for a missing item: nothing changed
+    if write and not await _has_own_writer(fs, item_path):
+        cap = await fs.rotate(item_path, own_writer=True)
+        await reshare(fs, item_path)
+    item = SharedItem(item_path, cap if write else cap.read_only(), write, clock())
+    items = [i for i in await _read_caps(fs, username) if i.path != item_path]
+    await _write_caps(fs, username, [*items, item])
+    return item
+
+
+async def unshare(fs: FileSystem, path: str, username: str) -> None:
+    """Stop sharing `path` with `username`: their entry goes, then the item is rotated
+    (fresh labels, BATs and keys; a fresh writer for a writable item) and everyone who keeps
+    access gets the new capability. Their old capability then finds nothing."""
+    item_path = _own_path(fs, path)
+    check_username(username)
+    items = await _read_caps(fs, username)
+    kept = [item for item in items if item.path != item_path]
+    if len(kept) == len(items):
+        raise NotFound(f"{item_path} is not shared with {username}: `pyrgos shared` lists them")
+    await _write_caps(fs, username, kept)
+    await _rotate(fs, [item_path])
+
+
+async def _rotate(fs: FileSystem, paths: list[str]) -> None:
+    """Rotate each item (an item inside another rotated one is rotated with it), then
+    give the remaining sharees the new capabilities. An item removed since is skipped."""
+    done: list[str] = []
+    for path in sorted(set(paths)):
+        if any(within(path, outer) for outer in done):
+            continue
+        try:
+            await fs.rotate(path)
+        except NotFound:
+            continue
+        done.append(path)
+        await reshare(fs, path)
+
+
+async def reshare(fs: FileSystem, path: str) -> None:
+    """After `path` was rotated: every caps file naming it or an item below it gets the
+    current capabilities (an item gone since is dropped from them)."""
+    me = _me(fs)
+    try:
+        folders = await fs.listdir(f"/{me}/{SHARED_DIR}", all=True)
+    except NotFound:
+        return
+    for folder in folders:
+        if not folder.is_dir:
+            continue
+        try:
+            items = await _read_caps(fs, check_username(folder.name))
+        except PyrgosError:
+            continue  # not a follower's folder
+        updated: list[SharedItem] = []
+        for item in items:
+            if not within(item.path, path):
+                updated.append(item)
+                continue
+            try:
+                cap = await fs.capability(item.path)
+            except NotFound:
+                continue
+            updated.append(SharedItem(item.path, cap if item.writable else cap.read_only(),
+                                      item.writable, item.since))  # fmt: skip
+        if updated != items:
+            await _write_caps(fs, folder.name, updated)
+
+
+async def revoke_all(fs: FileSystem, username: str) -> None:
+    """Unshare everything shared with `username` (remove-follower): one rotation per item."""
+    items = await _read_caps(fs, username)
+    if not items:
+        return
+    await _write_caps(fs, username, [])
+    await _rotate(fs, [item.path for item in items])
+
+
+# -- what others share with me -------------------------------------------------------------
+
+
+async def _theirs(
+    fs: FileSystem, username: str, followee: Followee
+) -> tuple[Route, list[SharedItem]]:
+    """What `username` shares with me, read from their caps file through the capability of
+    their folder for me. Items naming another owner or a path outside their space are
+    dropped: a hostile owner's file can point me at nothing else."""
+    assert followee.cap is not None
+    claim = await _claim(fs.api, username)
+    if claim.identity != followee.cap.owner:
+        raise Denied(_changed_message(username))
+    route = Route(claim.identity, claim.home.encode())
+    try:
+        data = await fs.read_capability(followee.cap, route, MAX_CAPS_BYTES, [CAPS_FILE])
+    except NotFound:
+        return route, []  # nothing shared with me yet
+    except TooLarge as exc:
+        raise Corrupted(
+            f"the list of what {username} shares with you is too large: {exc.message}"
+        ) from None
+    try:
+        items = decode_caps(data)
+    except MalformedInput as exc:
+        raise Corrupted(
+            f"the list of what {username} shares with you is malformed: {exc.message}"
+        ) from None
+    return route, [
+        item for item in items
+        if split_path(item.path)[0] == username and item.cap.owner == claim.identity
+    ]  # fmt: skip
+
+
+async def shared(fs: FileSystem) -> Shared:
+    """What I share with whom, and what each followee shares with me."""
+    me = _me(fs)
+    state = await load_state(fs)
+    mine: list[tuple[str, SharedItem]] = []
+    try:
+        folders = await fs.listdir(f"/{me}/{SHARED_DIR}", all=True)
+    except NotFound:
+        folders = []
+    for folder in folders:
+        if folder.is_dir:
+            try:
+                mine += [
+                    (folder.name, i) for i in await _read_caps(fs, check_username(folder.name))
+                ]
+            except PyrgosError:
+                continue
+    with_me: list[tuple[str, SharedItem]] = []
+    problems: list[str] = []
+    for username, followee in sorted(state.following.items()):
+        if followee.cap is None:
+            continue
+        try:
+            with_me += [(username, item) for item in (await _theirs(fs, username, followee))[1]]
+        except PyrgosError as exc:
+            problems.append(f"{username}: {exc.message}")
+    return Shared(sorted(mine, key=lambda m: (m[0], m[1].path)), with_me, problems)
+
+
+class ShareResolver:
+    """Other users' paths: `/bob/x/y` starts at the share of bob's whose path is the longest
+    prefix of it, the rest walked from its capability; `ls /bob` lists the top names."""
+
+    def __init__(self, fs: FileSystem) -> None:
+        self.fs = fs
+        self._known: dict[str, tuple[Route, list[SharedItem]]] = {}
+
+    async def _shares(self, username: str) -> tuple[Route, list[SharedItem]]:
+        if self.fs.session is None or username == self.fs.session.username:
+            raise NotFound(f"/{username} is not shared with you")
+        if username not in self._known:
+            followee = (await load_state(self.fs)).following.get(username)
+            if followee is None or followee.cap is None:
+                raise NotFound(
+                    f"/{username} is not shared with you: you do not follow {username}"
+                    f" (`pyrgos follow {username}`)"
+                )
+            self._known[username] = await _theirs(self.fs, username, followee)
+        return self._known[username]
+
+    async def resolve(self, username: str, names: list[str]) -> Resolved:
+        route, items = await self._shares(username)
+        wanted = "/" + "/".join([username, *names])
+        best = max(
+            (item for item in items if within(wanted, item.path)),
+            key=lambda item: len(item.path),
+            default=None,
+        )
+        if best is None:
+            raise NotFound(f"{wanted} is not shared with you")
+        depth = len(split_path(best.path)) - 1
+        return Resolved(best.cap, route, names[depth:])
+
+    async def list_top(self, username: str) -> list[Listing] | None:
+        route, items = await self._shares(username)
+        top: dict[str, bool] = {}
+        for item in items:
+            names = split_path(item.path)[1:]
+            if len(names) > 1:
+                top[names[0]] = True
+            elif names[0] not in top:
+                try:
+                    top[names[0]] = (await self.fs.open_capability(item.cap, route)).is_dir
+                except UNREADABLE_ENTRY:
+                    continue  # revoked since, or a forged capability: nothing to show
+        return [Listing(name, is_dir) for name, is_dir in sorted(top.items())]
+
+
+def filesystem(session: Session) -> FileSystem:
+    """The filesystem a user's commands work on: their home, and what others share with them."""
+    fs = FileSystem(session)
+    fs.resolver = Resolvers([ShareResolver(fs), HomeResolver(session)])
+    return fs

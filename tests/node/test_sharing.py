@@ -1,0 +1,268 @@
+"""Sharing across nodes (DESIGN §6, §10): read and writable shares read and written at the
+owner's paths through the reader's own node, revocation by key rotation, and bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from node.client import FileSystem, NodeApi, Session, sharing, signup, social
+from node.client._resolve import Listing
+from node.net import serve_api
+from node.store import Store
+from protocols.cryptree import Capability
+from protocols.errors import Conflict, Corrupted, Denied, NotFound
+from protocols.shares import SharedItem, decode_caps, encode_caps
+from simulations.swarm import LocalNetwork, new_node
+from tests.node.conftest import PASSWORD
+
+TIMEOUT = 60
+
+
+class Users:
+    """alice, bob and carol, each homed on a node of their own, each with its own client."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.sessions: dict[str, Session] = {}
+
+    def fs(self, name: str) -> FileSystem:
+        return sharing.filesystem(self.sessions[name])
+
+
+@pytest.fixture
+async def users(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Users]:
+    swarm = LocalNetwork()
+    root = new_node(Store(tmp_path / "n1"), default_quota=1024**3)
+    nodes = [root] + [
+        new_node(Store(tmp_path / f"n{i}"), pki_node=root.settings.node_id) for i in (2, 3)
+    ]
+    urls = []
+    for service in nodes:
+        swarm.add(service)
+        urls.append(await nursery.start(serve_api, service, "127.0.0.1", 0))
+    result = Users(urls)
+    async with NodeApi(urls[0]) as a, NodeApi(urls[1]) as b, NodeApi(urls[2]) as c:
+        for name, api in (("alice", a), ("bob", b), ("carol", c)):
+            result.sessions[name] = await signup(api, name, PASSWORD)
+        yield result
+    nursery.cancel_scope.cancel()
+
+
+async def befriend(users: Users, owner: str, follower: str) -> None:
+    """`follower` follows `owner`, who accepts."""
+    await social.follow(users.fs(follower), owner)
+    await social.requests(users.fs(owner))
+    await social.accept(users.fs(owner), follower)
+    assert (await social.requests(users.fs(follower))).accepted == [owner]
+
+
+async def read_all(fs: FileSystem, path: str) -> bytes:
+    async with fs.read(path) as pieces:
+        return b"".join([piece async for piece in pieces])
+
+
+async def test_share_read_then_write_then_unshare(users: Users) -> None:
+    with trio.fail_after(TIMEOUT):
+        alice = users.fs("alice")
+        await alice.mkdir("photos")
+        await alice.write_file("photos/x.jpg", io.BytesIO(b"picture"))
+        await alice.write_file("notes.txt", io.BytesIO(b"private"))
+        await befriend(users, "alice", "bob")
+        await befriend(users, "alice", "carol")
+
+        # Read: bob reads /alice/photos through his own node; nothing else of alice's.
+        await sharing.share(users.fs("alice"), "photos", "bob")
+        await sharing.share(users.fs("alice"), "/alice/photos", "carol")
+        bob = users.fs("bob")
+        assert await bob.listdir("/alice") == [Listing("photos", True)]
+        assert await bob.listdir("/alice/photos") == [Listing("x.jpg", False)]
+        assert await read_all(bob, "/alice/photos/x.jpg") == b"picture"
+        with pytest.raises(NotFound, match="not shared"):
+            await users.fs("bob").stat("/alice/notes.txt")
+        with pytest.raises(Denied, match="read-only"):
+            await users.fs("bob").write_file("/alice/photos/y.jpg", io.BytesIO(b"y"))
+
+        # Write: the item becomes its own writer; bob writes, alice reads it; carol keeps her
+        # read access through the new capability.
+        item = await sharing.share(users.fs("alice"), "photos", "bob", write=True)
+        assert item.writable
+        assert item.cap.writer != users.sessions["alice"].owner
+        await users.fs("bob").write_file("/alice/photos/y.jpg", io.BytesIO(b"from bob"))
+        await users.fs("bob").mkdir("/alice/photos/trip")
+        assert await read_all(users.fs("alice"), "photos/y.jpg") == b"from bob"
+        assert await read_all(users.fs("carol"), "/alice/photos/y.jpg") == b"from bob"
+        with pytest.raises(NotFound, match="not shared"):
+            await users.fs("bob").write_file("/alice/z.txt", io.BytesIO(b"z"))
+        listed = await sharing.shared(users.fs("alice"))
+        assert [(name, i.path, i.writable) for name, i in listed.mine] == [
+            ("bob", "/alice/photos", True),
+            ("carol", "/alice/photos", False),
+        ]
+        theirs = await sharing.shared(users.fs("bob"))
+        assert [(name, i.path) for name, i in theirs.with_me] == [("alice", "/alice/photos")]
+        assert not theirs.problems
+
+        # Unshare for bob: his old capability finds nothing, carol reads the new version.
+        old = item.cap
+        await sharing.unshare(users.fs("alice"), "photos", "bob")
+        await users.fs("alice").write_file("photos/x.jpg", io.BytesIO(b"new version"))
+        assert await read_all(users.fs("carol"), "/alice/photos/x.jpg") == b"new version"
+        with pytest.raises(NotFound, match="not shared"):
+            await users.fs("bob").listdir("/alice/photos")
+        assert await users.fs("bob").listdir("/alice") == []
+        route = users.sessions["alice"].route
+        with pytest.raises((NotFound, Denied)):
+            await users.fs("bob").contents_of(old, route)
+        with pytest.raises((NotFound, Denied)):
+            await users.fs("bob").write_file("/alice/photos/w.txt", io.BytesIO(b"w"))
+        # Nor can bob fetch the new blocks with what he held: they need the new BATs.
+        new = await users.fs("alice").capability("photos/x.jpg")
+        bad = Capability(new.owner, new.writer, new.label, old.bat, new.read_key)
+        with pytest.raises((NotFound, Denied)):
+            await users.fs("bob").read_capability(bad, route, 1000)
+        assert await users.fs("carol").listdir("/alice/photos") == [
+            Listing("trip", True), Listing("x.jpg", False), Listing("y.jpg", False)
+        ]  # fmt: skip
+
+
+async def test_bad_shares_change_nothing(users: Users) -> None:
+    with trio.fail_after(TIMEOUT):
+        alice = users.fs("alice")
+        await alice.mkdir("photos")
+        await befriend(users, "alice", "bob")
+        # carol does not follow alice: refused, nothing written.
+        with pytest.raises(Denied, match="does not follow you"):
+            await sharing.share(users.fs("alice"), "photos", "carol")
+        with pytest.raises(NotFound):
+            await users.fs("alice").stat("shared/carol/caps")
+        with pytest.raises(NotFound, match="not shared with bob"):
+            await sharing.unshare(users.fs("alice"), "photos", "bob")
+        with pytest.raises(NotFound, match="no such"):
+            await sharing.share(users.fs("alice"), "nothing", "bob")
+        with pytest.raises(Conflict, match="home directory"):
+            await sharing.share(users.fs("alice"), "/alice", "bob")
+        with pytest.raises(Conflict, match="social state"):
+            await sharing.share(users.fs("alice"), ".pyrgos", "bob")
+        with pytest.raises(Denied, match="your own items"):
+            await sharing.share(users.fs("alice"), "/bob/x", "bob")
+        with pytest.raises(Conflict, match="yourself"):
+            await sharing.share(users.fs("alice"), "photos", "alice")
+        assert not (await sharing.shared(users.fs("alice"))).mine
+        # bob reads nothing of alice's yet; carol follows no one.
+        assert await users.fs("bob").listdir("/alice") == []
+        with pytest.raises(NotFound, match="do not follow"):
+            await users.fs("carol").listdir("/alice")
+
+
+async def test_a_hostile_owners_caps_file(users: Users) -> None:
+    """alice writes what she likes into the caps file bob reads: a capability of another
+    owner is ignored, a forged one fails clearly when used, a malformed file is reported."""
+    with trio.fail_after(TIMEOUT):
+        await users.fs("alice").mkdir("photos")
+        await befriend(users, "alice", "bob")
+        await sharing.share(users.fs("alice"), "photos", "bob")
+        real = (await users.fs("alice").capability("photos")).read_only()
+        carol = users.sessions["carol"]
+        forged = Capability(real.owner, real.writer, bytes(32), bytes(32), bytes(32))
+        items = [
+            SharedItem("/alice/photos", forged, False, 1),
+            SharedItem(
+                "/alice/carols",
+                (await users.fs("carol").capability("/carol")).read_only(),
+                False,
+                1,
+            ),
+            SharedItem("/alice/real", real, False, 1),
+        ]
+        assert items[1].cap.owner == carol.owner
+        await users.fs("alice").write_bytes("shared/bob/caps", encode_caps(items))
+        bob = users.fs("bob")
+        assert await bob.listdir("/alice") == [Listing("real", True)]
+        with pytest.raises(NotFound):
+            await users.fs("bob").listdir("/alice/photos")
+        with pytest.raises(NotFound, match="not shared"):
+            await users.fs("bob").listdir("/alice/carols")
+        assert await users.fs("bob").listdir("/alice/real") == []
+        listed = await sharing.shared(users.fs("bob"))
+        assert [i.path for _, i in listed.with_me] == ["/alice/photos", "/alice/real"]
+
+        for garbage in (b"\xff\x00", encode_caps(items)[:-3], b"\xa0"):
+            await users.fs("alice").write_bytes("shared/bob/caps", garbage)
+            with pytest.raises(Corrupted, match="shares with you"):
+                await users.fs("bob").listdir("/alice")
+            problems = (await sharing.shared(users.fs("bob"))).problems
+            assert len(problems) == 1
+            assert problems[0].startswith("alice: ")
+        assert decode_caps(encode_caps([])) == []
+
+
+async def test_remove_follower_revokes_what_was_shared(users: Users) -> None:
+    with trio.fail_after(TIMEOUT):
+        alice = users.fs("alice")
+        await alice.mkdir("docs")
+        await alice.write_file("docs/a.txt", io.BytesIO(b"a"))
+        await befriend(users, "alice", "bob")
+        item = await sharing.share(users.fs("alice"), "docs", "bob", write=True)
+        assert await read_all(users.fs("bob"), "/alice/docs/a.txt") == b"a"
+        await social.remove_follower(users.fs("alice"), "bob")
+        with pytest.raises(NotFound):
+            await users.fs("alice").stat("shared/bob")
+        route = users.sessions["alice"].route
+        with pytest.raises((NotFound, Denied)):
+            await users.fs("bob").contents_of(item.cap, route)
+        assert await read_all(users.fs("alice"), "docs/a.txt") == b"a"
+        # The item keeps a writer of its own, a fresh one: the old one is dropped.
+        assert (await users.fs("alice").capability("docs")).writer not in (
+            item.cap.writer,
+            users.sessions["alice"].owner,
+        )
+
+
+def count_puts(api: NodeApi) -> list[int]:
+    """Every block.put of `api` from now on adds its count of blocks to the list returned."""
+    counts: list[int] = []
+    original = api.call
+
+    async def call(method: str, args: dict[str, Any] | None = None) -> Any:
+        if method == "block.put" and args is not None:
+            counts.append(len(args["blocks"]))
+        return await original(method, args)
+
+    api.call = call  # type: ignore[method-assign]
+    return counts
+
+
+async def test_rotation_rewrites_only_the_subtree(users: Users) -> None:
+    files, others = 10, 120
+    with trio.fail_after(TIMEOUT):
+        fs = users.fs("alice")
+        await fs.mkdir("big")
+        await fs.write_files("big", [(f"f{i}", opener(b"x" * i)) for i in range(files)])
+        await fs.mkdir("other")
+        await fs.write_files("other", [(f"g{i}", opener(b"y")) for i in range(others)])
+        before = await users.fs("alice").capability("other/g0")
+        old = await users.fs("alice").capability("big/f3")
+        counts = count_puts(users.sessions["alice"].api)
+        await users.fs("alice").rotate("big")
+        # Every node of the subtree (one per file, one for the folder), the CHAMP nodes on
+        # their paths, the parent folder and the root: O(subtree), not O(the user's space).
+        assert files + 1 <= sum(counts) <= 3 * (files + 1) + 4 < others
+        fs = users.fs("alice")
+        assert await fs.capability("other/g0") == before
+        new = await fs.capability("big/f3")
+        assert (new.label, new.bat, new.read_key) != (old.label, old.bat, old.read_key)
+        assert await read_all(fs, "big/f3") == b"xxx"
+        assert [i.name for i in await fs.listdir("big")] == [f"f{i}" for i in range(files)]
+        with pytest.raises((NotFound, Denied)):
+            await users.fs("alice").read_capability(old, users.sessions["alice"].route, 100)
+
+
+def opener(data: bytes) -> Any:
+    return lambda: contextlib.nullcontext(io.BytesIO(data))
