@@ -182,13 +182,13 @@ def lookup_key(label: bytes) -> bytes:
     return crypto.sha256(label)
 
 
-def _optional_int(value: object, low: int, high: int, what: str) -> int | None:
+def _optional_int(
+    value: object, low: int, high: int, what: str, of: str = "a link target"
+) -> int | None:
     if value is None:
         return None
     if type(value) is not int or not low <= value <= high:
-        raise MalformedInput(
-            f"a link target's {what} must be null or an integer in [{low}, {high}]"
-        )
+        raise MalformedInput(f"{of}'s {what} must be null or an integer in [{low}, {high}]")
     return value
 
 
@@ -259,3 +259,119 @@ class LinkTarget:
             expiry=_optional_int(value["expiry"], 0, 2**63 - 1, "expiry"),
             max_uses=_optional_int(value["max"], 1, MAX_USES, "max"),
         )
+
+
+# -- the owner's records of its links (`/<me>/.pyrgos/links`, in the owner's encrypted space) --
+
+RECORDS_VERSION: Final = 1
+MAX_LINKS: Final = 1000  # links one user keeps at once: `link list` stays one small file
+# A record is at most ~4.3 KiB (a path of up to 4096 bytes and fixed-size fields).
+MAX_RECORDS_BYTES: Final = MAX_LINKS * 4400
+_MAX_RECORD_ITEMS: Final = MAX_LINKS * 20
+_RECORD_FIELDS: Final = frozenset(
+    {"label", "path", "cap_key", "created", "expiry", "max", "writable", "password"}
+)
+DURATION_UNITS: Final = {"m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S: Final = 3650 * 86400  # ten years: longer is "no expiry", said plainly
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    """What the owner keeps of one link: its label, the path it was made for, and the key
+    its capability is sealed under (so a rotation of the item can re-seal it; never the
+    fragment's key or the password), and its limits as made."""
+
+    label: bytes
+    path: str
+    cap_key: bytes = field(repr=False)
+    created: int  # ms since the epoch
+    expiry: int | None
+    max_uses: int | None
+    writable: bool
+    password: bool
+
+    @property
+    def id(self) -> str:
+        return encode_b64(self.label)
+
+    def to_cbor(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "path": self.path,
+            "cap_key": self.cap_key,
+            "created": self.created,
+            "expiry": self.expiry,
+            "max": self.max_uses,
+            "writable": self.writable,
+            "password": self.password,
+        }
+
+    @classmethod
+    def from_cbor(cls, value: object) -> LinkRecord:
+        if not isinstance(value, dict) or set(value) != _RECORD_FIELDS:
+            raise MalformedInput(f"a link record is a map of exactly {sorted(_RECORD_FIELDS)}")
+        label, path, cap_key = value["label"], value["path"], value["cap_key"]
+        if type(label) is not bytes or len(label) != LABEL_BYTES:
+            raise MalformedInput(f"a link record's label is {LABEL_BYTES} bytes")
+        if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
+            raise MalformedInput("a link record's path is an absolute path")
+        if type(cap_key) is not bytes or len(cap_key) != crypto.KEY_BYTES:
+            raise MalformedInput(f"a link record's cap_key is {crypto.KEY_BYTES} bytes")
+        created = _optional_int(value["created"], 0, 2**63 - 1, "creation time", "a link record")
+        if created is None:
+            raise MalformedInput("a link record's creation time is an integer")
+        writable, password = value["writable"], value["password"]
+        if type(writable) is not bool or type(password) is not bool:
+            raise MalformedInput("a link record's writable and password flags are booleans")
+        return cls(
+            label=label,
+            path=path,
+            cap_key=cap_key,
+            created=created,
+            expiry=_optional_int(value["expiry"], 0, 2**63 - 1, "expiry", "a link record"),
+            max_uses=_optional_int(value["max"], 1, MAX_USES, "max", "a link record"),
+            writable=writable,
+            password=password,
+        )
+
+
+def encode_records(records: dict[bytes, LinkRecord]) -> bytes:
+    """The records file: `{v: 1, links: [record, ...]}` in label order."""
+    if len(records) > MAX_LINKS:
+        raise TooLarge(f"at most {MAX_LINKS} links at once: revoke some (`pyrgos link revoke`)")
+    ordered = [records[label].to_cbor() for label in sorted(records)]
+    return cbor.encode({"v": RECORDS_VERSION, "links": ordered})
+
+
+def decode_records(data: bytes) -> dict[bytes, LinkRecord]:
+    if len(data) > MAX_RECORDS_BYTES:
+        raise TooLarge(f"a links file is at most {MAX_RECORDS_BYTES} bytes")
+    value = cbor.decode(data, limit=MAX_RECORDS_BYTES, max_items=_MAX_RECORD_ITEMS)
+    if not isinstance(value, dict) or set(value) != {"v", "links"}:
+        raise MalformedInput("a links file is a map of exactly v and links")
+    if type(value["v"]) is not int or value["v"] != RECORDS_VERSION:
+        raise MalformedInput("a links file of an unknown version")
+    items = value["links"]
+    if not isinstance(items, list) or len(items) > MAX_LINKS:
+        raise MalformedInput(f"a links file lists at most {MAX_LINKS} links")
+    records: dict[bytes, LinkRecord] = {}
+    for item in items:
+        record = LinkRecord.from_cbor(item)
+        if record.label in records:
+            raise MalformedInput("a links file lists a label twice")
+        records[record.label] = record
+    return records
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as 30m, 12h or 7d (1 to MAX_DURATION_S)."""
+    unit = DURATION_UNITS.get(text[-1:]) if isinstance(text, str) else None
+    digits = text[:-1] if unit is not None else ""
+    if unit is None or not digits.isascii() or not digits.isdigit() or len(digits) > 8:
+        raise MalformedInput(
+            f"a duration is a number and m, h or d, such as 30m, 12h or 7d: {text!r}"[:200]
+        )
+    seconds = int(digits) * unit
+    if not 1 <= seconds <= MAX_DURATION_S:
+        raise MalformedInput("a link lasts from one minute to 3650 days")
+    return seconds

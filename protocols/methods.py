@@ -723,14 +723,24 @@ class SessionCheck(Message):
 
 @dataclass(frozen=True)
 class PkiLookup(Message):
-    username: str
+    """The claim of a user, by username or by identity key hash (exactly one of them): a
+    secret link names its owner by key only, and its reader needs the owner's home."""
+
+    username: str | None = None
+    identity: CID | None = None
 
     @classmethod
     def from_cbor(cls, value: object) -> Self:
-        v = _fields(value, "pki.lookup", {"username"}, set())
+        v = _fields(value, "pki.lookup", set(), {"username", "identity"})
+        if "identity" in v:
+            if "username" in v:
+                raise MalformedInput("pki.lookup takes a username or an identity, not both")
+            return cls(identity=_key_hash(v.get("identity"), "identity"))
         return cls(check_username(_username(v.get("username"))))
 
     def to_cbor(self) -> CBORValue:
+        if self.identity is not None:
+            return {"identity": self.identity}
         return {"username": self.username}
 
 

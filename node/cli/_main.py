@@ -46,6 +46,8 @@ from protocols.errors import (
     Unavailable,
     WeakPassword,
 )
+from protocols.links import MAX_USES, LinkUrl, parse_duration, parse_url
+from protocols.names import check_file_name
 
 EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
     AuthFailed: 3,
@@ -440,6 +442,29 @@ def run_fs(args: argparse.Namespace, action: Callable[[FileSystem], Awaitable[An
     return trio.run(run)
 
 
+def run_read(
+    args: argparse.Namespace, path: str, action: Callable[[FileSystem], Awaitable[Any]]
+) -> Any:
+    """`run_fs` for reads of `path`: without a login, what users publish is still readable
+    (a relative path needs a login); with one, another user's paths fall back to what they
+    publish."""
+
+    async def run() -> Any:
+        try:
+            Profile(args.profile).load()
+        except NotFound:  # not logged in: published items only
+            if not path.startswith("/"):
+                raise
+            async with NodeApi(node_url()) as api:
+                return await action(FileSystem(api, client.links.PublicResolver(api)))
+        async with open_session(args) as session:
+            fs = client.sharing.filesystem(session)  # reads what others share, then publish
+            fs.resolver = client.links.ReadingResolver(session, [client.sharing.ShareResolver(fs)])
+            return await action(fs)
+
+    return trio.run(run)
+
+
 async def _is_dir(fs: FileSystem, path: str) -> bool | None:
     """True for a directory, False for a file, None when nothing is there."""
     try:
@@ -492,7 +517,7 @@ def cmd_get(args: argparse.Namespace) -> None:
             await client.get_file(fs, args.remote, target, progress, props.size)
         return 0
 
-    skipped = run_fs(args, action)
+    skipped = run_read(args, args.remote, action)
     if skipped:
         warn(_unreadable(skipped, args.remote) + "; the download is incomplete")
         raise SystemExit(EXIT_INCOMPLETE)
@@ -501,17 +526,17 @@ def cmd_get(args: argparse.Namespace) -> None:
 def cmd_cat(args: argparse.Namespace) -> None:
     if args.offset < 0 or (args.length is not None and args.length < 0):
         raise UsageError("--offset and --length must not be negative")
+    run_read(args, args.remote, lambda fs: _cat(fs, args.remote, args.offset, args.length))
+
+
+async def _cat(fs: FileSystem, remote: str, offset: int = 0, length: int | None = None) -> None:
     out = sys.stdout.buffer
-
-    async def action(fs: FileSystem) -> None:
-        async with fs.read(args.remote, args.offset, args.length) as pieces:
-            async for piece in pieces:
-                view = memoryview(piece)
-                while view:  # under PYTHONUNBUFFERED stdout is raw: a write may be short
-                    view = view[out.write(view) :]
-        out.flush()
-
-    run_fs(args, action)
+    async with fs.read(remote, offset, length) as pieces:
+        async for piece in pieces:
+            view = memoryview(piece)
+            while view:  # under PYTHONUNBUFFERED stdout is raw: a write may be short
+                view = view[out.write(view) :]
+    out.flush()
 
 
 def _mode(is_dir: bool) -> str:
@@ -519,7 +544,9 @@ def _mode(is_dir: bool) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    contents = run_fs(args, lambda fs: fs.contents(args.remote, long=args.long, all=args.all))
+    contents = run_read(
+        args, args.remote, lambda fs: fs.contents(args.remote, long=args.long, all=args.all)
+    )
     for item in contents.items:
         if not args.long:
             print(item.name + ("/" if item.is_dir else ""))
@@ -696,6 +723,133 @@ def cmd_shared(args: argparse.Namespace) -> None:
         warn(problem)
 
 
+# -- secret links and publishing -------------------------------------------------------------
+
+LINK_PASSWORD_ENV: Final = "PYRGOS_LINK_PASSWORD"
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except MalformedInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _uses(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_USES:
+        raise argparse.ArgumentTypeError(f"not a number of uses from 1 to {MAX_USES}: {text!r}")
+    return int(text)
+
+
+def _new_link_password() -> str:
+    """A new link's password: asked twice on a terminal, else from PYRGOS_LINK_PASSWORD."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Link password: ")
+        if getpass.getpass("Repeat it: ") != first:
+            raise UsageError("the two passwords differ")
+        return first
+    value = os.environ.get(LINK_PASSWORD_ENV)
+    if value is None:
+        raise UsageError(f"--password: no terminal to ask for it: set {LINK_PASSWORD_ENV}")
+    return value
+
+
+def cmd_link_create(args: argparse.Namespace) -> None:
+    password = _new_link_password() if args.password else None
+    url = run_fs(
+        args,
+        lambda fs: client.links.create_link(
+            fs, args.path, node_url=args.node or fs.api.url, password=password,
+            expires=args.expires, max_uses=args.max_uses, writable=args.writable,
+        ),
+    )  # fmt: skip
+    print(url)
+
+
+def cmd_link_list(args: argparse.Namespace) -> None:
+    records = run_fs(args, client.links.list_links)
+    for record in records:
+        expiry = "never" if record.expiry is None else _format_time(record.expiry)
+        uses = "unlimited" if record.max_uses is None else str(record.max_uses)
+        print(
+            f"{record.id}  {record.path}  expires {expiry}  uses {uses}"
+            f"  {'writable' if record.writable else 'read-only'}"
+            f"  {'password' if record.password else 'no password'}"
+        )
+    if not records:
+        print("no links")
+
+
+def cmd_link_revoke(args: argparse.Namespace) -> None:
+    record = run_fs(args, lambda fs: client.links.revoke_link(fs, args.id))
+    print(f"revoked link {args.id}" + ("" if record is None else f" to {record.path}"))
+
+
+async def _open_link(api: NodeApi, url: LinkUrl) -> FileSystem:
+    """The link's item as `/link`: with PYRGOS_LINK_PASSWORD if set; a link that needs a
+    password it was not given asks for it on a terminal."""
+    password = os.environ.get(LINK_PASSWORD_ENV)
+    try:
+        return await client.links.link_filesystem(api, url, password)
+    except AuthFailed as exc:
+        if password is not None or not sys.stdin.isatty():
+            hint = "" if password is not None else f": set {LINK_PASSWORD_ENV}"
+            raise AuthFailed(exc.message + hint) from None
+    password = await trio.to_thread.run_sync(getpass.getpass, "Link password: ")
+    return await client.links.link_filesystem(api, url, password)
+
+
+def run_link(url: str, action: Callable[[FileSystem], Awaitable[Any]]) -> Any:
+    """Run `action` on a link's item, through the node the link names; no login needed."""
+    parsed = parse_url(url)
+
+    async def run() -> Any:
+        async with NodeApi(parsed.node) as api:
+            return await action(await _open_link(api, parsed))
+
+    return trio.run(run)
+
+
+def cmd_get_link(args: argparse.Namespace) -> None:
+    local = Path(args.local or ".")
+    into_folder = local.is_dir()
+    remote = f"/{client.links.LINK_NAME}"
+
+    async def action(fs: FileSystem) -> int:
+        props = await fs.stat(remote)
+        name = check_file_name(props.name)
+        target = local / name if into_folder else local
+        if props.is_dir:
+            total = await client.tree_size(fs, remote)
+            with progress_bar(total, f"get {name}") as progress:
+                skipped = await client.get_tree(fs, remote, target, progress)
+        else:
+            with progress_bar(props.size, f"get {name}") as progress:
+                await client.get_file(fs, remote, target, progress, props.size)
+            skipped = 0
+        print(f"saved {target}")
+        return skipped
+
+    skipped = run_link(args.url, action)
+    if skipped:
+        warn(_unreadable(skipped, "the link's folder") + "; the download is incomplete")
+        raise SystemExit(EXIT_INCOMPLETE)
+
+
+def cmd_cat_link(args: argparse.Namespace) -> None:
+    run_link(args.url, lambda fs: _cat(fs, f"/{client.links.LINK_NAME}"))
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    path = run_fs(args, lambda fs: client.links.publish(fs, args.path))
+    print(f"published {path}: anyone can read it, without an account (`pyrgos get {path} .`)")
+
+
+def cmd_unpublish(args: argparse.Namespace) -> None:
+    path = run_fs(args, lambda fs: client.links.unpublish(fs, args.path))
+    print(f"unpublished {path}")
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 
@@ -706,7 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
         "this machine; the node stores only padded ciphertext under random labels.",
         epilog="environment: PYRGOS_HOME (node home, default ~/.pyrgos), PYRGOS_NODE (API URL), "
         "PYRGOS_PROFILE (client state, default ~/.config/pyrgos), PYRGOS_PASSWORD, "
-        "PYRGOS_NEW_PASSWORD",
+        "PYRGOS_NEW_PASSWORD, PYRGOS_LINK_PASSWORD",
     )
     parser.add_argument(
         "--profile",
@@ -954,6 +1108,69 @@ def build_parser() -> argparse.ArgumentParser:
     client_command(
         "shared", "list what you share with whom, and what others share with you"
     ).set_defaults(run=cmd_shared)
+
+    link = commands.add_parser(
+        "link",
+        help="secret links: a URL that lets anyone with it read an item, without an account",
+        description="secret links: the URL's part after # is the key; it never reaches a node",
+    ).add_subparsers(dest="link_command", metavar="LINK-COMMAND", required=True)
+    create = link.add_parser(
+        "create",
+        help="make a secret link to PATH and print its URL",
+        description="make a secret link to PATH and print its URL; the home node enforces "
+        "its expiry and uses",
+    )
+    create.add_argument("path", metavar="PATH")
+    create.add_argument(
+        "--password",
+        action="store_true",
+        help=f"protect the link with a password (asked twice on a terminal, else "
+        f"${LINK_PASSWORD_ENV}); readers need both the URL and it",
+    )
+    create.add_argument(
+        "--expires", type=_duration, metavar="DURATION", help="expire after DURATION: 30m, 12h, 7d"
+    )
+    create.add_argument("--max-uses", type=_uses, metavar="N", help="work at most N times")
+    create.add_argument(
+        "--writable",
+        action="store_true",
+        help="hand out write access too (the item must have a writer of its own)",
+    )
+    create.add_argument(
+        "--node",
+        metavar="URL",
+        help="the node URL the link names (default: the node this client talks to)",
+    )
+    create.set_defaults(run=cmd_link_create)
+    link.add_parser(
+        "list", help="list your links: id, path, expiry, uses allowed, write access, password"
+    ).set_defaults(run=cmd_link_list)
+    revoke = link.add_parser("revoke", help="revoke the link ID (as `pyrgos link list` shows)")
+    revoke.add_argument("id", metavar="ID")
+    revoke.set_defaults(run=cmd_link_revoke)
+    get_link = client_command(
+        "get-link",
+        "download what a secret link holds (no account needed); a link with a password asks "
+        f"for it, or reads ${LINK_PASSWORD_ENV}",
+    )
+    get_link.add_argument("url", metavar="URL")
+    get_link.add_argument(
+        "local", metavar="LOCAL", nargs="?", default=None, help="where (default: here)"
+    )
+    get_link.set_defaults(run=cmd_get_link)
+    cat_link = client_command(
+        "cat-link", "write the file a secret link holds to standard output (no account needed)"
+    )
+    cat_link.add_argument("url", metavar="URL")
+    cat_link.set_defaults(run=cmd_cat_link)
+    publish = client_command(
+        "publish", "make PATH readable by anyone, without an account: `pyrgos get /YOU/PATH`"
+    )
+    publish.add_argument("path", metavar="PATH")
+    publish.set_defaults(run=cmd_publish)
+    unpublish = client_command("unpublish", "stop publishing PATH")
+    unpublish.add_argument("path", metavar="PATH")
+    unpublish.set_defaults(run=cmd_unpublish)
     return parser
 
 

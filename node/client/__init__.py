@@ -1,5 +1,6 @@
 """A user's session with a node: accounts and the encrypted filesystem (all crypto is here)."""
 
+from node.client import _links as links
 from node.client import _sharing as sharing
 from node.client import _social as social
 from node.client._api import NodeApi, Route
@@ -43,6 +44,7 @@ __all__ = [
     "default_profile",
     "get_file",
     "get_tree",
+    "links",
     "login",
     "login_keys",
     "logout",

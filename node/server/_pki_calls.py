@@ -188,7 +188,16 @@ class PkiCalls:
     # -- calls --------------------------------------------------------------------------------
 
     async def pki_lookup(self, request: PkiLookup, requester: bytes) -> PkiLookupReply:
-        return PkiLookupReply(await self._claim_synced(request.username))
+        if request.identity is None:
+            assert request.username is not None  # the request type holds one of the two
+            return PkiLookupReply(await self._claim_synced(request.username))
+        username = self.log().owner(request.identity)
+        if username is None and self.log().role == "mirror":
+            await self.sync_on_demand()
+            username = self.log().owner(request.identity)
+        if username is None:
+            raise NotFound("no user has this identity key (it is unknown, or was replaced)")
+        return PkiLookupReply(self.claim(username))
 
     async def pki_status(self, request: PkiStatus, requester: bytes) -> Report:
         status = self.log().status().to_cbor()

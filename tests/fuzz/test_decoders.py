@@ -226,6 +226,9 @@ CAPS_FILE = shares.encode_caps(
     ]
 )
 LINK_URL = links.format_url("http://127.0.0.1:8000", OWNER, key(24)[:16], key(22))
+LINK_RECORDS = links.encode_records(
+    {key(24)[:16]: links.LinkRecord(key(24)[:16], "/alice/x", key(22), 1, None, 3, False, True)}
+)
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,7 @@ BYTE_DECODERS: dict[str, Decoder] = {
     "structured.check_structured": Decoder(
         check_structured, MAX_STRUCTURED_BYTES, [LINK_TARGET, PUBLIC_ENTRY, WRITER_DATA.encode()]
     ),
+    "links.decode_records": Decoder(links.decode_records, links.MAX_RECORDS_BYTES, [LINK_RECORDS]),
     "links.open_capability": Decoder(
         lambda data: links.open_capability(LINK_KEYS.cap_key, key(24)[:16], data),
         links.MAX_SEALED_CAP,
@@ -344,6 +348,7 @@ TEXT_DECODERS: dict[str, tuple[Callable[[str], object], list[str]]] = {
     "names.check_username": (names.check_username, ["alice", "a-b-c"]),
     "names.split_path": (names.split_path, ["/alice/docs/notes.txt", "a//b/"]),
     "links.parse_url": (links.parse_url, [LINK_URL]),
+    "links.parse_duration": (links.parse_duration, ["30m", "7d"]),
     "publishing.normalise": (normalise, ["/alice/public/x", "/alice//x/"]),
     "names.check_password": (
         lambda text: names.check_password("alice", text),

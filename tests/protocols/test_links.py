@@ -194,3 +194,46 @@ def test_writer_data_public_root() -> None:
     assert WriterData.decode(data.encode()) == data
     with pytest.raises(MalformedInput, match="public"):
         WriterData.decode(cbor.encode({**data.to_cbor(), "public": b"x"}))
+
+
+def _record(label: bytes = LABEL, **changes: object) -> links.LinkRecord:
+    base = links.LinkRecord(LABEL, "/alice/docs/a", KEY, 1, None, 3, False, True)
+    return dataclasses.replace(base, label=label, **changes)  # type: ignore[arg-type]
+
+
+def test_link_records_round_trip() -> None:
+    records = {LABEL: _record(), bytes(16): _record(bytes(16), expiry=5, max_uses=None)}
+    assert links.decode_records(links.encode_records(records)) == records
+    assert links.decode_records(links.encode_records({})) == {}
+    assert "cap_key" not in repr(_record())
+    too_many = {i.to_bytes(16, "big"): _record(i.to_bytes(16, "big")) for i in range(1001)}
+    with pytest.raises(TooLarge, match="revoke some"):
+        links.encode_records(too_many)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        {"v": 2, "links": []},
+        {"v": 1},
+        {"v": 1, "links": {}},
+        {"v": 1, "links": [_record().to_cbor(), _record().to_cbor()]},
+        {"v": 1, "links": [{**_record().to_cbor(), "label": bytes(15)}]},
+        {"v": 1, "links": [{**_record().to_cbor(), "path": "relative"}]},
+        {"v": 1, "links": [{**_record().to_cbor(), "cap_key": b"short"}]},
+        {"v": 1, "links": [{**_record().to_cbor(), "created": None}]},
+        {"v": 1, "links": [{**_record().to_cbor(), "max": 0}]},
+        {"v": 1, "links": [{**_record().to_cbor(), "writable": 1}]},
+        {"v": 1, "links": [{**_record().to_cbor(), "extra": 1}]},
+    ],
+)
+def test_bad_link_records_are_refused(value: object) -> None:
+    with pytest.raises(MalformedInput):
+        links.decode_records(cbor.encode(value))
+
+
+@given(st.binary(max_size=200))
+def test_link_records_decode_never_crashes(data: bytes) -> None:
+    with contextlib.suppress(MalformedInput, TooLarge):
+        links.decode_records(data)

@@ -76,7 +76,7 @@ def _requests() -> dict[str, list[Message]]:
         ],
         "session.end": [methods.SessionEnd(OWNER), methods.SessionEnd(OWNER, TOKEN, True)],
         "session.check": [methods.SessionCheck(OWNER), methods.SessionCheck(OWNER, TOKEN)],
-        "pki.lookup": [methods.PkiLookup("alice")],
+        "pki.lookup": [methods.PkiLookup("alice"), methods.PkiLookup(identity=OWNER)],
         "pki.status": [methods.PkiStatus()],
         "pki.entries": [methods.PkiEntries(0, 1), methods.PkiEntries(5, methods.PKI_PAGE)],
         "pki.submit": [
@@ -232,6 +232,7 @@ def _wrong_types() -> list[tuple[str, dict[str, Any], type[PyrgosError], str]]:
         ("session.end", {"all": 1}, MalformedInput, "'all' must be a boolean"),
         ("session.check", {"owner": CID_RAW}, MalformedInput, "'owner'"),
         ("pki.lookup", {"username": "Not Valid"}, InvalidName, "a-z"),
+        ("pki.lookup", {"identity": OWNER}, MalformedInput, "not both"),
         ("pki.entries", {"after": -1}, MalformedInput, "'after'"),
         ("pki.entries", {"limit": 0}, MalformedInput, "'limit'"),
         ("pki.entries", {"limit": methods.PKI_PAGE + 1}, MalformedInput, "'limit'"),
