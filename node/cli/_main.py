@@ -655,8 +655,18 @@ def cmd_unfollow(args: argparse.Namespace) -> None:
 
 
 def cmd_remove_follower(args: argparse.Namespace) -> None:
-    run_fs(args, lambda fs: client.social.remove_follower(fs, args.user))
+    missing = run_fs(args, lambda fs: client.social.remove_follower(fs, args.user))
     print(f"{args.user} no longer follows you")
+    _warn_not_rotated(missing)
+
+
+def _warn_not_rotated(missing: list[str]) -> None:
+    sys.stdout.flush()
+    for path in missing:
+        warn(
+            f"nothing is at {path} any more, so it was not rotated: if it was moved, what was"
+            " shared there may still open it (share it again, then unshare it, at its new path)"
+        )
 
 
 def print_fingerprint(held: client.social.Fingerprint, *, mine: bool, qr: bool) -> None:
@@ -704,8 +714,12 @@ def cmd_share(args: argparse.Namespace) -> None:
 
 
 def cmd_unshare(args: argparse.Namespace) -> None:
-    run_fs(args, lambda fs: client.sharing.unshare(fs, args.path, args.user))
-    print(f"{args.user} no longer has access to {args.path}; its keys were rotated")
+    missing = run_fs(args, lambda fs: client.sharing.unshare(fs, args.path, args.user))
+    if missing:
+        print(f"{args.path} is no longer shared with {args.user}")
+    else:
+        print(f"{args.user} no longer has access to {args.path}; its keys were rotated")
+    _warn_not_rotated(missing)
 
 
 def cmd_shared(args: argparse.Namespace) -> None:

@@ -35,7 +35,13 @@ from node.client._blocks import (
 )
 from node.client._resolve import HomeResolver, Listing, Resolved, Resolver
 from node.client._session import Session, now_ms
-from node.client._trees import TreeRoot, TreeUpdate, WriterTree, commit_trees
+from node.client._trees import (
+    MAX_TREES_PER_COMMIT,
+    TreeRoot,
+    TreeUpdate,
+    WriterTree,
+    commit_trees,
+)
 from protocols import accounts, champ, crypto
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.cryptree import (
@@ -419,6 +425,8 @@ class FileSystem:
             top = await self.resolver.list_top(username)
             if top is not None:
                 items = sorted((i for i in top if all or not hidden(i.name)), key=lambda i: i.name)
+                if not long:  # a short listing is names and kinds, wherever it comes from
+                    items = [Listing(i.name, i.is_dir) for i in items]
                 return Contents(items, 0)
         found = await self._walk_from(await self.resolver.resolve(username, names))
         return await self._contents(found, long=long, all=all)
@@ -1064,7 +1072,9 @@ class FileSystem:
 
         `own_writer`: True puts the subtree in a new sub-writer (its owner proof added to the
         owner's identity root in the same commit); False in the parent's writer; None keeps
-        the kind (an item with a writer of its own gets a fresh one). Only the owner rotates.
+        the kind (an item with a writer of its own gets a fresh one). An item with a writer of
+        its own inside the subtree gets a fresh one too, in the same commit. Only the owner
+        rotates.
         Cost: every node and fragment of the subtree, read and written once, a chunk at a time.
         """
         session = self.require_session()
@@ -1093,40 +1103,53 @@ class FileSystem:
         old_cap = entry.capability(parent.cap)
         had_own = old_cap.writer != parent.cap.writer
         new_own = had_own if own_writer is None else own_writer
-        trees = _Trees(blocks)
-        source = parent_root.data.tree if not had_own else await trees.tree(old_cap.writer)
+        job = _Rewrite(blocks, _Trees(blocks), parent.cap.writer, session.mirror_id)
+        source = parent_root.data.tree
+        if had_own:
+            job.dropped.append(old_cap.writer)
+            source = await job.trees.tree(old_cap.writer)
         signer = crypto.SigningKey.generate() if new_own else None
         new_cap = new_capability(parent.cap)
         if signer is not None:
+            job.writers.append(signer)
             new_cap = replace(new_cap, writer=signer.public.key_hash())
-        job = _Rewrite(blocks, source, session.mirror_id)
         async with open_tasks() as nursery:
             job.uploader = Uploader(self.api, session.owner, session.identity, nursery)
-            await self._rewrite(job, old_cap, entry.is_dir, new_cap, parent.cap.label, signer)
+            try:
+                await self._rewrite(
+                    job, source, old_cap, entry.is_dir, new_cap, parent.cap.label, signer
+                )
+            except UNREADABLE_ENTRY as exc:  # not NotFound: the item itself is there
+                raise Corrupted(
+                    f"something inside {'/'.join(names)} cannot be read ({exc.message}): remove"
+                    " it (`pyrgos rm --bad DIR` removes unreadable entries); nothing was changed"
+                ) from exc
             await job.uploader.finish()
+        if len(job.writers) + 2 > MAX_TREES_PER_COMMIT:
+            raise TooLarge(
+                f"{'/'.join(names)} holds more than {MAX_TREES_PER_COMMIT - 2} items with a"
+                " writer of their own: unshare some of them first; nothing was changed"
+            )
 
-        # The parent's tree: old nodes out (when they were in it), new ones in (when they
-        # stay in it), and the entry relinked to the new capability.
-        tree = parent_root.data.tree
-        if not had_own:
-            tree = await self._unlink(blocks, tree, job.old)
-        if signer is None:
-            tree = await champ.put_many(blocks, tree, job.new)
+        # The parent's tree: the old nodes that were in it out, the new ones that stay in it
+        # in, and the entry relinked to the new capability.
+        tree = await self._unlink(blocks, parent_root.data.tree, job.old)
+        tree = await champ.put_many(blocks, tree, job.new.get(parent.cap.writer, {}))
         chunk.entries[chunk.entries.index(entry)] = Entry.link(
             name, entry.is_dir, new_cap, parent.cap
         )
         tree = await self._save_dir(blocks, tree, parent, {chunk.index}, session.mirror_id)
         updates: list[TreeUpdate] = []
         identity = WriterTree(session.owner, session.route, session.identity, session.mirror_id)
-        if signer is None and not had_own:
+        if not job.writers and not job.dropped:
             updates.append(TreeUpdate(parent_tree, parent_root, tree))
         else:  # the owner's identity root changes its owned writers in the same commit
             id_root = parent_root if parent_tree.is_identity else await identity.read(blocks)
-            owned = list(id_root.data.owned)
-            if had_own:
-                owned = [p for p in owned if OwnerProof.decode(p).writer != old_cap.writer]
-            if signer is not None:
-                owned.append(OwnerProof.create(signer, session.owner).encode())
+            owned = [
+                proof for proof in id_root.data.owned
+                if OwnerProof.decode(proof).writer not in job.dropped
+            ]  # fmt: skip
+            owned += [OwnerProof.create(w, session.owner).encode() for w in job.writers]
             if len(owned) > MAX_OWNED:
                 raise TooLarge(f"a user owns at most {MAX_OWNED} writers: unshare a writable item")
             if parent_tree.is_identity:
@@ -1136,11 +1159,11 @@ class FileSystem:
                 updates.append(TreeUpdate(parent_tree, parent_root, tree))
                 data = replace(id_root.data, owned=owned)
                 updates.append(TreeUpdate(identity, id_root, id_root.data.tree, data))
-        if signer is not None:
-            new_tree = await champ.put_many(blocks, champ.EMPTY_ROOT, job.new)
-            sub = WriterTree(new_cap.writer, session.route, signer, session.mirror_id)
-            first = WriterData(controller=new_cap.writer, tree=new_tree)
-            updates.append(TreeUpdate(sub, None, new_tree, first))
+        for writer in job.writers:
+            key = writer.public.key_hash()
+            new_tree = await champ.put_many(blocks, champ.EMPTY_ROOT, job.new.get(key, {}))
+            sub = WriterTree(key, session.route, writer, session.mirror_id)
+            updates.append(TreeUpdate(sub, None, new_tree, WriterData(key, new_tree)))
         # The owner puts every block: a new writer is registered only by this very commit.
         updates = [replace(u, put_by=session.identity) for u in updates]
         await commit_trees(self.api, blocks, updates, [job.uploader.upload])
@@ -1149,64 +1172,83 @@ class FileSystem:
     async def _rewrite(
         self,
         job: _Rewrite,
+        source: CID,
         old: Capability,
         is_dir: bool,
         new: Capability,
         parent_label: bytes,
         signer: crypto.SigningKey | None,
     ) -> None:
-        """Stage `old`'s subtree again as `new` (its root carrying `signer`'s seed, sealed
-        under the new write key, when it starts a writer), recording old and new nodes."""
+        """Stage `old`'s subtree (read from the CHAMP `source`) again as `new`, its root
+        carrying `signer`'s seed (sealed under the new write key) when it starts a writer.
+        A sub-writer inside gets a fresh writer too (its old one is dropped whole)."""
         secret = None
         if signer is not None:
             assert new.write_key is not None
             secret = seal_writer_secret(new.write_key, new.label, signer.seed)
         keys = KeyBlock(crypto.random_key(), secret)
-        if is_dir:
-            directory = await self._read_dir(job.blocks, job.source, old)
-            for dir_chunk in directory.chunks:
-                assert dir_chunk.node is not None
-                job.old[old.chunk(dir_chunk.index)[0]] = dir_chunk.node
-                entries = []
-                for child in dir_chunk.entries:
-                    if child.writer not in (None, old.writer):
-                        raise Conflict(
-                            f"{child.name} inside has a writer of its own: unshare it first"
-                        )
-                    child_new = new_capability(new)
-                    await self._rewrite(
-                        job, child.capability(old), child.is_dir, child_new, new.label, None
-                    )
-                    entries.append(Entry.link(child.name, child.is_dir, child_new, new))
-                props = dir_chunk.props
-                if props is not None:
-                    props = replace(props, parent=parent_label)
-                payload = seal_data(new, dir_chunk.index, keys, True,
-                                    encode_dir_chunk(entries, dir_chunk.unreadable),
-                                    job.mirror_id)  # fmt: skip
-                for fragment in payload.fragments:
-                    job.blocks.stage_raw(fragment)
-                node = build_node(new, dir_chunk.index, keys, True, props,
-                                  payload_data(payload), job.mirror_id)  # fmt: skip
-                job.new[new.chunk(dir_chunk.index)[0]] = await job.blocks.put(node)
+        new_nodes = job.new.setdefault(new.writer, {})
+        if not is_dir:
+            await self._rewrite_file(job, source, old, new, keys, parent_label)
             return
-        ((_, block),) = await self._nodes(job.blocks, job.source, old, [0])
+        directory = await self._read_dir(job.blocks, source, old)
+        for dir_chunk in directory.chunks:
+            assert dir_chunk.node is not None
+            if old.writer == job.parent_writer:
+                job.old[old.chunk(dir_chunk.index)[0]] = dir_chunk.node
+            entries = []
+            for child in dir_chunk.entries:
+                child_old = child.capability(old)
+                child_new, child_signer, child_source = new_capability(new), None, source
+                if child_old.writer != old.writer:  # a sub-writer inside: a fresh one too
+                    child_signer = crypto.SigningKey.generate()
+                    job.writers.append(child_signer)
+                    job.dropped.append(child_old.writer)
+                    child_new = replace(child_new, writer=child_signer.public.key_hash())
+                    child_source = await job.trees.tree(child_old.writer)
+                await self._rewrite(job, child_source, child_old, child.is_dir, child_new,
+                                    new.label, child_signer)  # fmt: skip
+                entries.append(Entry.link(child.name, child.is_dir, child_new, new))
+            props = dir_chunk.props
+            if props is not None:
+                props = replace(props, parent=parent_label)
+            payload = seal_data(new, dir_chunk.index, keys, True,
+                                encode_dir_chunk(entries, dir_chunk.unreadable),
+                                job.mirror_id)  # fmt: skip
+            for fragment in payload.fragments:
+                job.blocks.stage_raw(fragment)
+            node = build_node(new, dir_chunk.index, keys, True, props,
+                              payload_data(payload), job.mirror_id)  # fmt: skip
+            new_nodes[new.chunk(dir_chunk.index)[0]] = await job.blocks.put(node)
+
+    async def _rewrite_file(
+        self,
+        job: _Rewrite,
+        source: CID,
+        old: Capability,
+        new: Capability,
+        keys: KeyBlock,
+        parent_label: bytes,
+    ) -> None:
+        """Every chunk of a file opened and sealed again under `new`, one chunk at a time."""
+        ((_, block),) = await self._nodes(job.blocks, source, old, [0])
         first = open_node(old, 0, False, block)
         if first.props is None:
             raise Corrupted("a first chunk has no metadata")
         count = _chunk_count(first.props)
         labels = [old.chunk(i)[0] for i in range(count)]
-        found = await job.blocks.lookup(job.source, labels)
+        found = await job.blocks.lookup(source, labels)
+        new_nodes = job.new.setdefault(new.writer, {})
         for index in range(count):
             cid = found[labels[index]]
             if cid is None:
-                raise NotFound(f"{first.props.name} is missing a chunk: it cannot be rewritten")
-            job.old[labels[index]] = cid
+                raise NotFound(f"{first.props.name} is missing a chunk")
+            if old.writer == job.parent_writer:
+                job.old[labels[index]] = cid
             opened = first
             if index:
-                opened = open_node(
-                    old, index, False, await job.blocks.fetch(cid, old.chunk(index)[1])
-                )
+                block = await job.blocks.fetch(cid, old.chunk(index)[1])
+                opened = open_node(old, index, False, block)
             plain = await self._payload(job.blocks, old, index, opened, False)
             payload, fragments = await trio.to_thread.run_sync(
                 _seal_file_chunk, new, index, keys, plain, job.mirror_id
@@ -1215,7 +1257,7 @@ class FileSystem:
             await job.uploader.add(fragments)
             props = replace(first.props, parent=parent_label) if index == 0 else None
             node = build_node(new, index, keys, False, props, payload_data(payload), job.mirror_id)
-            job.new[new.chunk(index)[0]] = await job.blocks.put(node)
+            new_nodes[new.chunk(index)[0]] = await job.blocks.put(node)
 
     # -- files --------------------------------------------------------------------------
 
@@ -1359,14 +1401,19 @@ class FileSystem:
 
 @dataclass
 class _Rewrite:
-    """One rotation's work: where the old subtree is read from, the old nodes (label -> CID,
-    to remove) and the new ones (to add), and the uploader of the new fragments."""
+    """One rotation's work: the old nodes to remove from the parent's writer tree (label ->
+    CID; a sub-writer's old tree is dropped whole instead), the new nodes by the writer whose
+    tree gets them, the new sub-writers (outermost first), the old ones dropped, and the
+    uploader of the new fragments."""
 
     blocks: Blocks
-    source: CID  # the CHAMP root of the old subtree's writer
+    trees: _Trees
+    parent_writer: CID
     mirror_id: bytes
     old: dict[bytes, CID] = field(default_factory=dict)
-    new: dict[bytes, CID] = field(default_factory=dict)
+    new: dict[CID, dict[bytes, CID]] = field(default_factory=dict)
+    writers: list[crypto.SigningKey] = field(default_factory=list)
+    dropped: list[CID] = field(default_factory=list)
     uploader: Uploader = field(init=False)
 
 

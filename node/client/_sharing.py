@@ -108,7 +108,8 @@ async def share(
     Only followers can be shared with (Denied otherwise, nothing changed), and only while
     their key is the one I trust. A writable share first makes the item its own sub-writer
     (a rotation, after which everyone else who shares it gets the new capability), so the
-    follower can change that item and nothing above it.
+    follower can change that item and nothing above it. Sharing read-only what was shared
+    writable with them takes the write access back: the item is rotated as by `unshare`.
     """
     item_path = _own_path(fs, path)
     check_username(username)
@@ -122,6 +123,16 @@ async def share(
     claim = await _claim(fs.api, username)
     await _trust(fs, username, claim.identity, clock)
     cap = await fs.capability(item_path)  # NotFound for a missing item: nothing changed
+    files = await _caps_files(fs)
+    mine = files.get(username, [])
+    if not write and any(i.path == item_path and i.writable for i in mine):
+        # Write access taken back: they hold the write key, so the item is rotated (as by
+        # unshare) and they get the new capability, read-only.
+        item = SharedItem(item_path, cap.read_only(), False, clock())
+        files[username] = [*(i for i in mine if i.path != item_path), item]
+        await _rotate(fs, files, [item_path], {username})
+        return SharedItem(item_path, (await fs.capability(item_path)).read_only(), False,
+                          item.since)  # fmt: skip
     if write and not await _has_own_writer(fs, item_path):
         cap = await fs.rotate(item_path, own_writer=True)
         await reshare(fs, item_path)
@@ -131,53 +142,70 @@ async def share(
     return item
 
 
-async def unshare(fs: FileSystem, path: str, username: str) -> None:
-    """Stop sharing `path` with `username`: their entry goes, then the item is rotated
-    (fresh labels, BATs and keys; a fresh writer for a writable item) and everyone who keeps
-    access gets the new capability. Their old capability then finds nothing."""
+async def unshare(fs: FileSystem, path: str, username: str) -> list[str]:
+    """Stop sharing `path` with `username`: the item is rotated (fresh labels, BATs and keys;
+    a fresh writer while someone keeps write access, else back into its parent's writer),
+    then their entry goes and everyone who keeps access gets the new capability. Their old
+    capability then finds nothing. A refused rotation changes nothing. Returns the paths
+    that could not be rotated because nothing is there any more (moved or removed since it
+    was shared): their entry is gone, but what was shared there was not rotated."""
     item_path = _own_path(fs, path)
     check_username(username)
-    items = await _read_caps(fs, username)
+    files = await _caps_files(fs)
+    items = files.get(username, [])
     kept = [item for item in items if item.path != item_path]
     if len(kept) == len(items):
         raise NotFound(f"{item_path} is not shared with {username}: `pyrgos shared` lists them")
-    await _write_caps(fs, username, kept)
-    await _rotate(fs, [item_path])
+    files[username] = kept
+    return await _rotate(fs, files, [item_path], {username})
 
 
-async def _rotate(fs: FileSystem, paths: list[str]) -> None:
-    """Rotate each item (an item inside another rotated one is rotated with it), then
-    give the remaining sharees the new capabilities. An item removed since is skipped."""
+async def _caps_files(fs: FileSystem) -> dict[str, list[SharedItem]]:
+    """Every follower's caps file of mine, by username (folders that are not one skipped)."""
+    try:
+        folders = await fs.listdir(f"/{_me(fs)}/{SHARED_DIR}", all=True)
+    except NotFound:
+        return {}
+    files: dict[str, list[SharedItem]] = {}
+    for folder in folders:
+        if folder.is_dir:
+            try:
+                files[folder.name] = await _read_caps(fs, check_username(folder.name))
+            except PyrgosError:
+                continue
+    return files
+
+
+async def _rotate(
+    fs: FileSystem, files: dict[str, list[SharedItem]], paths: list[str], dirty: set[str]
+) -> list[str]:
+    """Rotate each item of `paths` (one inside another rotated one goes with it), into a
+    writer of its own exactly when an entry of `files` still shares it writable; then write
+    the caps files of `dirty` and every caps file naming a rotated item, with the current
+    capabilities (an item removed since is dropped). Returns the paths where nothing was
+    found to rotate."""
     done: list[str] = []
+    missing: list[str] = []
     for path in sorted(set(paths)):
         if any(within(path, outer) for outer in done):
             continue
+        writable = any(i.path == path and i.writable for items in files.values() for i in items)
         try:
-            await fs.rotate(path)
-        except NotFound:
-            continue
+            await fs.rotate(path, own_writer=writable)
+        except NotFound:  # moved or removed since: its entries are dropped below
+            missing.append(path)
         done.append(path)
-        await reshare(fs, path)
+    await _reshare(fs, files, done, dirty)
+    return missing
 
 
-async def reshare(fs: FileSystem, path: str) -> None:
-    """After `path` was rotated: every caps file naming it or an item below it gets the
-    current capabilities (an item gone since is dropped from them)."""
-    me = _me(fs)
-    try:
-        folders = await fs.listdir(f"/{me}/{SHARED_DIR}", all=True)
-    except NotFound:
-        return
-    for folder in folders:
-        if not folder.is_dir:
-            continue
-        try:
-            items = await _read_caps(fs, check_username(folder.name))
-        except PyrgosError:
-            continue  # not a follower's folder
+async def _reshare(
+    fs: FileSystem, files: dict[str, list[SharedItem]], paths: list[str], dirty: set[str]
+) -> None:
+    for username, items in files.items():
         updated: list[SharedItem] = []
         for item in items:
-            if not within(item.path, path):
+            if not any(within(item.path, path) for path in paths):
                 updated.append(item)
                 continue
             try:
@@ -186,17 +214,25 @@ async def reshare(fs: FileSystem, path: str) -> None:
                 continue
             updated.append(SharedItem(item.path, cap if item.writable else cap.read_only(),
                                       item.writable, item.since))  # fmt: skip
-        if updated != items:
-            await _write_caps(fs, folder.name, updated)
+        if updated != items or username in dirty:
+            await _write_caps(fs, username, updated)
 
 
-async def revoke_all(fs: FileSystem, username: str) -> None:
-    """Unshare everything shared with `username` (remove-follower): one rotation per item."""
-    items = await _read_caps(fs, username)
+async def reshare(fs: FileSystem, path: str) -> None:
+    """After `path` was rotated: every caps file naming it or an item below it gets the
+    current capabilities (an item gone since is dropped from them)."""
+    await _reshare(fs, await _caps_files(fs), [path], set())
+
+
+async def revoke_all(fs: FileSystem, username: str) -> list[str]:
+    """Unshare everything shared with `username` (remove-follower): one rotation per item;
+    returns the paths where nothing was found to rotate (see `unshare`)."""
+    files = await _caps_files(fs)
+    items = files.get(username, [])
     if not items:
-        return
-    await _write_caps(fs, username, [])
-    await _rotate(fs, [item.path for item in items])
+        return []
+    files[username] = []
+    return await _rotate(fs, files, [item.path for item in items], {username})
 
 
 # -- what others share with me -------------------------------------------------------------
@@ -298,17 +334,20 @@ class ShareResolver:
 
     async def list_top(self, username: str) -> list[Listing] | None:
         route, items = await self._shares(username)
-        top: dict[str, bool] = {}
+        top: dict[str, Listing] = {}
         for item in items:
             names = split_path(item.path)[1:]
-            if len(names) > 1:
-                top[names[0]] = True
-            elif names[0] not in top:
+            if len(names) == 1:  # the item itself: its kind and properties
                 try:
-                    top[names[0]] = (await self.fs.open_capability(item.cap, route)).is_dir
+                    opened = await self.fs.open_capability(item.cap, route)
                 except UNREADABLE_ENTRY:
                     continue  # revoked since, or a forged capability: nothing to show
-        return [Listing(name, is_dir) for name, is_dir in sorted(top.items())]
+                top[names[0]] = Listing(names[0], opened.is_dir, opened.props)
+        for item in items:
+            names = split_path(item.path)[1:]
+            if len(names) > 1 and names[0] not in top:  # a folder of which part is shared
+                top[names[0]] = Listing(names[0], True)
+        return [top[name] for name in sorted(top)]
 
 
 def filesystem(session: Session) -> FileSystem:

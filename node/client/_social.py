@@ -441,24 +441,27 @@ async def unfollow(fs: FileSystem, username: str) -> None:
     await _save_state(fs, state)
 
 
-async def revoke_shares(fs: FileSystem, username: str) -> None:
-    """Unshare everything shared with `username` (key rotation, DESIGN §6)."""
+async def revoke_shares(fs: FileSystem, username: str) -> list[str]:
+    """Unshare everything shared with `username` (key rotation, DESIGN §6); the paths where
+    nothing was found to rotate (moved or removed since they were shared)."""
     from node.client import _sharing  # imported here: sharing builds on this module
 
-    await _sharing.revoke_all(fs, username)
+    return await _sharing.revoke_all(fs, username)
 
 
-async def remove_follower(fs: FileSystem, username: str) -> None:
+async def remove_follower(fs: FileSystem, username: str) -> list[str]:
     """Stop `username` following me: revoke what I shared with them, delete
-    `/<me>/shared/<them>/` and drop them from my followers."""
+    `/<me>/shared/<them>/` and drop them from my followers. Returns the shared paths where
+    nothing was found to rotate (moved or removed since they were shared)."""
     state = await load_state(fs)
     if check_username(username) not in state.followers:
         raise NotFound(f"{username} does not follow you")
-    await revoke_shares(fs, username)
+    missing = await revoke_shares(fs, username)
     with contextlib.suppress(NotFound):
         await fs.remove(_shared_path(fs, username), recursive=True)
     del state.followers[username]
     await _save_state(fs, state)
+    return missing
 
 
 async def fingerprint(

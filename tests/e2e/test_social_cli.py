@@ -47,24 +47,29 @@ def test_fingerprints_verify_and_bad_input(
 
 
 def test_share_shared_unshare(shared_node: NodeProcess, alice: Cli, tmp_path: Path) -> None:
-    bob = client(shared_node, tmp_path, "bob")
-    bob.ok("signup", "bob")
+    dana = client(shared_node, tmp_path, "dana")
+    dana.ok("signup", "dana")
     (tmp_path / "x.txt").write_bytes(b"shared bytes")
-    alice.ok("mkdir", "photos")
-    alice.ok("put", tmp_path / "x.txt", "photos/x.txt")
-    line = alice.fails("share", "photos", "bob", code=8)
+    alice.ok("mkdir", "sharing-album")
+    alice.ok("put", tmp_path / "x.txt", "sharing-album/x.txt")
+    line = alice.fails("share", "sharing-album", "dana", code=8)
     assert "does not follow you" in line
-    bob.ok("follow", "alice")
+    dana.ok("follow", "alice")
     alice.ok("requests")
-    alice.ok("accept", "bob")
-    bob.ok("requests")
-    assert alice.ok("share", "photos", "bob").out == "shared /alice/photos with bob (read)\n"
-    assert bob.ok("ls", "/alice").out == "photos/\n"
-    assert bob.ok("cat", "/alice/photos/x.txt").out == "shared bytes"
-    assert "read-only" in bob.fails("put", tmp_path / "x.txt", "/alice/photos/y.txt", code=8)
-    assert "shared by alice  read-only" in bob.ok("shared").out
-    assert "shared with bob  read-only" in alice.ok("shared").out
-    alice.ok("unshare", "photos", "bob")
-    assert "not shared" in bob.fails("cat", "/alice/photos/x.txt", code=4)
-    assert "not shared with bob" in alice.fails("unshare", "photos", "bob", code=4)
-    assert alice.ok("cat", "photos/x.txt").out == "shared bytes"
+    alice.ok("accept", "dana")
+    dana.ok("requests")
+    assert (
+        alice.ok("share", "sharing-album", "dana").out
+        == "shared /alice/sharing-album with dana (read)\n"
+    )
+    assert dana.ok("ls", "/alice").out == "sharing-album/\n"
+    assert dana.ok("cat", "/alice/sharing-album/x.txt").out == "shared bytes"
+    assert "read-only" in dana.fails(
+        "put", tmp_path / "x.txt", "/alice/sharing-album/y.txt", code=8
+    )
+    assert "shared by alice  read-only" in dana.ok("shared").out
+    assert "shared with dana  read-only" in alice.ok("shared").out
+    alice.ok("unshare", "sharing-album", "dana")
+    assert "not shared" in dana.fails("cat", "/alice/sharing-album/x.txt", code=4)
+    assert "not shared with dana" in alice.fails("unshare", "sharing-album", "dana", code=4)
+    assert alice.ok("cat", "sharing-album/x.txt").out == "shared bytes"

@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, sharing, signup, social
+from node.client import FileSystem, NodeApi, Session, get_tree, sharing, signup, social
+from node.client._blocks import Blocks
 from node.client._resolve import Listing
 from node.net import serve_api
 from node.store import Store
-from protocols.cryptree import Capability
+from protocols import crypto
+from protocols.cid import CID
+from protocols.cryptree import CHUNK_BYTES, Capability, Entry
 from protocols.errors import Conflict, Corrupted, Denied, NotFound
 from protocols.shares import SharedItem, decode_caps, encode_caps
 from simulations.swarm import LocalNetwork, new_node
@@ -68,7 +71,7 @@ async def read_all(fs: FileSystem, path: str) -> bytes:
         return b"".join([piece async for piece in pieces])
 
 
-async def test_share_read_then_write_then_unshare(users: Users) -> None:
+async def test_share_read_then_write_then_unshare(users: Users, tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         alice = users.fs("alice")
         await alice.mkdir("photos")
@@ -84,6 +87,8 @@ async def test_share_read_then_write_then_unshare(users: Users) -> None:
         assert await bob.listdir("/alice") == [Listing("photos", True)]
         assert await bob.listdir("/alice/photos") == [Listing("x.jpg", False)]
         assert await read_all(bob, "/alice/photos/x.jpg") == b"picture"
+        assert await get_tree(users.fs("bob"), "/alice/photos", tmp_path / "got", None) == 0
+        assert (tmp_path / "got" / "x.jpg").read_bytes() == b"picture"
         with pytest.raises(NotFound, match="not shared"):
             await users.fs("bob").stat("/alice/notes.txt")
         with pytest.raises(Denied, match="read-only"):
@@ -98,6 +103,12 @@ async def test_share_read_then_write_then_unshare(users: Users) -> None:
         await users.fs("bob").mkdir("/alice/photos/trip")
         assert await read_all(users.fs("alice"), "photos/y.jpg") == b"from bob"
         assert await read_all(users.fs("carol"), "/alice/photos/y.jpg") == b"from bob"
+        await users.fs("bob").write_file("/alice/photos/tmp", io.BytesIO(b"t"))
+        await users.fs("bob").move("/alice/photos/tmp", "/alice/photos/trip/tmp")
+        await users.fs("bob").remove("/alice/photos/trip/tmp")
+        (top,) = await users.fs("bob").listdir("/alice", long=True)
+        assert top.props is not None
+        assert (top.name, top.props.name, top.props.size) == ("photos", "photos", 3)
         with pytest.raises(NotFound, match="not shared"):
             await users.fs("bob").write_file("/alice/z.txt", io.BytesIO(b"z"))
         listed = await sharing.shared(users.fs("alice"))
@@ -208,21 +219,23 @@ async def test_remove_follower_revokes_what_was_shared(users: Users) -> None:
         alice = users.fs("alice")
         await alice.mkdir("docs")
         await alice.write_file("docs/a.txt", io.BytesIO(b"a"))
+        # Two chunks, the first of five fragments: each is opened and sealed again.
+        big = bytes(range(256)) * (CHUNK_BYTES // 256) + b"tail"
+        await alice.write_file("docs/big.bin", io.BytesIO(big))
         await befriend(users, "alice", "bob")
         item = await sharing.share(users.fs("alice"), "docs", "bob", write=True)
         assert await read_all(users.fs("bob"), "/alice/docs/a.txt") == b"a"
-        await social.remove_follower(users.fs("alice"), "bob")
+        assert await read_all(users.fs("bob"), "/alice/docs/big.bin") == big
+        assert await social.remove_follower(users.fs("alice"), "bob") == []
         with pytest.raises(NotFound):
             await users.fs("alice").stat("shared/bob")
         route = users.sessions["alice"].route
         with pytest.raises((NotFound, Denied)):
             await users.fs("bob").contents_of(item.cap, route)
         assert await read_all(users.fs("alice"), "docs/a.txt") == b"a"
-        # The item keeps a writer of its own, a fresh one: the old one is dropped.
-        assert (await users.fs("alice").capability("docs")).writer not in (
-            item.cap.writer,
-            users.sessions["alice"].owner,
-        )
+        assert await read_all(users.fs("alice"), "docs/big.bin") == big
+        # No one writes it any more: it is back in alice's own writer, the old one dropped.
+        assert (await users.fs("alice").capability("docs")).writer == users.sessions["alice"].owner
 
 
 def count_puts(api: NodeApi) -> list[int]:
@@ -266,3 +279,98 @@ async def test_rotation_rewrites_only_the_subtree(users: Users) -> None:
 
 def opener(data: bytes) -> Any:
     return lambda: contextlib.nullcontext(io.BytesIO(data))
+
+
+async def test_a_writable_share_inside_another(users: Users) -> None:
+    """A sub-writer inside a sub-writer: made in one commit of three trees (the outer writer's,
+    the owner's identity with the new proof, the new writer's). Revoking the outer item
+    rotates the inner one too, into a fresh writer, and its sharee keeps writing."""
+    with trio.fail_after(TIMEOUT):
+        fs = users.fs("alice")
+        await fs.mkdir("team/sub", parents=True)
+        await fs.write_file("team/sub/a.txt", io.BytesIO(b"a"))
+        await befriend(users, "alice", "bob")
+        await befriend(users, "alice", "carol")
+        outer = await sharing.share(users.fs("alice"), "team", "bob", write=True)
+        inner = await sharing.share(users.fs("alice"), "team/sub", "carol", write=True)
+        alice = users.sessions["alice"].owner
+        assert len({outer.cap.writer, inner.cap.writer, alice}) == 3
+        await users.fs("carol").write_file("/alice/team/sub/b.txt", io.BytesIO(b"from carol"))
+        assert await read_all(users.fs("bob"), "/alice/team/sub/b.txt") == b"from carol"
+        assert await read_all(users.fs("alice"), "team/sub/a.txt") == b"a"
+        # bob's item had its writer capability opened by bob: its keys all change, and the
+        # writable item inside it with them.
+        bob_inner = await users.fs("bob").capability("/alice/team/sub")
+        assert await sharing.unshare(users.fs("alice"), "team", "bob") == []
+        route = users.sessions["alice"].route
+        for old in (outer.cap, bob_inner, inner.cap):
+            with pytest.raises((NotFound, Denied)):
+                await users.fs("bob").contents_of(old, route)
+        assert (await users.fs("alice").capability("team")).writer == alice
+        now = await users.fs("alice").capability("team/sub")
+        assert now.writer not in (inner.cap.writer, alice)
+        await users.fs("carol").write_file("/alice/team/sub/c.txt", io.BytesIO(b"c"))
+        assert await read_all(users.fs("alice"), "team/sub/c.txt") == b"c"
+        assert await read_all(users.fs("alice"), "team/sub/b.txt") == b"from carol"
+        ((_, item),) = (await sharing.shared(users.fs("carol"))).with_me
+        assert item.cap == now
+
+
+async def test_unsharing_an_item_moved_since(users: Users) -> None:
+    """Nothing is at the shared path any more: the entry goes, and the caller is told that
+    nothing was rotated there."""
+    with trio.fail_after(TIMEOUT):
+        await users.fs("alice").mkdir("photos")
+        await befriend(users, "alice", "bob")
+        await sharing.share(users.fs("alice"), "photos", "bob")
+        await users.fs("alice").move("photos", "pics")
+        assert await sharing.unshare(users.fs("alice"), "photos", "bob") == ["/alice/photos"]
+        assert not (await sharing.shared(users.fs("alice"))).mine
+        assert await users.fs("bob").listdir("/alice") == []
+
+
+async def test_a_rotation_over_an_unreadable_entry_changes_nothing(
+    fs: FileSystem, alice: Session
+) -> None:
+    ghost = Capability(alice.owner, alice.owner, *(crypto.random_bytes(32) for _ in range(4)))
+    with trio.fail_after(TIMEOUT):
+        await fs.mkdir("docs")
+        await fs.write_file("docs/ok.txt", io.BytesIO(b"ok"))
+        docs = await fs.capability("docs")
+        found = await fs._find("")
+        tree, first = await fs._writable(found)
+
+        async def plant(blocks: Blocks, root: CID) -> CID:
+            folder = await fs._read_dir(blocks, root, docs)
+            folder.chunks[-1].entries.append(Entry.link("ghost", False, ghost, docs))
+            return await fs._save_dir(blocks, root, folder, {0}, alice.mirror_id)
+
+        await fs._commit(tree, first, plant)
+        before = await sharing.filesystem(alice).capability("docs")
+        with pytest.raises(Corrupted, match=r"cannot be read.*nothing was changed"):
+            await sharing.filesystem(alice).rotate("docs")
+        assert await sharing.filesystem(alice).capability("docs") == before
+        with pytest.raises(Denied, match="owner"):
+            await sharing.filesystem(alice).rotate("/bob/docs")
+        with pytest.raises(Conflict, match="home"):
+            await sharing.filesystem(alice).rotate("/alice")
+        await FileSystem(alice).remove("docs/ghost")
+        await sharing.filesystem(alice).rotate("docs")
+        assert await read_all(sharing.filesystem(alice), "docs/ok.txt") == b"ok"
+
+
+async def test_taking_write_access_back(users: Users) -> None:
+    with trio.fail_after(TIMEOUT):
+        await users.fs("alice").mkdir("docs")
+        await befriend(users, "alice", "bob")
+        writable = await sharing.share(users.fs("alice"), "docs", "bob", write=True)
+        await users.fs("bob").write_file("/alice/docs/a.txt", io.BytesIO(b"a"))
+        reading = await sharing.share(users.fs("alice"), "docs", "bob")
+        assert not reading.writable
+        assert reading.cap == (await users.fs("alice").capability("docs")).read_only()
+        assert reading.cap.writer == users.sessions["alice"].owner  # nobody writes it now
+        with pytest.raises(Denied, match="read-only"):
+            await users.fs("bob").write_file("/alice/docs/b.txt", io.BytesIO(b"b"))
+        with pytest.raises((NotFound, Denied)):
+            await users.fs("bob").contents_of(writable.cap, users.sessions["alice"].route)
+        assert await read_all(users.fs("bob"), "/alice/docs/a.txt") == b"a"
