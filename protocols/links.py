@@ -269,7 +269,7 @@ MAX_LINKS: Final = 1000  # links one user keeps at once: `link list` stays one s
 MAX_RECORDS_BYTES: Final = MAX_LINKS * 4400
 _MAX_RECORD_ITEMS: Final = MAX_LINKS * 20
 _RECORD_FIELDS: Final = frozenset(
-    {"label", "path", "cap_key", "created", "expiry", "max", "writable", "password"}
+    {"label", "path", "cap_key", "created", "expiry", "max", "writable", "password", "verifier"}
 )
 DURATION_UNITS: Final = {"m": 60, "h": 3600, "d": 86400}
 MAX_DURATION_S: Final = 3650 * 86400  # ten years: longer is "no expiry", said plainly
@@ -277,9 +277,10 @@ MAX_DURATION_S: Final = 3650 * 86400  # ten years: longer is "no expiry", said p
 
 @dataclass(frozen=True)
 class LinkRecord:
-    """What the owner keeps of one link: its label, the path it was made for, and the key
-    its capability is sealed under (so a rotation of the item can re-seal it; never the
-    fragment's key or the password), and its limits as made."""
+    """What the owner keeps of one link: its label, the path it was made for, the key its
+    capability is sealed under and the node's verifier (so that a rotation of the item can
+    rebuild its target around the new capability; never the fragment's key or the
+    password), and its limits as made."""
 
     label: bytes
     path: str
@@ -289,10 +290,22 @@ class LinkRecord:
     max_uses: int | None
     writable: bool
     password: bool
+    verifier: bytes
 
     @property
     def id(self) -> str:
         return encode_b64(self.label)
+
+    def target(self, bats: list[bytes], capability: Capability) -> LinkTarget:
+        """The link's target around `capability` (a rotated item's new one)."""
+        return LinkTarget(
+            bats=bats,
+            cap=seal_capability(self.cap_key, self.label, capability),
+            verifier=self.verifier,
+            password=self.password,
+            expiry=self.expiry,
+            max_uses=self.max_uses,
+        )
 
     def to_cbor(self) -> dict[str, object]:
         return {
@@ -304,6 +317,7 @@ class LinkRecord:
             "max": self.max_uses,
             "writable": self.writable,
             "password": self.password,
+            "verifier": self.verifier,
         }
 
     @classmethod
@@ -323,6 +337,9 @@ class LinkRecord:
         writable, password = value["writable"], value["password"]
         if type(writable) is not bool or type(password) is not bool:
             raise MalformedInput("a link record's writable and password flags are booleans")
+        verifier = value["verifier"]
+        if type(verifier) is not bytes or len(verifier) != crypto.HASH_BYTES:
+            raise MalformedInput("a link record's verifier is 32 bytes")
         return cls(
             label=label,
             path=path,
@@ -332,6 +349,7 @@ class LinkRecord:
             max_uses=_optional_int(value["max"], 1, MAX_USES, "max", "a link record"),
             writable=writable,
             password=password,
+            verifier=verifier,
         )
 
 

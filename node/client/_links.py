@@ -181,16 +181,10 @@ async def create_link(
     weak = test_kdf_allowed() if test_kdf is None else test_kdf
     keys = await trio.to_thread.run_sync(lambda: links.derive(key, password, test_kdf=weak))
     made = clock()
-    target = LinkTarget(
-        bats=[session.mirror_id],
-        cap=links.seal_capability(keys.cap_key, label, cap),
-        verifier=keys.verifier,
-        password=password is not None,
-        expiry=None if expires is None else made + expires * 1000,
-        max_uses=max_uses,
-    )
-    record = LinkRecord(label, normalised, keys.cap_key, made, target.expiry, max_uses,
-                        writable, target.password)  # fmt: skip
+    expiry = None if expires is None else made + expires * 1000
+    record = LinkRecord(label, normalised, keys.cap_key, made, expiry, max_uses, writable,
+                        password is not None, keys.verifier)  # fmt: skip
+    target = record.target([session.mirror_id], cap)
     records = await _load_records(fs)
     records[label] = record
     links.encode_records(records)  # TooLarge (too many links) before anything is written
@@ -257,6 +251,48 @@ async def revoke_link(
         if rotate is not None:
             await rotate(fs, record.path)
     return record
+
+
+async def reseal_links(fs: FileSystem, path: str) -> int:
+    """Rebuild the targets of the links to `path` and to the items below it around their
+    current capabilities, in one commit: what a rotation of that subtree (new labels and
+    keys) calls once done, so that its links keep working. Links whose item is gone are left
+    as they are. Returns how many targets were rebuilt."""
+    session = fs.require_session()
+    top = publishing.normalise(path)
+    records = await _load_records(fs)
+    targets: dict[bytes, LinkTarget] = {}
+    for record in records.values():
+        if record.path != top and not record.path.startswith(top + "/"):
+            continue
+        try:
+            cap = await fs.capability(record.path)
+        except NotFound:
+            continue
+        targets[record.label] = record.target(
+            [session.mirror_id], cap if record.writable else cap.read_only()
+        )
+    if not targets:
+        return 0
+    rebuilt = 0
+
+    async def change(blocks: Blocks, data: WriterData) -> WriterData | None:
+        nonlocal rebuilt
+        rebuilt = 0
+        root = data.links
+        if root is None:
+            return None
+        for label, target in targets.items():
+            key = links.lookup_key(label)
+            current = await _champ_get(blocks, root, key)
+            if current is None:  # revoked meanwhile
+                continue
+            root = await champ.put(blocks, root, key, current, await blocks.put(target.encode()))
+            rebuilt += 1
+        return replace(data, links=root) if rebuilt else None
+
+    await _update_identity(fs, change)
+    return rebuilt
 
 
 # -- secret links: the reader's side --------------------------------------------------------

@@ -227,7 +227,11 @@ CAPS_FILE = shares.encode_caps(
 )
 LINK_URL = links.format_url("http://127.0.0.1:8000", OWNER, key(24)[:16], key(22))
 LINK_RECORDS = links.encode_records(
-    {key(24)[:16]: links.LinkRecord(key(24)[:16], "/alice/x", key(22), 1, None, 3, False, True)}
+    {
+        key(24)[:16]: links.LinkRecord(
+            key(24)[:16], "/alice/x", key(22), 1, None, 3, False, True, key(23)
+        )
+    }
 )
 
 

@@ -270,3 +270,22 @@ async def test_a_logged_in_reader_sees_its_home_and_what_others_publish(
             await fs.read_bytes("/alice/docs/a.txt", 100)
         with pytest.raises(Denied, match="only its owner"):
             await fs.write_bytes("/alice/docs/sub/c.txt", b"no")
+
+
+async def test_links_are_resealed_around_a_replaced_item(
+    pair: Pair, owner: FileSystem, reader: NodeApi
+) -> None:
+    """What a rotation calls once an item has new keys and labels: its links read the new
+    item, with their limits as they were."""
+    with trio.fail_after(TIMEOUT):
+        url = await links.create_link(owner, "docs/a.txt", node_url=pair.other_url, max_uses=3)
+        assert await read_link(reader, url) == SECRET
+        await owner.remove("docs/a.txt")
+        await owner.write_bytes("docs/a.txt", b"new keys, new labels")
+        with pytest.raises(NotFound):
+            await read_link(reader, url)  # the old capability finds nothing
+        assert await links.reseal_links(owner, "/alice/docs") == 1
+        assert await links.reseal_links(owner, "/alice/public") == 0
+        assert await read_link(reader, url) == b"new keys, new labels"
+        with pytest.raises(Denied, match="used its 3 times"):
+            await read_link(reader, url)

@@ -197,7 +197,7 @@ def test_writer_data_public_root() -> None:
 
 
 def _record(label: bytes = LABEL, **changes: object) -> links.LinkRecord:
-    base = links.LinkRecord(LABEL, "/alice/docs/a", KEY, 1, None, 3, False, True)
+    base = links.LinkRecord(LABEL, "/alice/docs/a", KEY, 1, None, 3, False, True, bytes(32))
     return dataclasses.replace(base, label=label, **changes)  # type: ignore[arg-type]
 
 
@@ -226,6 +226,7 @@ def test_link_records_round_trip() -> None:
         {"v": 1, "links": [{**_record().to_cbor(), "max": 0}]},
         {"v": 1, "links": [{**_record().to_cbor(), "writable": 1}]},
         {"v": 1, "links": [{**_record().to_cbor(), "extra": 1}]},
+        {"v": 1, "links": [{**_record().to_cbor(), "verifier": bytes(31)}]},
     ],
 )
 def test_bad_link_records_are_refused(value: object) -> None:
