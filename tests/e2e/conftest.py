@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -276,3 +277,112 @@ def alice(shared_node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) ->
     (root / "note.txt").write_bytes(b"hello\n")
     cli.ok("put", root / "note.txt", "note.txt")
     return cli
+
+
+# -- a cluster of three nodes: node 1 orders the PKI, nodes 2 and 3 mirror it ---------------
+
+SYNC_TIMEOUT: Final = 20.0  # seconds for mirrors to catch up with the PKI root
+POLL: Final = 0.2
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    """Poll `check` until it holds; fail with `what()` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what()}")
+        time.sleep(POLL)
+
+
+@dataclass
+class Cluster:
+    """The three nodes (index 0 is node 1, the PKI root) and where client state lives."""
+
+    nodes: tuple[NodeProcess, NodeProcess, NodeProcess]
+    root: Path
+
+    def logs(self) -> str:
+        tails = []
+        for number, node in enumerate(self.nodes, 1):
+            text = node.log.read_text(errors="replace") if node.log.exists() else ""
+            tails.append(f"--- node {number} log tail ---\n{text[-3000:]}")
+        return "\n".join(tails)
+
+    def device(self, node: NodeProcess, profile: str) -> Cli:
+        """A client device (its own profile) talking to `node` at its current URL."""
+        return client(node, self.root, profile).with_env(PYRGOS_NODE=node.url)
+
+    def ok(self, cli: Cli, *argv: str | Path) -> Result:
+        result = cli.run(*argv)
+        assert result.code == 0, f"{result}\n{self.logs()}"
+        assert "Traceback" not in result.stderr, f"{result}\n{self.logs()}"
+        return result
+
+    def ask(self, node: NodeProcess, *argv: str) -> dict[str, Any]:
+        """A `--json` query of one node (pki lookup/status); its parsed answer."""
+        result = pyrgos(*argv, "--json", env=base_env(PYRGOS_NODE=node.url))
+        assert result.code == 0, f"{result}\n{self.logs()}"
+        value = json.loads(result.stdout)
+        assert isinstance(value, dict)
+        return value
+
+    def lookup(self, node: NodeProcess, user: str) -> tuple[str, str]:
+        """(identity key hash, home node id) that `node` answers for `user`."""
+        claim = self.ask(node, "pki", "lookup", user)
+        assert claim["username"] == user
+        return claim["identity"], claim["home"]
+
+    def status(self, node: NodeProcess) -> dict[str, Any]:
+        return self.ask(node, "pki", "status")
+
+    def wait_synced(self, *, beyond: int = -1) -> int:
+        """Wait until the root's head is past `beyond` and both mirrors are at it, with no
+        refusals; return that head's seq."""
+        root = self.nodes[0]
+        seen: dict[str, Any] = {}
+
+        def synced() -> bool:
+            head = self.status(root)
+            seen.update(root=head)
+            if head["seq"] <= beyond:
+                return False
+            for number, mirror in enumerate(self.nodes[1:], 2):
+                status = seen[f"node {number}"] = self.status(mirror)
+                assert status["role"] == "mirror", status
+                assert status["refusals"] == [], f"{status}\n{self.logs()}"
+                if (status["seq"], status["hash"]) != (head["seq"], head["hash"]):
+                    return False
+            return True
+
+        wait_until(synced, SYNC_TIMEOUT, lambda: f"PKI sync: {seen}\n{self.logs()}")
+        seq: int = seen["root"]["seq"]
+        return seq
+
+
+def stats(node: NodeProcess) -> dict[str, int]:
+    """The node's counters since it started (calls forwarded, blocks stored, relayed, …)."""
+    counters: dict[str, int] = node_info(node)["stats"]
+    return counters
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    homes = [tmp_path / f"node{n}" for n in (1, 2, 3)]
+    nodes = (
+        NodeProcess(homes[0], tmp_path / "node1.log"),
+        NodeProcess(homes[1], tmp_path / "node2.log"),
+        NodeProcess(homes[2], tmp_path / "node3.log"),
+    )
+    with ExitStack() as running:
+        for node in nodes:  # node 1 is the PKI root; the mirrors follow its full multiaddr
+            role = () if node is nodes[0] else ("--pki", p2p_address(nodes[0]))
+            init_node(node.home, *role)
+            node.start()
+            running.callback(_stop, node)
+        (tmp_path / "clients").mkdir()
+        yield Cluster(nodes, tmp_path / "clients")
+
+
+def _stop(node: NodeProcess) -> None:
+    if node.process is not None:  # a failed restart has already stopped it
+        node.stop_cleanly()

@@ -8,15 +8,10 @@ home's calls and fetches the home's blocks over libp2p. Every command and every 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pytest
 
@@ -25,128 +20,20 @@ from tests.e2e.conftest import (
     PYRGOS,
     STOP_TIMEOUT,
     Cli,
-    NodeProcess,
+    Cluster,
     Result,
-    base_env,
-    client,
-    init_node,
     node_info,
     p2p_address,
-    pyrgos,
+    stats,
 )
 
 pytestmark = pytest.mark.e2e
 
 MiB: Final = 1024 * 1024
-SYNC_TIMEOUT: Final = 20.0  # seconds for mirrors to catch up with the PKI root
-POLL: Final = 0.2
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    """Poll `check` until it holds; fail with `what()` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what()}")
-        time.sleep(POLL)
-
-
-@dataclass
-class Cluster:
-    """The three nodes (index 0 is node 1, the PKI root) and where client state lives."""
-
-    nodes: tuple[NodeProcess, NodeProcess, NodeProcess]
-    root: Path
-
-    def logs(self) -> str:
-        tails = []
-        for number, node in enumerate(self.nodes, 1):
-            text = node.log.read_text(errors="replace") if node.log.exists() else ""
-            tails.append(f"--- node {number} log tail ---\n{text[-3000:]}")
-        return "\n".join(tails)
-
-    def device(self, node: NodeProcess, profile: str) -> Cli:
-        """A client device (its own profile) talking to `node` at its current URL."""
-        return client(node, self.root, profile).with_env(PYRGOS_NODE=node.url)
-
-    def ok(self, cli: Cli, *argv: str | Path) -> Result:
-        result = cli.run(*argv)
-        assert result.code == 0, f"{result}\n{self.logs()}"
-        assert "Traceback" not in result.stderr, f"{result}\n{self.logs()}"
-        return result
-
-    def ask(self, node: NodeProcess, *argv: str) -> dict[str, Any]:
-        """A `--json` query of one node (pki lookup/status); its parsed answer."""
-        result = pyrgos(*argv, "--json", env=base_env(PYRGOS_NODE=node.url))
-        assert result.code == 0, f"{result}\n{self.logs()}"
-        value = json.loads(result.stdout)
-        assert isinstance(value, dict)
-        return value
-
-    def lookup(self, node: NodeProcess, user: str) -> tuple[str, str]:
-        """(identity key hash, home node id) that `node` answers for `user`."""
-        claim = self.ask(node, "pki", "lookup", user)
-        assert claim["username"] == user
-        return claim["identity"], claim["home"]
-
-    def status(self, node: NodeProcess) -> dict[str, Any]:
-        return self.ask(node, "pki", "status")
-
-    def wait_synced(self, *, beyond: int = -1) -> int:
-        """Wait until the root's head is past `beyond` and both mirrors are at it, with no
-        refusals; return that head's seq."""
-        root = self.nodes[0]
-        seen: dict[str, Any] = {}
-
-        def synced() -> bool:
-            head = self.status(root)
-            seen.update(root=head)
-            if head["seq"] <= beyond:
-                return False
-            for number, mirror in enumerate(self.nodes[1:], 2):
-                status = seen[f"node {number}"] = self.status(mirror)
-                assert status["role"] == "mirror", status
-                assert status["refusals"] == [], f"{status}\n{self.logs()}"
-                if (status["seq"], status["hash"]) != (head["seq"], head["hash"]):
-                    return False
-            return True
-
-        wait_until(synced, SYNC_TIMEOUT, lambda: f"PKI sync: {seen}\n{self.logs()}")
-        seq: int = seen["root"]["seq"]
-        return seq
-
-
-def stats(node: NodeProcess) -> dict[str, int]:
-    """The node's counters since it started (calls forwarded, blocks stored, relayed, …)."""
-    counters: dict[str, int] = node_info(node)["stats"]
-    return counters
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    homes = [tmp_path / f"node{n}" for n in (1, 2, 3)]
-    nodes = (
-        NodeProcess(homes[0], tmp_path / "node1.log"),
-        NodeProcess(homes[1], tmp_path / "node2.log"),
-        NodeProcess(homes[2], tmp_path / "node3.log"),
-    )
-    with ExitStack() as running:
-        for node in nodes:  # node 1 is the PKI root; the mirrors follow its full multiaddr
-            role = () if node is nodes[0] else ("--pki", p2p_address(nodes[0]))
-            init_node(node.home, *role)
-            node.start()
-            running.callback(_stop, node)
-        (tmp_path / "clients").mkdir()
-        yield Cluster(nodes, tmp_path / "clients")
-
-
-def _stop(node: NodeProcess) -> None:
-    if node.process is not None:  # a failed restart has already stopped it
-        node.stop_cleanly()
 
 
 def race(clis: list[Cli], *argv: str) -> list[Result]:

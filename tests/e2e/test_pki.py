@@ -18,14 +18,15 @@ import pytest
 
 from tests.e2e.conftest import (
     STOP_TIMEOUT,
+    Cluster,
     NodeProcess,
     base_env,
     client,
     init_node,
     node_info,
     pyrgos,
+    wait_until,
 )
-from tests.e2e.test_network import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 

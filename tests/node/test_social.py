@@ -1,80 +1,80 @@
-"""Following from the client's side against a real in-process node, with the three inbox
-methods (social.send, social.list, social.remove) played by an in-memory fake that checks
-what the node will: the sealed length and the owner's signed time."""
+"""Following from the client's side against two real in-process nodes: alice homed on one,
+bob on the other, each talking through the node that is not their home, so every follow
+request, list and removal is forwarded to the target's home and every block is relayed."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, signup, social
+from node.client import FileSystem, NodeApi, Route, login, signup, social
 from node.client._session import now_ms
-from protocols import accounts, contacts
-from protocols.cid import CID
+from node.net import serve_api
+from node.server import NodeService
+from node.store import Space, Store, owner_prefix
+from protocols import contacts
 from protocols.contacts import KeyStore, TrustedKey
-from protocols.crypto import SigningKey, VerifyKey
+from protocols.crypto import SigningKey
 from protocols.errors import Conflict, Denied, MalformedInput, NotFound
-from protocols.social import FOLLOW_SEALED_BYTES, FollowRequest, request_id, seal_request
-from tests.node.conftest import PASSWORD, RunningNode
+from protocols.social import FOLLOW_SEALED_BYTES, FollowRequest, seal_request
+from simulations.swarm import LocalNetwork, new_node
+from tests.node.conftest import PASSWORD
 
 
-class FakeInbox:
-    """The node's inbox methods, in memory: target identity -> id -> sealed request."""
+@dataclass
+class Pair:
+    """Two nodes of one swarm ("one" orders the PKI, "two" mirrors it) and their API URLs."""
 
-    def __init__(self) -> None:
-        self.boxes: dict[CID, dict[bytes, bytes]] = {}
+    nodes: dict[str, NodeService]
+    urls: dict[str, str]
 
-    def handle(self, method: str, args: dict[str, Any]) -> Any:
-        if method == "social.send":
-            request = args["request"]
-            if len(request) != FOLLOW_SEALED_BYTES:
-                raise MalformedInput("wrong length")
-            self.boxes.setdefault(args["target"], {})[request_id(request)] = request
-            return None
-        owner = args["owner"]
-        payload = [owner] if method == "social.list" else [owner, args["ids"]]
-        accounts.check_timed(
-            VerifyKey.from_key_hash(owner), accounts.SOCIAL, payload, args["time"], args["sig"],
-            now_ms(),
-        )  # fmt: skip
-        box = self.boxes.setdefault(owner, {})
-        if method == "social.list":
-            return [{"id": key, "request": value} for key, value in box.items()]
-        for key in args["ids"]:
-            box.pop(key, None)
-        return None
-
-    def install(self, api: NodeApi) -> None:
-        original = api.call
-
-        async def call(method: str, args: dict[str, Any] | None = None) -> Any:
-            if method.startswith("social."):
-                return self.handle(method, args or {})
-            return await original(method, args)
-
-        api.call = call  # type: ignore[method-assign]
+    def inbox(self, home: str, user: FileSystem) -> dict[bytes, bytes]:
+        """The sealed requests that `user`'s home node stores for them, by inbox key."""
+        prefix = owner_prefix(user.require_session().owner.raw)
+        return dict(self.nodes[home].store.items(Space.INBOX, prefix))
 
 
 @pytest.fixture
-def inbox() -> FakeInbox:
-    return FakeInbox()
+async def pair(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Pair]:
+    swarm = LocalNetwork()
+    one = new_node(Store(tmp_path / "one"))
+    two = new_node(Store(tmp_path / "two"), pki_node=one.settings.node_id)
+    nodes = {"one": one, "two": two}
+    urls = {}
+    for name, service in nodes.items():
+        swarm.add(service)
+        urls[name] = await nursery.start(serve_api, service, "127.0.0.1", 0)
+    yield Pair(nodes, urls)
+    nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _user(pair: Pair, username: str, home: str, through: str) -> AsyncIterator[FileSystem]:
+    """`username` signed up on node `home`, then logged in through node `through`."""
+    async with NodeApi(pair.urls[home]) as api:
+        await signup(api, username, PASSWORD)
+    async with NodeApi(pair.urls[through]) as api:
+        yield FileSystem(await login(api, username, PASSWORD))
 
 
 @pytest.fixture
-async def fa(alice: Session, inbox: FakeInbox) -> FileSystem:
-    inbox.install(alice.api)
-    return FileSystem(alice)
+async def fa(pair: Pair) -> AsyncIterator[FileSystem]:
+    """alice, homed on node one and working through it."""
+    async with _user(pair, "alice", "one", "one") as fs:
+        yield fs
 
 
 @pytest.fixture
-async def fb(running_node: RunningNode, inbox: FakeInbox) -> AsyncIterator[FileSystem]:
-    async with NodeApi(running_node.url) as api:
-        inbox.install(api)
-        yield FileSystem(await signup(api, "bob", PASSWORD))
+async def fb(pair: Pair, fa: FileSystem) -> AsyncIterator[FileSystem]:
+    """bob, homed on node two, working through node one: alice's requests to him, his
+    inbox lists and removals are all forwarded to node two."""
+    async with _user(pair, "bob", "two", "one") as fs:
+        yield fs
 
 
 async def _exists(fs: FileSystem, path: str) -> bool:
@@ -85,16 +85,27 @@ async def _exists(fs: FileSystem, path: str) -> bool:
     return True
 
 
+def _homes(pair: Pair, fa: FileSystem, fb: FileSystem) -> None:
+    """alice is homed on node one, bob on node two; both talk to node one."""
+    assert fa.require_session().home_node == pair.nodes["one"].settings.node_id.encode()
+    assert fb.require_session().home_node == pair.nodes["two"].settings.node_id.encode()
+    assert fa.api.url == fb.api.url == pair.urls["one"]
+
+
 async def test_follow_accept_gives_the_follower_the_folder(
-    fa: FileSystem, fb: FileSystem, inbox: FakeInbox
+    pair: Pair, fa: FileSystem, fb: FileSystem
 ) -> None:
     with trio.fail_after(30):
+        _homes(pair, fa, fb)
+        forwarded = pair.nodes["one"].stats["forwarded"]
         await social.follow(fa, "bob")
+        assert pair.nodes["one"].stats["forwarded"] > forwarded  # sent on to bob's home
         ((name, pending),) = await social.following(fa)
         assert name == "bob"
         assert pending.cap is None
-        stored = inbox.boxes[fb.session.owner]
+        stored = pair.inbox("two", fb)
         assert [len(request) for request in stored.values()] == [FOLLOW_SEALED_BYTES]
+        assert not pair.inbox("one", fb)  # kept at bob's home only
 
         listed = await social.requests(fb)
         assert [p.username for p in listed.pending] == ["alice"]
@@ -102,17 +113,22 @@ async def test_follow_accept_gives_the_follower_the_folder(
         await social.accept(fb, "alice")
         assert [name for name, _ in await social.followers(fb)] == ["alice"]
         assert await _exists(fb, "/bob/shared/alice")
-        assert not inbox.boxes[fb.session.owner]
+        assert not pair.inbox("two", fb)
+        assert [len(request) for request in pair.inbox("one", fa).values()] == [FOLLOW_SEALED_BYTES]
 
         answers = await social.requests(fa)
         assert answers.accepted == ["bob"]
         assert not answers.pending
         ((_, followee),) = await social.following(fa)
         assert followee.cap == (await fb.capability("/bob/shared/alice")).read_only()
-        assert not inbox.boxes[fa.session.owner]
+        assert not pair.inbox("one", fa)
         # The social state lives in each user's own encrypted space.
         assert await _exists(fa, "/alice/.pyrgos/social")
         assert await _exists(fa, "/alice/.pyrgos/keys")
+        # The follower reads the folder through a node that is not the followee's home.
+        assert followee.cap is not None
+        route = Route(fb.require_session().owner, fb.require_session().home_node)
+        assert (await fa.contents_of(followee.cap, route)).items == []
 
 
 async def test_accept_with_follow_back(fa: FileSystem, fb: FileSystem) -> None:
@@ -138,29 +154,33 @@ async def test_reject_drops_the_pending_follow(fa: FileSystem, fb: FileSystem) -
 
 
 async def test_tampered_and_forged_requests_are_dropped(
-    fa: FileSystem, fb: FileSystem, inbox: FakeInbox
+    pair: Pair, fa: FileSystem, fb: FileSystem
 ) -> None:
     with trio.fail_after(30):
         await social.follow(fa, "bob")
-        box = inbox.boxes[fb.session.owner]
-        ((key, sealed),) = box.items()
+        # The stored request is damaged on bob's home node's disk.
+        ((key, sealed),) = pair.inbox("two", fb).items()
         tampered = bytearray(sealed)
         tampered[-5] ^= 1
-        box[key] = bytes(tampered)
-        # Mallory signs with her own key a request claiming to come from alice.
+        pair.nodes["two"].store.put(Space.INBOX, key, bytes(tampered), sync=True)
+        # Mallory signs with her own key a request claiming to come from alice, and sends it
+        # like anyone can: anonymously, through a node that is not bob's home.
         mallory = SigningKey.generate()
         entry = (await fa.capability("/alice/shared/bob")).read_only()
         forged_entry = replace(entry, owner=mallory.public.key_hash())
         forged = FollowRequest.create(
             mallory, "follow", "alice", "bob", forged_entry, b"r" * 32, now_ms()
         )
-        sealed_forged = seal_request(forged, fb.session.data.boxing.public)
-        box[request_id(sealed_forged)] = sealed_forged
+        sealed_forged = seal_request(forged, fb.require_session().data.boxing.public)
+        await fa.api.call(
+            "social.send", {"target": fb.require_session().owner, "request": sealed_forged}
+        )
+        assert len(pair.inbox("two", fb)) == 2
 
         listed = await social.requests(fb)
         assert listed.pending == []
         assert listed.dropped == 2
-        assert not box  # unusable items leave the inbox
+        assert not pair.inbox("two", fb)  # unusable items leave the inbox
         with pytest.raises(NotFound, match="no follow request from alice"):
             await social.accept(fb, "alice")
         assert await social.followers(fb) == []
@@ -208,7 +228,7 @@ async def test_a_changed_key_is_refused_until_verified(fa: FileSystem, fb: FileS
         with pytest.raises(MalformedInput):
             await social.verify(fb, "alice", "12345")
         mine = await social.fingerprint(fa)
-        assert mine.digits == contacts.fingerprint(fa.session.owner)
+        assert mine.digits == contacts.fingerprint(fa.require_session().owner)
         await social.verify(fb, "alice", mine.digits)
         assert (await social.fingerprint(fb, "alice")).verified
         await social.accept(fb, "alice")
@@ -236,7 +256,7 @@ async def test_unfollow_and_remove_follower(fa: FileSystem, fb: FileSystem) -> N
 async def test_fingerprint_records_a_first_seen_key(fa: FileSystem, fb: FileSystem) -> None:
     with trio.fail_after(30):
         held = await social.fingerprint(fa, "bob")
-        assert held.identity == fb.session.owner
+        assert held.identity == fb.require_session().owner
         assert not held.verified
         assert not held.changed
-        assert (await social.load_keys(fa)).keys["bob"].identity == fb.session.owner
+        assert (await social.load_keys(fa)).keys["bob"].identity == fb.require_session().owner
