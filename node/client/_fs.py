@@ -1253,46 +1253,37 @@ class FileSystem:
     ) -> None:
         """Every chunk of a file opened and sealed again under `new`, one chunk at a time."""
         async with job.small if small else job.files:
-            await self._rewrite_chunks(job, source, old, new, keys, parent_label)
-
-    async def _rewrite_chunks(
-        self,
-        job: _Rewrite,
-        source: CID,
-        old: Capability,
-        new: Capability,
-        keys: KeyBlock,
-        parent_label: bytes,
-    ) -> None:
-        ((first_cid, block),) = await self._nodes(job.blocks, source, old, [0])
-        first = open_node(old, 0, False, block)
-        if first.props is None:
-            raise Corrupted("a first chunk has no metadata")
-        count = _chunk_count(first.props)
-        labels = [old.chunk(i)[0] for i in range(count)]
-        found: dict[bytes, CID | None] = {labels[0]: first_cid}
-        if count > 1:  # a one-chunk file (most of them) needs no second walk of the CHAMP
-            found.update(await job.blocks.lookup(source, labels[1:]))
-        new_nodes = job.new.setdefault(new.writer, {})
-        for index in range(count):
-            cid = found[labels[index]]
-            if cid is None:
-                raise NotFound(f"{first.props.name} is missing a chunk")
-            if old.writer == job.parent_writer:
-                job.old[labels[index]] = cid
-            opened = first
-            if index:
-                block = await job.blocks.fetch(cid, old.chunk(index)[1])
-                opened = open_node(old, index, False, block)
-            plain = await self._payload(job.blocks, old, index, opened, False)
-            payload, fragments = await trio.to_thread.run_sync(
-                _seal_file_chunk, new, index, keys, plain, job.mirror_id
-            )
-            del plain
-            await job.uploader.add(fragments)
-            props = replace(first.props, parent=parent_label) if index == 0 else None
-            node = build_node(new, index, keys, False, props, payload_data(payload), job.mirror_id)
-            new_nodes[new.chunk(index)[0]] = await job.blocks.put(node)
+            ((first_cid, block),) = await self._nodes(job.blocks, source, old, [0])
+            first = open_node(old, 0, False, block)
+            if first.props is None:
+                raise Corrupted("a first chunk has no metadata")
+            count = _chunk_count(first.props)
+            labels = [old.chunk(i)[0] for i in range(count)]
+            found: dict[bytes, CID | None] = {labels[0]: first_cid}
+            if count > 1:  # a one-chunk file (most of them) needs no second walk of the CHAMP
+                found.update(await job.blocks.lookup(source, labels[1:]))
+            new_nodes = job.new.setdefault(new.writer, {})
+            for index in range(count):
+                cid = found[labels[index]]
+                if cid is None:
+                    raise NotFound(f"{first.props.name} is missing a chunk")
+                if old.writer == job.parent_writer:
+                    job.old[labels[index]] = cid
+                opened = first
+                if index:
+                    block = await job.blocks.fetch(cid, old.chunk(index)[1])
+                    opened = open_node(old, index, False, block)
+                plain = await self._payload(job.blocks, old, index, opened, False)
+                payload, fragments = await trio.to_thread.run_sync(
+                    _seal_file_chunk, new, index, keys, plain, job.mirror_id
+                )
+                del plain
+                await job.uploader.add(fragments)
+                props = replace(first.props, parent=parent_label) if index == 0 else None
+                node = build_node(
+                    new, index, keys, False, props, payload_data(payload), job.mirror_id
+                )
+                new_nodes[new.chunk(index)[0]] = await job.blocks.put(node)
 
     # -- files --------------------------------------------------------------------------
 

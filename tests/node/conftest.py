@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Session, signup
+from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Session, sharing, signup
 from node.net import serve_api
 from node.server import NodeService
 from node.store import Store
-from simulations.swarm import new_node
+from simulations.swarm import LocalNetwork, new_node
 
 PASSWORD = "correct horse battery"
 
@@ -54,3 +54,33 @@ async def alice(api: NodeApi) -> Session:
 @pytest.fixture
 def fs(alice: Session) -> FileSystem:
     return FileSystem(alice)
+
+
+class Users:
+    """alice, bob and carol, each homed on a node of their own, each with its own client."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.sessions: dict[str, Session] = {}
+
+    def fs(self, name: str) -> FileSystem:
+        return sharing.filesystem(self.sessions[name])
+
+
+@pytest.fixture
+async def users(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Users]:
+    swarm = LocalNetwork()
+    root = new_node(Store(tmp_path / "n1"), default_quota=1024**3)
+    nodes = [root] + [
+        new_node(Store(tmp_path / f"n{i}"), pki_node=root.settings.node_id) for i in (2, 3)
+    ]
+    urls = []
+    for service in nodes:
+        swarm.add(service)
+        urls.append(await nursery.start(serve_api, service, "127.0.0.1", 0))
+    result = Users(urls)
+    async with NodeApi(urls[0]) as a, NodeApi(urls[1]) as b, NodeApi(urls[2]) as c:
+        for name, api in (("alice", a), ("bob", b), ("carol", c)):
+            result.sessions[name] = await signup(api, name, PASSWORD)
+        yield result
+    nursery.cancel_scope.cancel()

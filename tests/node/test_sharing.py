@@ -5,57 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, get_tree, sharing, signup, social
+from node.client import FileSystem, NodeApi, Session, get_tree, sharing, social
 from node.client._blocks import Blocks
 from node.client._resolve import Listing
-from node.net import serve_api
-from node.store import Store
 from protocols import crypto
 from protocols.cid import CID
 from protocols.cryptree import CHUNK_BYTES, Capability, Entry
 from protocols.errors import Conflict, Corrupted, Denied, NotFound
 from protocols.shares import SharedItem, decode_caps, encode_caps
-from simulations.swarm import LocalNetwork, new_node
-from tests.node.conftest import PASSWORD
+from tests.node.conftest import Users
 
 TIMEOUT = 60
-
-
-class Users:
-    """alice, bob and carol, each homed on a node of their own, each with its own client."""
-
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
-        self.sessions: dict[str, Session] = {}
-
-    def fs(self, name: str) -> FileSystem:
-        return sharing.filesystem(self.sessions[name])
-
-
-@pytest.fixture
-async def users(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Users]:
-    swarm = LocalNetwork()
-    root = new_node(Store(tmp_path / "n1"), default_quota=1024**3)
-    nodes = [root] + [
-        new_node(Store(tmp_path / f"n{i}"), pki_node=root.settings.node_id) for i in (2, 3)
-    ]
-    urls = []
-    for service in nodes:
-        swarm.add(service)
-        urls.append(await nursery.start(serve_api, service, "127.0.0.1", 0))
-    result = Users(urls)
-    async with NodeApi(urls[0]) as a, NodeApi(urls[1]) as b, NodeApi(urls[2]) as c:
-        for name, api in (("alice", a), ("bob", b), ("carol", c)):
-            result.sessions[name] = await signup(api, name, PASSWORD)
-        yield result
-    nursery.cancel_scope.cancel()
 
 
 async def befriend(users: Users, owner: str, follower: str) -> None:

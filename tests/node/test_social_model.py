@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, links, sharing, signup, social
-from node.net import serve_api
-from node.store import Store
+from node.client import FileSystem, NodeApi, links, sharing, social
 from protocols.errors import Denied, NotFound
-from simulations.swarm import LocalNetwork, new_node
-from tests.node.conftest import PASSWORD
+from tests.node.conftest import Users
 
 USERS = ("alice", "bob", "carol")
 TOPS = ("d0", "d1")  # each user's top-level folders: what is shared
@@ -48,36 +43,6 @@ class Model:
         return sorted(p for p, v in self.below(owner, top).items() if v is not DIR)
 
 
-class World:
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
-        self.sessions: dict[str, Session] = {}
-
-    def fs(self, name: str) -> FileSystem:
-        """A fresh filesystem per step, as each CLI command has."""
-        return sharing.filesystem(self.sessions[name])
-
-
-@pytest.fixture
-async def world(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[World]:
-    swarm = LocalNetwork()
-    root = new_node(Store(tmp_path / "n1"), default_quota=1024**3)
-    nodes = [root] + [
-        new_node(Store(tmp_path / f"n{i}"), pki_node=root.settings.node_id, default_quota=1024**3)
-        for i in (2, 3)
-    ]
-    urls = []
-    for service in nodes:
-        swarm.add(service)
-        urls.append(await nursery.start(serve_api, service, "127.0.0.1", 0))
-    result = World(urls)
-    async with NodeApi(urls[0]) as a, NodeApi(urls[1]) as b, NodeApi(urls[2]) as c:
-        for name, api in zip(USERS, (a, b, c), strict=True):
-            result.sessions[name] = await signup(api, name, PASSWORD)
-        yield result
-    nursery.cancel_scope.cancel()
-
-
 async def walk(fs: FileSystem, base: str, top: str) -> Tree:
     """What `fs` sees below `base`/`top`, as the model's paths (`top/...`)."""
     seen: Tree = {top: DIR}
@@ -94,9 +59,9 @@ async def walk(fs: FileSystem, base: str, top: str) -> Tree:
     return seen
 
 
-async def check(world: World, model: Model) -> None:
+async def check(users: Users, model: Model) -> None:
     for user in USERS:
-        fs = world.fs(user)
+        fs = users.fs(user)
         for top in TOPS:
             assert await walk(fs, f"/{user}", top) == model.below(user, top), (user, top)
         for (owner, top), sharees in model.shares.items():
@@ -110,21 +75,21 @@ async def check(world: World, model: Model) -> None:
                     await fs.listdir(f"/{owner}/{top}")
 
 
-async def befriend_all(world: World) -> None:
+async def befriend_all(users: Users) -> None:
     for follower in USERS:
         for owner in USERS:
             if follower != owner:
-                await social.follow(world.fs(follower), owner)
+                await social.follow(users.fs(follower), owner)
     for owner in USERS:
-        await social.requests(world.fs(owner))
+        await social.requests(users.fs(owner))
         for follower in USERS:
             if follower != owner:
-                await social.accept(world.fs(owner), follower)
+                await social.accept(users.fs(owner), follower)
     for follower in USERS:
-        await social.requests(world.fs(follower))
+        await social.requests(users.fs(follower))
 
 
-async def step(world: World, model: Model, rng: random.Random) -> str:
+async def step(users: Users, model: Model, rng: random.Random) -> str:
     """One random operation, applied to the system and the model; returns what it was."""
     kind = rng.choice(["write", "write", "write", "mkdir", "rm", "mv", "share", "unshare", "link"])
     owner, top, actor = rng.choice(USERS), rng.choice(TOPS), ""
@@ -135,7 +100,7 @@ async def step(world: World, model: Model, rng: random.Random) -> str:
     if kind == "unshare" and granted:
         owner, top, actor, _ = rng.choice(granted)
     tree = model.trees[owner]
-    fs = world.fs(actor if kind in ("write", "mkdir") and actor else owner)
+    fs = users.fs(actor if kind in ("write", "mkdir") and actor else owner)
     base = f"/{owner}"
     if kind in ("write", "mkdir"):
         parent = rng.choice(model.dirs(owner, top))
@@ -185,8 +150,8 @@ async def step(world: World, model: Model, rng: random.Random) -> str:
         if not files:
             return "skip link"
         path = rng.choice(files)
-        url = await links.create_link(fs, f"{base}/{path}", node_url=world.urls[0], max_uses=1)
-        async with NodeApi(rng.choice(world.urls)) as anyone:
+        url = await links.create_link(fs, f"{base}/{path}", node_url=users.urls[0], max_uses=1)
+        async with NodeApi(rng.choice(users.urls)) as anyone:
             reader = await links.link_filesystem(anyone, url)
             assert await reader.read_bytes(f"/{links.LINK_NAME}", 1 << 20) == tree[path]
             with pytest.raises(Denied):  # its one use is spent
@@ -196,20 +161,20 @@ async def step(world: World, model: Model, rng: random.Random) -> str:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_every_view_equals_the_model(world: World, seed: int) -> None:
+async def test_every_view_equals_the_model(users: Users, seed: int) -> None:
     rng = random.Random(seed)
     model = Model({user: dict.fromkeys(TOPS, DIR) for user in USERS})
     with trio.fail_after(240):
-        await befriend_all(world)
+        await befriend_all(users)
         for user in USERS:
-            fs = world.fs(user)
+            fs = users.fs(user)
             for top in TOPS:
                 await fs.mkdir(f"/{user}/{top}")
-        await check(world, model)
+        await check(users, model)
         trace = []
         for _ in range(STEPS):
-            trace.append(await step(world, model, rng))
+            trace.append(await step(users, model, rng))
             try:
-                await check(world, model)
+                await check(users, model)
             except AssertionError as exc:
                 raise AssertionError(f"after {trace}: {exc}") from exc
