@@ -32,6 +32,7 @@ from node.home import (
     default_home,
     parse_size,
 )
+from protocols import methods
 from protocols.cid import CID
 from protocols.errors import (
     AuthFailed,
@@ -395,8 +396,8 @@ def cmd_logout(args: argparse.Namespace) -> None:
     async def run() -> bool:
         async with NodeApi(node_url()) as api:
             api.session = saved.token
-            ended = await api.call("session.end", {"owner": saved.data.home.owner, "all": args.all})
-            return bool(ended)
+            call = methods.SessionEnd(saved.data.home.owner, all=args.all)
+            return (await client.typed.request(api, call, methods.Done)).done
 
     try:
         trio.run(run)

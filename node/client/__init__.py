@@ -3,6 +3,7 @@
 from node.client import _links as links
 from node.client import _sharing as sharing
 from node.client import _social as social
+from node.client import _typed as typed
 from node.client._api import NodeApi, Route
 from node.client._blocks import BlockCache
 from node.client._fs import Contents, FileSystem, get_file, get_tree, put_tree, tree_size
@@ -55,4 +56,5 @@ __all__ = [
     "signup",
     "social",
     "tree_size",
+    "typed",
 ]

@@ -10,7 +10,8 @@ from typing import Any, Final
 
 import httpx
 
-from protocols import bats, cbor
+from node.client import _typed
+from protocols import bats, cbor, methods
 from protocols.cid import CID
 from protocols.errors import Corrupted, PyrgosError, Unavailable, error_from_code
 
@@ -18,10 +19,6 @@ API_PREFIX: Final = "/api/v1"
 CBOR_TYPE: Final = "application/cbor"
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
 MAX_CONNECTIONS: Final = 16
-# The calls a node accepts only within a live session (docs/protocol.md, "Sessions").
-SESSION_CALLS: Final = frozenset(
-    {"block.put", "pointer.cas", "usage.get", "session.check", "session.end"}
-)
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,10 @@ class NodeApi:
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
         """Call one method of the node's table and return its CBOR result."""
-        if self.session is not None and method in SESSION_CALLS:
+        spec = methods.METHODS.get(method)
+        # The calls a node accepts only within a live session carry the token (the table says
+        # which: docs/protocol.md, "Sessions").
+        if self.session is not None and spec is not None and spec.session:
             args = {"session": self.session, **(args or {})}
         body = cbor.encode_parts(args or {})  # blocks in the body are sent, not copied
         headers = {"content-type": CBOR_TYPE, "content-length": str(sum(map(len, body)))}
@@ -119,8 +119,8 @@ class NodeApi:
 
     async def node_id(self) -> bytes:
         if self._node_id is None:
-            info = await self.call("node.info")
-            self._node_id = str(info["node"]).encode()
+            info = await _typed.request(self, methods.NodeInfo(), methods.NodeInfoReply)
+            self._node_id = info.node.encode()
         return self._node_id
 
     async def get_block(

@@ -12,8 +12,9 @@ from typing import Final
 
 import trio
 
+from node.client import _typed
 from node.client._api import NodeApi, Route
-from protocols import cbor, champ
+from protocols import cbor, champ, methods
 from protocols.blocks import MAX_BLOCKS_PER_PUT, sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import SigningKey
@@ -178,11 +179,9 @@ class Blocks:
         if root not in self.staged:
             for start in range(0, len(wanted), MAX_KEYS_PER_LOOKUP):
                 batch = wanted[start : start + MAX_KEYS_PER_LOOKUP]
-                args: dict[str, object] = {"root": root, "keys": batch, "owner": self.route.owner}
-                proof = await self.api.call("champ.get", args)
-                if not isinstance(proof, list) or not all(isinstance(b, bytes) for b in proof):
-                    raise Corrupted("the node returned a malformed CHAMP proof")
-                for block in proof:
+                call = methods.ChampGet(root, tuple(batch), self.route.owner)
+                proof = await _typed.request(self.api, call, methods.ChampGetReply)
+                for block in proof.blocks:
                     self.cache.add(CID.of(CODEC_DAG_CBOR, block), block)
         try:
             return await champ.get_many(self, root, wanted)
@@ -236,16 +235,14 @@ async def _put_batch(
     batch: list[tuple[CID, bytes]],
     upload: bytes,
 ) -> None:
-    await api.call(
-        "block.put",
-        {
-            "owner": owner,
-            "writer": writer.public.key_hash(),
-            "upload": upload,
-            "blocks": [[cid.codec, data] for cid, data in batch],
-            "sigs": [sign_put(writer, cid) for cid, _ in batch],
-        },
+    call = methods.BlockPut(
+        owner,
+        writer.public.key_hash(),
+        tuple((cid.codec, data) for cid, data in batch),
+        tuple(sign_put(writer, cid) for cid, _ in batch),
+        upload,
     )
+    await _typed.request(api, call, methods.BlockPutReply)
 
 
 async def stage_dir_chunk(

@@ -24,6 +24,7 @@ from typing import BinaryIO, Final
 
 import trio
 
+from node.client import _typed
 from node.client._api import NodeApi, Route, check_block
 from node.client._blocks import (
     MAX_KEYS_PER_LOOKUP,
@@ -42,7 +43,7 @@ from node.client._trees import (
     WriterTree,
     commit_trees,
 )
-from protocols import accounts, champ, crypto
+from protocols import accounts, champ, crypto, methods
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.cryptree import (
     CHUNK_BYTES,
@@ -1416,15 +1417,10 @@ class FileSystem:
         session = self.require_session()
         signed = now_ms()
         owner = session.owner
-        reply = await self.api.call(
-            "usage.get",
-            {
-                "owner": owner,
-                "time": signed,
-                "sig": accounts.sign_timed(session.identity, accounts.USAGE, [owner], signed),
-            },
-        )
-        return int(reply["used"]), int(reply["quota"])
+        sig = accounts.sign_timed(session.identity, accounts.USAGE, [owner], signed)
+        call = methods.UsageGet(owner, signed, sig)
+        reply = await _typed.request(self.api, call, methods.UsageGetReply)
+        return reply.used, reply.quota
 
 
 @dataclass

@@ -13,9 +13,10 @@ from typing import Final
 
 import trio
 
+from node.client import _typed
 from node.client._api import NodeApi, Route
 from node.client._blocks import Blocks, new_upload_id, put_blocks, stage_dir_chunk
-from protocols import accounts, champ, crypto
+from protocols import accounts, champ, crypto, methods
 from protocols.accounts import LoginData
 from protocols.bats import hashed_id
 from protocols.blocks import sign_put
@@ -24,7 +25,7 @@ from protocols.crypto import BoxingKey, KdfParams, LoginKeys, SigningKey
 from protocols.cryptree import Capability, KeyBlock, Properties
 from protocols.errors import AuthFailed, Corrupted, Denied, MalformedInput, Unavailable
 from protocols.names import check_password, check_username
-from protocols.pki import CLAIM_LIFETIME, Claim, next_expiry, record_to_cbor
+from protocols.pki import CLAIM_LIFETIME, Claim, next_expiry
 from protocols.pointers import CONTEXT as POINTER_CONTEXT
 from protocols.pointers import PointerUpdate
 from protocols.writerdata import WriterData
@@ -84,23 +85,13 @@ class Session:
         return f"Session(username={self.username!r}, node={self.api.url!r})"
 
 
-def _session_reply(reply: object) -> tuple[bytes, int]:
-    if not isinstance(reply, dict):
-        raise Corrupted("the node returned a malformed session")
-    token, expiry = reply.get("session"), reply.get("expiry")
-    if not isinstance(token, bytes) or not isinstance(expiry, int):
-        raise Corrupted("the node returned a malformed session")
-    return token, expiry
-
-
 async def _derive(username: str, password: str, params: KdfParams) -> LoginKeys:
     # Argon2id with 256 MiB takes about a second: keep the event loop free meanwhile.
     return await trio.to_thread.run_sync(crypto.derive_login_keys, username, password, params)
 
 
 async def _node_allows_test_kdf(api: NodeApi) -> bool:
-    info = await api.call("node.info")
-    return bool(info.get("test_mode"))
+    return (await _typed.request(api, methods.NodeInfo(), methods.NodeInfoReply)).test_mode
 
 
 async def signup(
@@ -148,19 +139,17 @@ async def signup(
     staged = [(cid, blocks.staged[cid]) for cid in blocks.reachable_staged(root)]
     data = LoginData(identity=identity, boxing=boxing, home=home, mirror_bat=mirror_bat)
     claim = Claim.create(identity, username, node_id, int(time.time()) + CLAIM_LIFETIME)
-    await api.call(
-        "account.signup",
-        {
-            "claim": claim.to_cbor(),
-            "login_key": login.signing.public.to_cbor(),
-            "login_data": data.seal(login.root_key, username),
-            "mirror_bat": mirror_bat,
-            "pointer": PointerUpdate.create(identity, None, root, 1).encode(),
-            "blocks": [[cid.codec, block] for cid, block in staged],
-            "sigs": [sign_put(identity, cid) for cid, _ in staged],
-        }
-        | ({} if token is None else {"token": token}),
+    call = methods.AccountSignup(
+        claim,
+        login.signing.public,
+        data.seal(login.root_key, username),
+        mirror_bat,
+        PointerUpdate.create(identity, None, root, 1),
+        tuple((cid.codec, block) for cid, block in staged),
+        tuple(sign_put(identity, cid) for cid, _ in staged),
+        token,
     )
+    await _typed.request(api, call, methods.Done)
     # The node session comes from a login like any other (one round trip, no second KDF).
     _, session, expiry = await _open_node_session(api, username, login)
     api.session = session
@@ -180,8 +169,8 @@ async def _login_keys(
     api: NodeApi, username: str, password: str, test_kdf: bool | None
 ) -> tuple[LoginKeys, KdfParams]:
     check_username(username)
-    reply = await api.call("account.params", {"username": username})
-    params = KdfParams.from_cbor(reply.get("params"))
+    call = methods.AccountParams(username)
+    params = (await _typed.request(api, call, methods.AccountParamsReply)).params
     allowed = test_kdf_allowed() if test_kdf is None else test_kdf
     if not params.is_production_strength and not allowed:
         raise Denied(
@@ -205,19 +194,10 @@ async def _open_node_session(
 ) -> tuple[bytes, bytes, int]:
     """Prove the password to the home node: (sealed login data, session token, expiry)."""
     signed = now_ms()
-    reply = await api.call(
-        "account.login",
-        {
-            "username": username,
-            "time": signed,
-            "sig": accounts.sign_timed(login.signing, accounts.LOGIN, [username], signed),
-        },
-    )
-    sealed = reply.get("data") if isinstance(reply, dict) else None
-    if not isinstance(sealed, bytes):
-        raise Corrupted("the node returned malformed login data")
-    token, expiry = _session_reply(reply)
-    return sealed, token, expiry
+    sig = accounts.sign_timed(login.signing, accounts.LOGIN, [username], signed)
+    call = methods.AccountLogin(username, signed, sig)
+    reply = await _typed.request(api, call, methods.AccountLoginReply)
+    return reply.data, reply.session, reply.expiry
 
 
 async def reopen(
@@ -228,13 +208,15 @@ async def reopen(
     api.session = token
     try:
         if check:
-            await api.call("session.check", {"owner": data.home.owner})
+            call = methods.SessionCheck(data.home.owner)
+            await _typed.request(api, call, methods.SessionReply)
     except Denied as exc:
         raise AuthFailed(
             f"this device's session for {username} has ended (logged out, password changed"
             f" or expired): run `pyrgos login {username}`"
         ) from exc
-    claim = Claim.from_cbor(await api.call("pki.lookup", {"username": username}))
+    lookup = methods.PkiLookup(username)
+    claim = (await _typed.request(api, lookup, methods.PkiLookupReply)).claim
     if claim.identity != data.home.owner:
         raise Corrupted("the PKI names another identity for this user than their login data")
     if claim.expiry - int(time.time()) < RENEW_BEFORE:
@@ -244,9 +226,10 @@ async def reopen(
 
 async def logout(session: Session, *, everywhere: bool = False) -> bool:
     """End this session at the home node (or, `everywhere`, every session of the user)."""
-    ended = await session.api.call("session.end", {"owner": session.owner, "all": everywhere})
+    call = methods.SessionEnd(session.owner, all=everywhere)
+    ended = await _typed.request(session.api, call, methods.Done)
     session.api.session = None
-    return bool(ended)
+    return ended.done
 
 
 async def renew_claim(api: NodeApi, identity: SigningKey, claim: Claim) -> Claim:
@@ -261,7 +244,7 @@ async def renew_claim(api: NodeApi, identity: SigningKey, claim: Claim) -> Claim
         mirrors=claim.mirrors,
     )
     try:
-        await api.call("pki.submit", {"record": record_to_cbor(renewed)})
+        await _typed.request(api, methods.PkiSubmit(renewed), methods.PkiSubmitReply)
     except Unavailable:
         return claim
     return renewed
@@ -290,8 +273,9 @@ async def change_password(session: Session, current: str, new: str) -> Session:
         await _open_node_session(api, username, old_keys)
     except AuthFailed as exc:
         raise AuthFailed(f"the current password is not accepted: {exc.message}") from exc
-    pointer_raw = await api.call("pointer.get", {"writer": session.owner, "owner": session.owner})
-    if not isinstance(pointer_raw, bytes):
+    get = methods.PointerGet(session.owner, session.owner)
+    pointer_raw = (await _typed.request(api, get, methods.PointerGetReply)).update
+    if pointer_raw is None:
         raise Corrupted("the account has no root pointer")
     pointer = PointerUpdate.decode(pointer_raw)
     session.identity.public.verify(pointer.signed_part, pointer.signature, POINTER_CONTEXT)
@@ -312,18 +296,13 @@ async def change_password(session: Session, current: str, new: str) -> Session:
     login_data = session.data.seal(new_keys.root_key, username)
     signed = now_ms()
     payload: list[object] = [username, new_keys.signing.public.to_cbor(), login_data, update]
-    reply = await api.call(
-        "account.update",
-        {
-            "username": username,
-            "login_key": new_keys.signing.public.to_cbor(),
-            "login_data": login_data,
-            "pointer": update,
-            "uploads": [upload],
-            "time": signed,
-            "sig": accounts.sign_timed(old_keys.signing, accounts.UPDATE_LOGIN, payload, signed),
-        },
+    sig = accounts.sign_timed(old_keys.signing, accounts.UPDATE_LOGIN, payload, signed)
+    call = methods.AccountUpdate(
+        username, new_keys.signing.public, login_data, update, signed, sig, (upload,)
     )
-    token, expiry = _session_reply(reply)
+    reply = await _typed.request(api, call, methods.SessionReply)
+    if reply.session is None:
+        raise Corrupted("the node's answer to account.update carries no session")
+    token, expiry = reply.session, reply.expiry
     api.session = token
     return Session(api, username, session.data, token, expiry, session.weak_kdf, session.home_node)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
+from node.client import _typed
 from node.client._api import NodeApi, Route
 from node.client._fs import FileSystem
 from node.client._session import now_ms
-from protocols import accounts, contacts, crypto
+from protocols import accounts, contacts, crypto, methods
 from protocols.cid import CID
 from protocols.contacts import KeyStore
 from protocols.crypto import BoxingPublicKey, VerifyKey
@@ -34,8 +35,6 @@ from protocols.pki import Claim
 from protocols.pointers import CONTEXT as POINTER_CONTEXT
 from protocols.pointers import PointerUpdate
 from protocols.social import (
-    INBOX_ID_BYTES,
-    MAX_PENDING,
     MAX_STATE_BYTES,
     REPLY_BYTES,
     Followee,
@@ -51,7 +50,6 @@ STATE_DIR: Final = ".pyrgos"  # hidden: `ls` skips names starting with "."
 SOCIAL_FILE: Final = "social"
 KEYS_FILE: Final = "keys"
 SHARED_DIR: Final = "shared"  # /<me>/shared/<them>/: what I share with each follower
-MAX_INBOX: Final = MAX_PENDING  # what a node keeps per target; a longer reply is refused
 Clock = Callable[[], int]  # milliseconds since the epoch
 
 
@@ -152,9 +150,9 @@ async def _save_keys(fs: FileSystem, store: KeyStore) -> None:
 async def _claim(api: NodeApi, username: str) -> Claim:
     """The user's PKI claim, its signatures checked here: never on the node's word."""
     check_username(username)
-    reply = await api.call("pki.lookup", {"username": username})
+    reply = await _typed.request(api, methods.PkiLookup(username), methods.PkiLookupReply)
+    claim = reply.claim
     try:
-        claim = Claim.from_cbor(reply)
         claim.verify()
     except PyrgosError as exc:
         raise Corrupted(f"the node returned a bad PKI claim for {username}: {exc}") from None
@@ -189,8 +187,9 @@ async def _public_block(api: NodeApi, owner: CID, cid: CID) -> bytes:
 
 async def _boxing_key(api: NodeApi, identity: CID) -> BoxingPublicKey:
     """The boxing key in the user's identity WriterData, its pointer signature checked."""
-    raw = await api.call("pointer.get", {"writer": identity, "owner": identity})
-    if not isinstance(raw, bytes):
+    call = methods.PointerGet(identity, identity)
+    raw = (await _typed.request(api, call, methods.PointerGetReply)).update
+    if raw is None:
         raise NotFound("this user has no root: their signup was not completed")
     try:
         pointer = PointerUpdate.decode(raw)
@@ -211,39 +210,26 @@ async def _boxing_key(api: NodeApi, identity: CID) -> BoxingPublicKey:
 # -- the inbox -----------------------------------------------------------------------------
 
 
-def _signed(fs: FileSystem, payload: list[object], clock: Clock) -> dict[str, Any]:
+def _signed(fs: FileSystem, payload: list[object], clock: Clock) -> tuple[int, bytes]:
+    """(time, signature) of an inbox call."""
     session = fs.require_session()
     signed = clock()
-    sig = accounts.sign_timed(session.identity, accounts.SOCIAL, payload, signed)
-    return {"time": signed, "sig": sig}
+    return signed, accounts.sign_timed(session.identity, accounts.SOCIAL, payload, signed)
 
 
 async def _inbox(fs: FileSystem, clock: Clock) -> list[tuple[bytes, bytes]]:
     """(id, sealed request) of every request in my inbox."""
     owner = fs.require_session().owner
-    reply = await fs.api.call("social.list", {"owner": owner, **_signed(fs, [owner], clock)})
-    if not isinstance(reply, list) or len(reply) > MAX_INBOX:
-        raise Corrupted(f"the node returned a malformed inbox (a list of at most {MAX_INBOX})")
-    items = []
-    for item in reply:
-        if not isinstance(item, dict) or set(item) != {"id", "request"}:
-            raise Corrupted("the node returned a malformed inbox item")
-        request_id, sealed = item["id"], item["request"]
-        if type(request_id) is not bytes or len(request_id) != INBOX_ID_BYTES:
-            raise Corrupted("the node returned a malformed inbox id")
-        if type(sealed) is not bytes:
-            raise Corrupted("the node returned a malformed inbox request")
-        items.append((request_id, sealed))
-    return items
+    call = methods.SocialList(owner, *_signed(fs, [owner], clock))
+    return list((await _typed.request(fs.api, call, methods.SocialListReply)).items)
 
 
 async def _remove(fs: FileSystem, ids: list[bytes], clock: Clock) -> None:
     if not ids:
         return
     owner = fs.require_session().owner
-    await fs.api.call(
-        "social.remove", {"owner": owner, "ids": ids, **_signed(fs, [owner, ids], clock)}
-    )
+    call = methods.SocialRemove(owner, tuple(ids), *_signed(fs, [owner, ids], clock))
+    await _typed.request(fs.api, call, methods.Count)
 
 
 async def _send(
@@ -258,7 +244,7 @@ async def _send(
         fs.require_session().identity, kind, _me(fs), claim.username, entry, reply, clock()
     )
     sealed = seal_request(request, await _boxing_key(fs.api, claim.identity))
-    await fs.api.call("social.send", {"target": claim.identity, "request": sealed})
+    await _typed.request(fs.api, methods.SocialSend(claim.identity, sealed), methods.Done)
 
 
 @dataclass

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
+from node.client import _typed
 from node.client._api import NodeApi, Route
 from node.client._blocks import Blocks, new_upload_id, put_blocks
+from protocols import methods
 from protocols.cid import CID
 from protocols.crypto import SigningKey, VerifyKey
 from protocols.errors import Corrupted, Denied, MalformedInput, NotFound, TooLarge
@@ -53,8 +55,9 @@ class WriterTree:
     async def read(self, blocks: Blocks) -> TreeRoot:
         """The current root: the pointer (its signature checked with the writer's key) and
         its WriterData (whose controller must be the writer)."""
-        raw = await blocks.api.call("pointer.get", {"writer": self.writer, "owner": self.owner})
-        if not isinstance(raw, bytes):
+        call = methods.PointerGet(self.writer, self.owner)
+        raw = (await _typed.request(blocks.api, call, methods.PointerGetReply)).update
+        if raw is None:
             if self.is_identity:
                 raise NotFound("this account has no root: was the signup completed?")
             raise NotFound(f"the writer {self.writer} has no root")
@@ -106,7 +109,7 @@ async def commit_trees(
     if any(update.tree.owner != owner for update in updates):
         raise MalformedInput("one commit updates the trees of one owner")
     upload = new_upload_id()
-    pairs: list[list[object]] = []
+    pairs: list[tuple[CID, PointerUpdate]] = []
     for update in updates:
         signer = update.tree.writable()
         data = update.data
@@ -120,5 +123,6 @@ async def commit_trees(
         pointer = None if update.root is None else update.root.pointer
         previous, sequence = (None, 1) if pointer is None else (pointer.new, pointer.sequence + 1)
         signed = PointerUpdate.create(signer, previous, root, sequence)
-        pairs.append([update.tree.writer, signed.encode()])
-    await api.call("pointer.cas", {"owner": owner, "updates": pairs, "uploads": [upload, *uploads]})
+        pairs.append((update.tree.writer, signed))
+    call = methods.PointerCas(owner, tuple(pairs), (upload, *uploads))
+    await _typed.request(api, call, methods.Done)

@@ -5,11 +5,13 @@ info = await typed.request(api, methods.NodeInfo(), methods.NodeInfoReply)
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from node.client._api import NodeApi
 from protocols.errors import Corrupted, MalformedInput, TooLarge
 from protocols.methods import Message, method_of
+
+if TYPE_CHECKING:  # NodeApi itself makes typed calls
+    from node.client._api import NodeApi
 
 R = TypeVar("R", bound=Message)
 

@@ -24,7 +24,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.client import FileSystem, NodeApi, login, signup
-from node.client._api import SESSION_CALLS
 from node.net import API_PREFIX, MAX_BODY_BYTES, build_app
 from node.net._rpc import serve_rpc
 from node.server import METHODS, NodeService
@@ -74,7 +73,7 @@ class RecordingApi(NodeApi):
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
-        if self.session is not None and method in SESSION_CALLS:  # as NodeApi sends it
+        if self.session is not None and methods.METHODS[method].session:  # as NodeApi sends it
             args = {"session": self.session, **(args or {})}
         self.calls.append((method, dict(args or {})))
         return await super().call(method, args)
