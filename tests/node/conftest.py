@@ -84,3 +84,20 @@ async def users(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Users]:
             result.sessions[name] = await signup(api, name, PASSWORD)
         yield result
     nursery.cancel_scope.cancel()
+
+
+async def start_swarm(
+    tmp_path: Path, nursery: trio.Nursery, names: list[str]
+) -> tuple[dict[str, NodeService], dict[str, str]]:
+    """Nodes by name, the first the PKI node and the others following it, each serving its
+    API on 127.0.0.1, linked by one in-memory network: (services, API URLs)."""
+    swarm = LocalNetwork()
+    root = new_node(Store(tmp_path / names[0]))
+    nodes = {names[0]: root}
+    for name in names[1:]:
+        nodes[name] = new_node(Store(tmp_path / name), pki_node=root.settings.node_id)
+    urls = {}
+    for name, service in nodes.items():
+        swarm.add(service)
+        urls[name] = await nursery.start(serve_api, service, "127.0.0.1", 0)
+    return nodes, urls

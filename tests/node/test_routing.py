@@ -11,11 +11,9 @@ import pytest
 import trio
 
 from node.client import FileSystem, NodeApi, login, signup
-from node.net import serve_api
 from node.server import NodeService
-from node.store import Space, Store
-from simulations.swarm import LocalNetwork, new_node
-from tests.node.conftest import PASSWORD
+from node.store import Space
+from tests.node.conftest import PASSWORD, start_swarm
 
 
 class Pair:
@@ -26,14 +24,7 @@ class Pair:
 
 @pytest.fixture
 async def pair(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Pair]:
-    swarm = LocalNetwork()
-    home = new_node(Store(tmp_path / "home"))
-    other = new_node(Store(tmp_path / "other"), pki_node=home.settings.node_id)
-    nodes = {"home": home, "other": other}
-    urls = {}
-    for name, service in nodes.items():
-        swarm.add(service)
-        urls[name] = await nursery.start(serve_api, service, "127.0.0.1", 0)
+    nodes, urls = await start_swarm(tmp_path, nursery, ["home", "other"])
     yield Pair(nodes, urls)
     nursery.cancel_scope.cancel()
 

@@ -14,16 +14,14 @@ import trio
 
 from node.client import FileSystem, NodeApi, Route, login, signup, social
 from node.client._session import now_ms
-from node.net import serve_api
 from node.server import NodeService
-from node.store import Space, Store, owner_prefix
+from node.store import Space, owner_prefix
 from protocols import contacts
 from protocols.contacts import KeyStore, TrustedKey
 from protocols.crypto import SigningKey
 from protocols.errors import Conflict, Denied, MalformedInput, NotFound
 from protocols.social import FOLLOW_SEALED_BYTES, FollowRequest, seal_request
-from simulations.swarm import LocalNetwork, new_node
-from tests.node.conftest import PASSWORD
+from tests.node.conftest import PASSWORD, start_swarm
 
 
 @dataclass
@@ -41,14 +39,7 @@ class Pair:
 
 @pytest.fixture
 async def pair(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Pair]:
-    swarm = LocalNetwork()
-    one = new_node(Store(tmp_path / "one"))
-    two = new_node(Store(tmp_path / "two"), pki_node=one.settings.node_id)
-    nodes = {"one": one, "two": two}
-    urls = {}
-    for name, service in nodes.items():
-        swarm.add(service)
-        urls[name] = await nursery.start(serve_api, service, "127.0.0.1", 0)
+    nodes, urls = await start_swarm(tmp_path, nursery, ["one", "two"])
     yield Pair(nodes, urls)
     nursery.cancel_scope.cancel()
 
