@@ -473,7 +473,14 @@ async def _is_dir(fs: FileSystem, path: str) -> bool | None:
 
 
 def cmd_put(args: argparse.Namespace) -> None:
-    local = Path(args.local)
+    _upload(Path(args.local), args.remote, lambda action: run_fs(args, action))
+
+
+def _upload(
+    local: Path, remote: str, run: Callable[[Callable[[FileSystem], Awaitable[None]]], None]
+) -> None:
+    """Upload the file or folder `local` to `remote` (into it, when it is a folder) on the
+    filesystem `run` hands its action."""
     if not local.exists():
         raise UsageError(f"{local} does not exist")
     name = local.resolve().name
@@ -481,7 +488,6 @@ def cmd_put(args: argparse.Namespace) -> None:
     total = sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) if folder else None
 
     async def into(fs: FileSystem) -> str:
-        remote: str = args.remote
         return f"{remote.rstrip('/')}/{name}" if await _is_dir(fs, remote) else remote
 
     if folder:
@@ -490,7 +496,7 @@ def cmd_put(args: argparse.Namespace) -> None:
             with progress_bar(total, f"put {name}") as progress:
                 await client.put_tree(fs, local, await into(fs), progress)
 
-        run_fs(args, put_folder)
+        run(put_folder)
         return
     with local.open("rb") as source:
 
@@ -498,7 +504,7 @@ def cmd_put(args: argparse.Namespace) -> None:
             with progress_bar(os.fstat(source.fileno()).st_size, f"put {name}") as progress:
                 await fs.write_file(await into(fs), source, progress=progress)
 
-        run_fs(args, put_file)
+        run(put_file)
 
 
 def cmd_get(args: argparse.Namespace) -> None:
@@ -741,6 +747,7 @@ def cmd_link_create(args: argparse.Namespace) -> None:
         lambda fs: client.links.create_link(
             fs, args.path, node_url=args.node or fs.api.url, password=password,
             expires=args.expires, max_uses=args.max_uses, writable=args.writable,
+            rotate=client.sharing.rotate,
         ),
     )  # fmt: skip
     print(url)
@@ -820,6 +827,21 @@ def cmd_get_link(args: argparse.Namespace) -> None:
 
 def cmd_cat_link(args: argparse.Namespace) -> None:
     run_link(args.url, lambda fs: _cat(fs, f"/{client.links.LINK_NAME}"))
+
+
+def cmd_put_link(args: argparse.Namespace) -> None:
+    top = f"/{client.links.LINK_NAME}"
+    remote = top if args.path is None else f"{top}/{args.path.strip('/')}"
+
+    def run(action: Callable[[FileSystem], Awaitable[None]]) -> None:
+        async def checked(fs: FileSystem) -> None:
+            if (await fs.capability(top)).write_key is None:
+                raise Denied("this link is read-only: its owner made it without --writable")
+            await action(fs)
+
+        run_link(args.url, checked)
+
+    _upload(Path(args.local), remote, run)
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -1106,7 +1128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     link = commands.add_parser(
         "link",
-        help="secret links: a URL that lets anyone with it read an item, without an account",
+        help="secret links: a URL that lets anyone with it read (or write) an item, without an "
+        "account",
         description="secret links: the URL's part after # is the key; it never reaches a node",
     ).add_subparsers(dest="link_command", metavar="LINK-COMMAND", required=True)
     create = link.add_parser(
@@ -1129,7 +1152,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--writable",
         action="store_true",
-        help="hand out write access too (the item must have a writer of its own)",
+        help="hand out write access to PATH and what is below it, nothing above it "
+        "(`pyrgos put-link`); the item's keys are rotated once to give it a writer of its own",
     )
     create.add_argument(
         "--node",
@@ -1158,6 +1182,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cat_link.add_argument("url", metavar="URL")
     cat_link.set_defaults(run=cmd_cat_link)
+    put_link = client_command(
+        "put-link",
+        "upload a file or folder through a writable secret link (no account needed): into the "
+        "linked folder, or over the linked file",
+    )
+    put_link.add_argument("url", metavar="URL")
+    put_link.add_argument("local", metavar="LOCAL")
+    put_link.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        default=None,
+        help="where inside the linked folder (default: LOCAL's name in it)",
+    )
+    put_link.set_defaults(run=cmd_put_link)
     publish = client_command(
         "publish", "make PATH readable by anyone, without an account: `pyrgos get /YOU/PATH`"
     )

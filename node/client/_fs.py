@@ -686,15 +686,15 @@ class FileSystem:
         """The writer tree holding what `found` names, with the key to sign for it: the
         session's identity for the user's own home tree; for a subtree with a writer of its
         own, the writer secret sealed in its root node under the item's write key. Denied
-        when we cannot write there."""
-        session = self.require_session()
-        base, blocks = found.base, found.blocks
+        when we cannot write there. A writable capability needs no session (a writable secret
+        link's holder writes without an account)."""
+        session, base, blocks = self.session, found.base, found.blocks
         root = await found.trees.root(base.writer)
-        own = base.owner == session.owner
+        own = session is not None and base.owner == session.owner
         if base.writer == base.owner:
-            if not own and base.write_key is None:
-                raise Denied("this item is read-only to you: you hold no write access to it")
-            if not own:
+            if session is None or not own:
+                if base.write_key is None:
+                    raise Denied("this item is read-only to you: you hold no write access to it")
                 raise Denied("only its owner writes outside a shared item's subtree")
             return WriterTree(base.writer, blocks.route, session.identity, session.mirror_id), root
         if base.write_key is None:
@@ -707,9 +707,9 @@ class FileSystem:
         signer = crypto.SigningKey.from_seed(open_writer_secret(base.write_key, base.label, sealed))
         if signer.public.key_hash() != base.writer:
             raise Corrupted("an item's writer secret is not the key of its writer")
-        if own:
+        if session is not None and own:
             mirror = session.mirror_id
-        else:  # a sharee copies the owner's mirror BAT id from the node it rewrites
+        else:  # a sharee or link holder copies the owner's mirror BAT id from the node
             bat_ids = Node.decode(block).bats
             if len(bat_ids) < 2:
                 raise Corrupted("an item's node names no mirror BAT")

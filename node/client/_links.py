@@ -148,12 +148,16 @@ async def create_link(
     expires: int | None = None,
     max_uses: int | None = None,
     writable: bool = False,
+    rotate: Rotate | None = None,
     clock: Clock = now_ms,
     test_kdf: bool | None = None,
 ) -> str:
     """Make a secret link to the item at `path` (one of the session user's) and return its
     URL at `node_url`. `expires` is seconds from now, `max_uses` the uses the home node allows;
-    `writable` seals the writable capability (the item must have a writer of its own).
+    `writable` seals the writable capability, so that whoever opens the link can change the
+    item and what is below it, and nothing else: an item without a writer of its own is first
+    given one by `rotate` (which then reseals the link around its new keys; without `rotate`,
+    Conflict). Until that rotation is done the link is sealed read-only.
 
     The target is committed to the identity WriterData's `links` CHAMP first, then recorded
     in `/<me>/.pyrgos/links`; a failure in between takes the target out again.
@@ -167,14 +171,11 @@ async def create_link(
     cap = await fs.capability(normalised)
     if cap.owner != session.owner:
         raise Denied("only your own items can be linked")
-    if writable:
-        if cap.write_key is None or cap.writer == cap.owner:
-            raise Conflict(
-                f"{normalised} has no writer of its own, so a writable link could write nothing:"
-                " share it writable first (`pyrgos share PATH USER --write`), or make a"
-                " read-only link"
-            )
-    else:
+    needs_writer = writable and not await has_own_writer(fs, normalised)
+    if needs_writer and rotate is None:
+        raise Conflict(f"{normalised} has no writer of its own, so a writable link could write"
+                       " nothing")  # fmt: skip
+    if needs_writer or not writable:
         cap = cap.read_only()
     key, label = crypto.random_bytes(links.KEY_BYTES), crypto.random_bytes(links.LABEL_BYTES)
     url = links.format_url(node_url, session.owner, label, key)  # checks the node URL first
@@ -196,7 +197,24 @@ async def create_link(
         with trio.CancelScope(shield=True), contextlib.suppress(PyrgosError):
             await _set_target(fs, label, None)
         raise
+    if needs_writer and rotate is not None:
+        await rotate(fs, normalised)  # into a writer of its own: the link is writable
     return url
+
+
+async def has_own_writer(fs: FileSystem, path: str) -> bool:
+    """Whether the item at `path` (absolute) is a subtree with a writer of its own, which is
+    what a writable share or link hands out: neither the owner's identity writer nor the
+    writer of a folder above it is ever handed out."""
+    cap = await fs.capability(path)
+    parent = await fs.capability(path.rsplit("/", 1)[0])
+    return cap.write_key is not None and cap.writer != parent.writer
+
+
+async def writable_paths(fs: FileSystem) -> set[str]:
+    """The paths of the session user's writable links: items a rotation keeps in a writer of
+    their own."""
+    return {r.path for r in (await _load_records(fs)).values() if r.writable}
 
 
 async def _set_target(fs: FileSystem, label: bytes, target: LinkTarget | None) -> bool:
@@ -269,8 +287,9 @@ async def reseal_links(fs: FileSystem, path: str) -> int:
             cap = await fs.capability(record.path)
         except NotFound:
             continue
+        writable = record.writable and await has_own_writer(fs, record.path)
         targets[record.label] = record.target(
-            [session.mirror_id], cap if record.writable else cap.read_only()
+            [session.mirror_id], cap if writable else cap.read_only()
         )
     if not targets:
         return 0

@@ -96,11 +96,6 @@ async def _write_caps(fs: FileSystem, username: str, items: list[SharedItem]) ->
         await fs.write_bytes(path, data)
 
 
-async def _has_own_writer(fs: FileSystem, path: str) -> bool:
-    parent = await fs.capability(path.rsplit("/", 1)[0])
-    return (await fs.capability(path)).writer != parent.writer
-
-
 async def share(
     fs: FileSystem, path: str, username: str, *, write: bool = False, clock: Clock = now_ms
 ) -> SharedItem:
@@ -134,9 +129,12 @@ async def share(
         await _rotate(fs, files, [item_path], {username})
         return SharedItem(item_path, (await fs.capability(item_path)).read_only(), False,
                           item.since)  # fmt: skip
-    if write and not await _has_own_writer(fs, item_path):
-        cap = await fs.rotate(item_path, own_writer=True)
-        await reshare(fs, item_path)
+    if write and not await links.has_own_writer(fs, item_path):
+        # Into a writer of its own (a rotation): the caps files and links naming it follow.
+        files[username] = [*(i for i in mine if i.path != item_path),
+                           SharedItem(item_path, cap.read_only(), True, clock())]  # fmt: skip
+        await _rotate(fs, files, [item_path], {username})
+        cap = await fs.capability(item_path)
     item = SharedItem(item_path, cap if write else cap.read_only(), write, clock())
     items = [i for i in await _read_caps(fs, username) if i.path != item_path]
     await _write_caps(fs, username, [*items, item])
@@ -187,10 +185,13 @@ async def _rotate(
     found to rotate."""
     done: list[str] = []
     missing: list[str] = []
+    linked = await links.writable_paths(fs)
     for path in sorted(set(paths)):
         if any(within(path, outer) for outer in done):
             continue
-        writable = any(i.path == path and i.writable for items in files.values() for i in items)
+        writable = path in linked or any(
+            i.path == path and i.writable for items in files.values() for i in items
+        )
         try:
             await fs.rotate(path, own_writer=writable)
         except NotFound:  # moved or removed since: its entries are dropped below

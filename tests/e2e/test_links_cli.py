@@ -50,3 +50,27 @@ def test_links_and_publishing(shared_node: NodeProcess, alice: Cli, tmp_path: Pa
     assert "duration" in alice.fails("link", "create", "note.txt", "--expires", "5w", code=2)
     assert "uses" in alice.fails("link", "create", "note.txt", "--max-uses", "0", code=2)
     assert "no terminal" in alice.fails("link", "create", "note.txt", "--password", code=2)
+
+
+def test_writing_through_a_writable_link(
+    shared_node: NodeProcess, alice: Cli, tmp_path: Path
+) -> None:
+    anyone = client(shared_node, tmp_path, "anyone")
+    alice.ok("mkdir", "inbox")
+    url = alice.ok("link", "create", "inbox", "--writable", "--max-uses", "3").out.strip()
+    assert alice.ok("link", "list").lines[-1].endswith("uses 3  writable  no password")
+    folder = tmp_path / "trip"
+    (folder / "day1").mkdir(parents=True)
+    (folder / "day1" / "a.txt").write_bytes(b"first day\n")
+    anyone.ok("put-link", url, alice.cwd / "note.txt")
+    anyone.ok("put-link", url, folder)
+    assert alice.ok("ls", "inbox").lines == ["note.txt", "trip/"]
+    assert alice.ok("cat", "inbox/trip/day1/a.txt").stdout == b"first day\n"
+    anyone.ok("put-link", url, folder / "day1" / "a.txt", "trip/day2.txt")
+    assert alice.ok("cat", "inbox/trip/day2.txt").stdout == b"first day\n"
+    assert "used its 3 times" in anyone.fails("put-link", url, folder, code=8)
+
+    readonly = alice.ok("link", "create", "inbox").out.strip()
+    assert "read-only" in anyone.fails("put-link", readonly, folder, code=8)
+    assert "does not exist" in anyone.fails("put-link", readonly, tmp_path / "none", code=2)
+    assert alice.ok("ls", "inbox").lines == ["note.txt", "trip/"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, get_tree, links, signup
+from node.client import FileSystem, NodeApi, Session, get_tree, links, sharing, signup
 from node.client._links import (
     PublicResolver,
     ReadingResolver,
@@ -228,7 +228,7 @@ async def test_published_items_are_read_anonymously_through_another_node(
                 await anonymous.listdir(hidden)
         with pytest.raises(NotFound, match="unknown user"):
             await anonymous.listdir("/nobody/public")
-        with pytest.raises(Denied, match="this needs a login"):
+        with pytest.raises(Denied, match="read-only to you"):
             await anonymous.write_bytes("/alice/public/y", b"no")
 
         assert await links.unpublish(owner, "/alice/public") == "/alice/public"
@@ -289,3 +289,52 @@ async def test_links_are_resealed_around_a_replaced_item(
         assert await read_link(reader, url) == b"new keys, new labels"
         with pytest.raises(Denied, match="used its 3 times"):
             await read_link(reader, url)
+
+
+async def test_a_writable_link_writes_its_item_and_nothing_else(
+    pair: Pair, owner: FileSystem, reader: NodeApi
+) -> None:
+    """`--writable` gives the item a writer of its own (one rotation, which the item's other
+    links follow); whoever opens the link writes below it without an account, through another
+    node, and the owner reads what they wrote. Revoking the link takes the write access back
+    from a holder who opened it before."""
+    with trio.fail_after(TIMEOUT):
+        read_url = await links.create_link(owner, "docs/a.txt", node_url=pair.other_url)
+        url = await links.create_link(
+            owner, "docs", node_url=pair.other_url, writable=True, rotate=sharing.rotate
+        )
+        assert await links.has_own_writer(owner, "/alice/docs")
+        assert await read_link(reader, read_url) == SECRET  # resealed around the new keys
+        holder = await link_filesystem(reader, url)
+        await holder.write_bytes("/link/dropped.txt", b"from the link")
+        await holder.mkdir("/link/sub/deeper")
+        await holder.write_bytes("/link/a.txt", b"overwritten")
+        assert await owner.read_bytes("/alice/docs/dropped.txt", 100) == b"from the link"
+        assert await owner.read_bytes("/alice/docs/a.txt", 100) == b"overwritten"
+        assert [i.name for i in await owner.listdir("/alice/docs/sub")] == ["b.txt", "deeper"]
+        for outside in ("/alice/x", "/alice/docs2/x", "/bob/x"):
+            with pytest.raises(NotFound, match="/link"):
+                await holder.write_bytes(outside, b"no")
+
+        # a read-only link, and a writable link to a folder inside one with its own writer
+        readonly = await link_filesystem(reader, await links.create_link(
+            owner, "docs/sub", node_url=pair.other_url))  # fmt: skip
+        with pytest.raises(Denied, match="read-only to you"):
+            await readonly.write_bytes("/link/x", b"no")
+        inner = await links.create_link(
+            owner, "docs/sub", node_url=pair.other_url, writable=True, rotate=sharing.rotate
+        )
+        assert await links.has_own_writer(owner, "/alice/docs/sub")
+        await (await link_filesystem(reader, inner)).write_bytes("/link/in.txt", b"inner")
+        await holder.write_bytes("/link/after.txt", b"the outer link still writes")
+        assert await owner.read_bytes("/alice/docs/sub/in.txt", 100) == b"inner"
+
+        # revoked: the holder's old capability writes nothing any more
+        await links.revoke_link(owner, link_format.parse_url(url).id, rotate=sharing.rotate)
+        assert not await links.has_own_writer(owner, "/alice/docs")
+        with pytest.raises((Denied, NotFound)):
+            await holder.write_bytes("/link/late.txt", b"too late")
+        assert "late.txt" not in [i.name for i in await owner.listdir("/alice/docs")]
+        assert await read_link(reader, read_url) == b"overwritten"
+        assert await owner.read_bytes("/alice/docs/sub/in.txt", 100) == b"inner"
+        await (await link_filesystem(reader, inner)).write_bytes("/link/in.txt", b"still")

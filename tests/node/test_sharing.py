@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, get_tree, sharing, social
+from node.client import FileSystem, NodeApi, Session, get_tree, links, sharing, social
 from node.client._blocks import Blocks
 from node.client._resolve import Listing
 from protocols import crypto
@@ -61,9 +61,13 @@ async def test_share_read_then_write_then_unshare(users: Users, tmp_path: Path) 
             await users.fs("bob").write_file("/alice/photos/y.jpg", io.BytesIO(b"y"))
 
         # Write: the item becomes its own writer; bob writes, alice reads it; carol keeps her
-        # read access through the new capability.
+        # read access through the new capability, and the item's secret link its item.
+        url = await links.create_link(users.fs("alice"), "photos", node_url=users.urls[2])
         item = await sharing.share(users.fs("alice"), "photos", "bob", write=True)
         assert item.writable
+        async with NodeApi(users.urls[2]) as anonymous:
+            linked = await links.link_filesystem(anonymous, url)
+            assert await read_all(linked, "/link/x.jpg") == b"picture"
         assert item.cap.writer != users.sessions["alice"].owner
         await users.fs("bob").write_file("/alice/photos/y.jpg", io.BytesIO(b"from bob"))
         await users.fs("bob").mkdir("/alice/photos/trip")
