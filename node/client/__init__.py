@@ -4,7 +4,7 @@ from node.client import _links as links
 from node.client import _sharing as sharing
 from node.client import _social as social
 from node.client import _typed as typed
-from node.client._api import NodeApi, Route
+from node.client._api import HttpTransport, NodeApi, Route, Transport
 from node.client._blocks import BlockCache
 from node.client._fs import Contents, FileSystem, get_file, get_tree, put_tree, tree_size
 from node.client._profile import Profile, SavedSession, default_profile
@@ -28,6 +28,7 @@ __all__ = [
     "Contents",
     "FileSystem",
     "HomeResolver",
+    "HttpTransport",
     "Listing",
     "NodeApi",
     "Profile",
@@ -37,6 +38,7 @@ __all__ = [
     "Route",
     "SavedSession",
     "Session",
+    "Transport",
     "TreeRoot",
     "TreeUpdate",
     "WriterTree",

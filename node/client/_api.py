@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -44,27 +44,98 @@ async def _once(parts: list[bytes]) -> AsyncIterator[bytes]:
         yield parts.pop()
 
 
-class NodeApi:
-    """Calls to the node at `url`; every block read is checked against its CID."""
+class Transport(Protocol):
+    """How a NodeApi reaches its node: HTTP (`HttpTransport`), or, in simulations, a simulated
+    link to an in-process node. Both carry the same bytes: a call's CBOR body and its CBOR
+    answer, a block's bytes; the status is the HTTP status the API server would send."""
 
-    def __init__(self, url: str, *, timeout: float = 120.0) -> None:
-        self.url = url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.url,
+    async def post_call(self, method: str, body: list[bytes]) -> tuple[int, bytes]: ...
+
+    async def get_block(self, cid: str, params: dict[str, str]) -> tuple[int, bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpTransport:
+    """The API over HTTP: `POST /api/v1/call/<method>`, `GET /api/v1/block/<cid>`."""
+
+    def __init__(
+        self, url: str, *, timeout: float = 120.0, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self.url = url
+        self._client = client or httpx.AsyncClient(
+            base_url=url,
             # Plain HTTP needs no CA bundle, and loading one costs a tenth of a second.
-            verify=self.url.startswith("https:"),
+            verify=url.startswith("https:"),
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(
                 max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
             ),
         )
+
+    def _unreachable(self, exc: Exception) -> Unavailable:
+        return Unavailable(f"cannot reach the node at {self.url} ({type(exc).__name__})")
+
+    async def post_call(self, method: str, body: list[bytes]) -> tuple[int, bytes]:
+        headers = {"content-type": CBOR_TYPE, "content-length": str(sum(map(len, body)))}
+        try:
+            # The body goes through a one-shot generator: httpx requests sit in reference
+            # cycles that only the cyclic collector frees, and a request holding its bytes
+            # would keep megabytes alive until then; a spent generator holds nothing.
+            response = await self._client.post(
+                f"{API_PREFIX}/call/{method}", content=_once(body), headers=headers
+            )
+            del body
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        return response.status_code, response.content
+
+    async def get_block(self, cid: str, params: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            # Streamed into our own buffer: a Response keeps its body alive for as long as
+            # the response object lives, and httpx responses sit in reference cycles that
+            # only the cyclic collector frees, so megabyte bodies would pile up in between.
+            async with self._client.stream(
+                "GET", f"{API_PREFIX}/block/{cid}", params=params
+            ) as response:
+                if response.status_code != 200:
+                    return response.status_code, await response.aread()
+                return 200, b"".join([part async for part in response.aiter_raw()])
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class NodeApi:
+    """Calls to the node at `url`; every block read is checked against its CID.
+
+    `transport` (default: HTTP to `url`) carries the calls; `clock` is the client's clock
+    (seconds since the epoch) for everything it stamps: read auths, signed requests,
+    modification times, claim expiries. Both are virtual in simulations (DESIGN §12).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 120.0,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._transport = transport or HttpTransport(self.url, timeout=timeout)
         self._node_id: bytes | None = None
         self.round_trips = 0
         # The session token from login: sent, opaque, with every call that needs a session;
         # the node forwards it with the call to the user's home, which alone can check it.
         self.session: bytes | None = None
-        # Seconds since the epoch, for the expiry of read auths; virtual in simulations.
-        self.clock: Callable[[], float] = time.time
+        self.clock = clock
+
+    def now_ms(self) -> int:
+        """The client's clock in milliseconds, as signed requests and metadata carry it."""
+        return int(self.clock() * 1000)
 
     async def __aenter__(self) -> NodeApi:
         return self
@@ -78,20 +149,17 @@ class NodeApi:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
-
-    def _unreachable(self, exc: Exception) -> Unavailable:
-        return Unavailable(f"cannot reach the node at {self.url} ({type(exc).__name__})")
+        await self._transport.aclose()
 
     @staticmethod
-    def _check(response: httpx.Response) -> None:
-        if response.status_code == 200:
+    def _check(status: int, content: bytes) -> None:
+        if status == 200:
             return
         try:
-            value = cbor.decode(response.content, limit=64 * 1024)
+            value = cbor.decode(content, limit=64 * 1024)
             code, message = str(value["error"]), str(value["message"])
         except (PyrgosError, KeyError, TypeError):  # not an error reply of the API
-            raise PyrgosError(f"the node answered HTTP {response.status_code}") from None
+            raise PyrgosError(f"the node answered HTTP {status}") from None
         raise error_from_code(code, message)  # typed, Corrupted included
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
@@ -102,20 +170,11 @@ class NodeApi:
         if self.session is not None and spec is not None and spec.session:
             args = {"session": self.session, **(args or {})}
         body = cbor.encode_parts(args or {})  # blocks in the body are sent, not copied
-        headers = {"content-type": CBOR_TYPE, "content-length": str(sum(map(len, body)))}
-        try:
-            # The body goes through a one-shot generator: httpx requests sit in reference
-            # cycles that only the cyclic collector frees, and a request holding its bytes
-            # would keep megabytes alive until then; a spent generator holds nothing.
-            response = await self._client.post(
-                f"{API_PREFIX}/call/{method}", content=_once(body), headers=headers
-            )
-            del body
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from exc
+        status, content = await self._transport.post_call(method, body)
+        del body
         self.round_trips += 1
-        self._check(response)
-        return cbor.decode(response.content, limit=MAX_REPLY_BYTES)
+        self._check(status, content)
+        return cbor.decode(content, limit=MAX_REPLY_BYTES)
 
     async def node_id(self) -> bytes:
         if self._node_id is None:
@@ -148,19 +207,8 @@ class NodeApi:
             requester, server = (b"", here) if home in (None, here) else (here, home)
             auth = bats.make_read_auth(bat, cid, requester, server or here, int(self.clock()))
             params["auth"] = auth.to_text()
-        try:
-            # Streamed into our own buffer: a Response keeps its body alive for as long as
-            # the response object lives, and httpx responses sit in reference cycles that
-            # only the cyclic collector frees, so megabyte bodies would pile up in between.
-            async with self._client.stream(
-                "GET", f"{API_PREFIX}/block/{cid.text}", params=params
-            ) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    self._check(response)
-                data = b"".join([part async for part in response.aiter_raw()])
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from exc
+        status, data = await self._transport.get_block(cid.text, params)
+        self._check(status, data)
         self.round_trips += 1
         if verify:
             check_block(cid, data)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,7 +45,7 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 from multiaddr import Multiaddr
 
-from node.net._stream import WRITE_UNIT, Stream
+from node.net._stream import WRITE_UNIT, Handler, Stream
 from protocols.errors import MalformedInput, PyrgosError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,6 @@ if not logging.getLogger("libp2p").handlers:
 # Off, credit goes back in batches of half the window, as go-yamux does, and bulk transfers
 # run about a third faster. Its own knob, read at each read; an operator's setting wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
-
-Handler = Callable[[Stream, str], Awaitable[None]]
 
 DEFAULT_IDLE_TIMEOUT: Final = 60.0  # seconds a stream may make no progress before it is reset
 DEFAULT_DIAL_TIMEOUT: Final = 10.0  # seconds to connect to a peer and agree on a protocol

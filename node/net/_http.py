@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,15 +54,16 @@ class ApiLimits:
     idle_timeout: float = 75.0  # seconds a connection may wait between requests, or send a head
 
 
+def _error_body(exc: PyrgosError) -> bytes:
+    return cbor.encode({"error": exc.code, "message": exc.message})
+
+
 def _error(exc: PyrgosError, status: int | None = None) -> Response:
-    body = cbor.encode({"error": exc.code, "message": exc.message})
-    return Response(body, status_code=status or exc.http_status, media_type=CBOR_TYPE)
+    return Response(_error_body(exc), status_code=status or exc.http_status, media_type=CBOR_TYPE)
 
 
-def _internal_error() -> Response:
-    """A 500 that says nothing about the failure: the details go to the log only."""
-    body = cbor.encode({"error": "internal", "message": "internal error"})
-    return Response(body, status_code=500, media_type=CBOR_TYPE)
+# A 500 says nothing about the failure: the details go to the log only.
+_INTERNAL_ERROR: Final = cbor.encode({"error": "internal", "message": "internal error"})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -116,6 +118,48 @@ async def _read_body(request: Request, limit: int, budget: ByteBudget) -> tuple[
     return body, taken
 
 
+async def answer_call(
+    service: NodeService, method: str, body: bytes | bytearray, source: str
+) -> tuple[int, bytes]:
+    """The API's answer to a call whose whole body (at most the method's limit) arrived:
+    (HTTP status, CBOR body). The one dispatch of the API, whatever carries it: HTTP here, a
+    simulated link in simulations/."""
+    try:
+        limit = rpc.args_limit(method)
+        if len(body) > limit:
+            raise TooLarge(f"the body of this call is at most {limit} bytes")
+        args = cbor.decode(body, limit=limit, max_items=rpc.MAX_CALL_ITEMS) if body else {}
+        del body  # the blocks now live in `args`: the body need not wait for the answer
+        result: Any = await service.call(method, args, source=source)
+        return 200, cbor.encode(result)
+    except PyrgosError as exc:
+        return exc.http_status, _error_body(exc)
+    except Exception:
+        log.exception("internal error in %s", method[:64])
+        return 500, _INTERNAL_ERROR
+
+
+async def answer_block(
+    service: NodeService, cid_text: str, params: Mapping[str, str]
+) -> tuple[int, bytes]:
+    """The API's answer to a block read (`auth` and `owner` from `params`): (HTTP status,
+    the block or a CBOR error)."""
+    try:
+        cid = CID.from_text(cid_text)
+        auth_text = params.get("auth")
+        auth = bats.ReadAuth.from_text(auth_text) if auth_text else None
+        owner_text = params.get("owner")
+        owner = CID.from_text(owner_text) if owner_text else None
+        if owner is not None and not owner.is_identity:
+            raise MalformedInput("owner must be a public-key hash")
+        return 200, await service.get_block(cid, auth, b"", owner)
+    except PyrgosError as exc:
+        return exc.http_status, _error_body(exc)
+    except Exception:
+        log.exception("internal error in a block read")
+        return 500, _INTERNAL_ERROR
+
+
 def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlette:
     """The ASGI app serving `service`'s method table."""
     limits = limits or ApiLimits()
@@ -128,11 +172,9 @@ def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlett
             limit = rpc.args_limit(method)
             with trio.fail_after(limits.body_timeout):
                 body, taken = await _read_body(request, limit, budget)
-            args = cbor.decode(body, limit=limit, max_items=rpc.MAX_CALL_ITEMS) if body else {}
-            del body  # the blocks now live in `args`: the body need not wait for the answer
             client = request.client  # the source that per-source limits (signups) count
-            result: Any = await service.call(method, args, source=client.host if client else "")
-            return Response(cbor.encode(result), media_type=CBOR_TYPE)
+            status, answer = await answer_call(service, method, body, client.host if client else "")
+            return Response(answer, status_code=status, media_type=CBOR_TYPE)
         except trio.TooSlowError:
             late = Unavailable(f"the request body did not arrive within {limits.body_timeout} s")
             return _error(late, 408)
@@ -143,26 +185,16 @@ def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlett
             return _error(exc)
         except Exception:
             log.exception("internal error in %s", method[:64])
-            return _internal_error()
+            return Response(_INTERNAL_ERROR, status_code=500, media_type=CBOR_TYPE)
         finally:
             budget.give(taken)
 
     async def get_block(request: Request) -> Response:
-        try:
-            cid = CID.from_text(request.path_params["cid"])
-            auth_text = request.query_params.get("auth")
-            auth = bats.ReadAuth.from_text(auth_text) if auth_text else None
-            owner_text = request.query_params.get("owner")
-            owner = CID.from_text(owner_text) if owner_text else None
-            if owner is not None and not owner.is_identity:
-                raise MalformedInput("owner must be a public-key hash")
-            data = await service.get_block(cid, auth, b"", owner)
-            return Response(data, media_type="application/octet-stream")
-        except PyrgosError as exc:
-            return _error(exc)
-        except Exception:
-            log.exception("internal error in a block read")
-            return _internal_error()
+        status, answer = await answer_block(
+            service, request.path_params["cid"], request.query_params
+        )
+        media = "application/octet-stream" if status == 200 else CBOR_TYPE
+        return Response(answer, status_code=status, media_type=media)
 
     return Starlette(
         routes=[

@@ -1,4 +1,5 @@
-"""The Network a running node uses: the tunnel and the block exchange over libp2p.
+"""The Network a running node uses: the tunnel and the block exchange over libp2p (or any
+`Dialer`: the simulated network of simulations/ runs this same code).
 
 Peers are found without a DHT: a node id resolves to the addresses its PKI node record lists
 (or, for the PKI node itself, to the multiaddr this node was configured with).
@@ -8,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
 from node.net._blocks import fetch_blocks, serve_blocks
 from node.net._budget import ByteBudget
-from node.net._host import Host
 from node.net._rpc import RpcClient, serve_rpc
-from node.net._stream import Stream
-from node.server import NodeService
+from node.net._stream import Dialer, Stream
 from protocols.bats import ReadAuth
 from protocols.cid import CID
 from protocols.errors import PyrgosError, Unavailable
@@ -38,7 +37,7 @@ class Libp2pNetwork:
 
     def __init__(
         self,
-        host: Host,
+        host: Dialer,
         addresses: Addresses,
         refresh: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
@@ -103,7 +102,15 @@ class Libp2pNetwork:
         self._clients.clear()
 
 
-def serve_node(host: Host, service: NodeService) -> None:
+class Served(Protocol):
+    """What `serve_node` answers with: a NodeService, or a stand-in that wraps one."""
+
+    async def call(self, method: str, args: Any, requester: bytes = b"") -> Any: ...
+
+    async def get_block(self, cid: CID, auth: ReadAuth | None, requester: bytes) -> bytes: ...
+
+
+def serve_node(host: Dialer, service: Served) -> None:
     """Answer other nodes: the method table on the tunnel, blocks on the exchange; the peer id
     that Noise authenticated is the requester every rule sees."""
 

@@ -23,7 +23,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.client import FileSystem, NodeApi, login, signup
+from node.client import FileSystem, HttpTransport, NodeApi, login, signup
 from node.net import API_PREFIX, MAX_BODY_BYTES, build_app
 from node.net._rpc import serve_rpc
 from node.server import METHODS, NodeService
@@ -66,10 +66,10 @@ class RecordingApi(NodeApi):
     """The real client over the app in-process, keeping every call it makes."""
 
     def __init__(self, app: Any) -> None:
-        super().__init__(ORIGIN)
-        self._client = httpx.AsyncClient(
+        client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url=ORIGIN, trust_env=False
         )
+        super().__init__(ORIGIN, transport=HttpTransport(ORIGIN, client=client))
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
