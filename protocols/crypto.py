@@ -5,8 +5,11 @@ Pure functions over bytes: AEAD sealing, padding, hashes, Ed25519, X-Wing boxing
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import hmac
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
@@ -81,13 +84,69 @@ _LOGIN_SEPARATOR: Final = b"\x00"  # between username and password; names never 
 
 
 def random_bytes(n: int) -> bytes:
-    """`n` bytes from the operating system's CSPRNG (through libsodium)."""
-    return sodium.randombytes(n)
+    """`n` bytes from the operating system's CSPRNG (through libsodium); inside
+    `deterministic_randomness` only, from that seed's generator. Every secret, nonce and salt
+    pyrgos makes comes from here."""
+    generator = _DETERMINISTIC.get()
+    return sodium.randombytes(n) if generator is None else generator.draw(n)
+
+
+def random_fraction() -> float:
+    """A float in [0, 1) from `random_bytes`: jitter that a simulation's seed reproduces."""
+    return int.from_bytes(random_bytes(7), "big") / (1 << 56)
 
 
 def random_key() -> bytes:
     """A fresh 32-byte symmetric key."""
-    return sodium.randombytes(KEY_BYTES)
+    return random_bytes(KEY_BYTES)
+
+
+class _SeededGenerator:
+    """BLAKE2b in counter mode under a key derived from the seed: every draw is a function of
+    the seed and of the draws before it."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._key = hashlib.blake2b(seed, digest_size=64, person=b"pyrgos-sim-rng").digest()
+        self._counter = 0
+
+    def draw(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            block = self._counter.to_bytes(16, "big")
+            out += hashlib.blake2b(block, key=self._key, digest_size=64).digest()
+            self._counter += 1
+        return bytes(out[:n])
+
+
+# Set only by `deterministic_randomness`, for the context that entered it (and the tasks it
+# starts); nothing reads an environment variable or a setting to turn it on (docs/security.md).
+_DETERMINISTIC: contextvars.ContextVar[_SeededGenerator | None] = contextvars.ContextVar(
+    "pyrgos_deterministic_randomness", default=None
+)
+
+
+@contextlib.contextmanager
+def deterministic_randomness(seed: bytes) -> Iterator[None]:
+    """FOR SIMULATIONS ONLY: within this block, `random_bytes` (so every key, nonce, salt and
+    token) is derived from `seed`, and so is predictable to anyone who knows it. The
+    simulation harness (simulations/) uses it so that one seed reproduces a run; a node or
+    CLI process refuses to start inside it (`require_system_randomness`). ML-KEM
+    encapsulation draws from OpenSSL whatever this says: its ciphertexts differ between
+    runs, their sizes do not."""
+    token = _DETERMINISTIC.set(_SeededGenerator(seed))
+    try:
+        yield
+    finally:
+        _DETERMINISTIC.reset(token)
+
+
+def require_system_randomness() -> None:
+    """Raise unless `random_bytes` draws from the operating system: a node, or a user's
+    command, never runs on a seeded generator."""
+    if _DETERMINISTIC.get() is not None:
+        raise RuntimeError(
+            "deterministic randomness is on: pyrgos runs no node or client command with it"
+        )
 
 
 def sha256(data: Data) -> bytes:
@@ -135,7 +194,7 @@ def seal(key: bytes, plaintext: Data, context: bytes, *, prefix: bytes = b"") ->
     the same copy rather than in another one).
     """
     _check_key(key)
-    nonce = sodium.randombytes(NONCE_BYTES)
+    nonce = random_bytes(NONCE_BYTES)
     body = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         _as_bytes(plaintext), context, nonce, key
     )
@@ -306,7 +365,7 @@ class SigningKey:
 
     @classmethod
     def generate(cls) -> SigningKey:
-        return cls(sodium.randombytes(SIGN_SEED_BYTES))
+        return cls(random_bytes(SIGN_SEED_BYTES))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> SigningKey:
@@ -375,7 +434,7 @@ def _mlkem_public(raw: bytes) -> mlkem.MLKEM768PublicKey:
 
 
 def _encapsulate(mlkem_public: mlkem.MLKEM768PublicKey, pk_x: bytes) -> tuple[bytes, bytes]:
-    ephemeral = x25519.X25519PrivateKey.generate()
+    ephemeral = x25519.X25519PrivateKey.from_private_bytes(random_bytes(_X25519_BYTES))
     ct_x = ephemeral.public_key().public_bytes_raw()
     ss_x = _x25519(ephemeral, pk_x)
     ss_m, ct_m = mlkem_public.encapsulate()
@@ -447,7 +506,7 @@ class BoxingKey:
 
     @classmethod
     def generate(cls) -> BoxingKey:
-        return cls(sodium.randombytes(XWING_SEED_BYTES))
+        return cls(random_bytes(XWING_SEED_BYTES))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> BoxingKey:
@@ -526,14 +585,12 @@ class KdfParams:
 
     @classmethod
     def production(cls) -> KdfParams:
-        return cls(
-            KDF_PRODUCTION_OPSLIMIT, KDF_PRODUCTION_MEMLIMIT, sodium.randombytes(KDF_SALT_BYTES)
-        )
+        return cls(KDF_PRODUCTION_OPSLIMIT, KDF_PRODUCTION_MEMLIMIT, random_bytes(KDF_SALT_BYTES))
 
     @classmethod
     def test_profile(cls) -> KdfParams:
         """Cheap parameters; only a node started in test mode accepts them."""
-        return cls(KDF_TEST_OPSLIMIT, KDF_TEST_MEMLIMIT, sodium.randombytes(KDF_SALT_BYTES))
+        return cls(KDF_TEST_OPSLIMIT, KDF_TEST_MEMLIMIT, random_bytes(KDF_SALT_BYTES))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ new blocks staged in memory and written, signed, in the commit that makes them r
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Final
@@ -14,7 +13,7 @@ import trio
 
 from node.client import _typed
 from node.client._api import NodeApi, Route
-from protocols import cbor, champ, methods
+from protocols import cbor, champ, crypto, methods
 from protocols.blocks import MAX_BLOCKS_PER_PUT, sign_put
 from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
 from protocols.crypto import SigningKey
@@ -60,7 +59,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> PyrgosError | None
 
 
 def new_upload_id() -> bytes:
-    return secrets.token_bytes(16)
+    return crypto.random_bytes(16)
 
 
 CACHE_BYTES: Final = 32 * 1024 * 1024  # one command's verified blocks: a few thousand nodes

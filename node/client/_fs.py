@@ -14,7 +14,6 @@ import itertools
 import math
 import mimetypes
 import os
-import random
 import secrets
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ from typing import BinaryIO, Final
 
 import trio
 
+from node import threads
 from node.client import _typed
 from node.client._api import NodeApi, Route, check_block
 from node.client._blocks import (
@@ -35,7 +35,7 @@ from node.client._blocks import (
     stage_dir_chunk,
 )
 from node.client._resolve import HomeResolver, Listing, Resolved, Resolver
-from node.client._session import Session, now_ms
+from node.client._session import Session
 from node.client._trees import (
     MAX_TREES_PER_COMMIT,
     TreeRoot,
@@ -666,7 +666,7 @@ class FileSystem:
                 block = await blocks.fetch(links[i], bat, verify=False)
             # One worker-thread hop hashes and decrypts: hashlib and libsodium release the GIL,
             # so this runs beside the next transfers.
-            plain[i] = await trio.to_thread.run_sync(_open_fragment, links[i], key, label, i,
+            plain[i] = await threads.run_sync(_open_fragment, links[i], key, label, i,
                                                      i == last, block)  # fmt: skip
 
         async with open_tasks() as nursery:
@@ -740,7 +740,7 @@ class FileSystem:
                 await commit_trees(self.api, blocks, [TreeUpdate(tree, root, new_tree)], uploads)
                 return
             except StaleRoot:
-                await trio.sleep(random.uniform(0, 0.02 * 2**attempt))
+                await trio.sleep(crypto.random_fraction() * 0.02 * 2**attempt)
         raise Conflict("the tree kept changing under this operation; try again")
 
     async def _save_dir(
@@ -767,7 +767,7 @@ class FileSystem:
             directory.props,
             size=sum(len(c.entries) + len(c.unreadable) for c in chunks),
             chunks=len(chunks),
-            modified=now_ms(),
+            modified=self.api.now_ms(),
         )
         chunks[0].props = props
         dirty.add(0)
@@ -784,7 +784,7 @@ class FileSystem:
         self, blocks: Blocks, tree: CID, parent: Capability, name: str, mirror_id: bytes
     ) -> tuple[CID, Entry]:
         cap = new_capability(parent)
-        stamp = now_ms()
+        stamp = self.api.now_ms()
         props = Properties(name, True, 0, stamp, stamp, parent=parent.label)
         keys = KeyBlock(crypto.random_key())
         tree = await stage_dir_chunk(blocks, tree, cap, 0, keys, props, [], None, mirror_id)
@@ -1062,7 +1062,9 @@ class FileSystem:
         opened = open_node(cap, 0, entry.is_dir, block)
         if opened.props is None:
             raise Corrupted("a first chunk has no metadata")
-        props = replace(opened.props, name=name, parent=new_parent.label, modified=now_ms())
+        props = replace(
+            opened.props, name=name, parent=new_parent.label, modified=self.api.now_ms()
+        )
         node = build_node(cap, 0, opened.keys, entry.is_dir, props, opened.data, mirror_id)
         return await champ.put(blocks, tree, cap.label, cid, await blocks.put(node))
 
@@ -1092,7 +1094,7 @@ class FileSystem:
             try:
                 return await self._rotate_once(names, own_writer)
             except StaleRoot:
-                await trio.sleep(random.uniform(0, 0.02 * 2**attempt))
+                await trio.sleep(crypto.random_fraction() * 0.02 * 2**attempt)
         raise Conflict("the tree kept changing under this rotation; try again")
 
     async def _rotate_once(self, names: list[str], own_writer: bool | None) -> Capability:
@@ -1275,7 +1277,7 @@ class FileSystem:
                     block = await job.blocks.fetch(cid, old.chunk(index)[1])
                     opened = open_node(old, index, False, block)
                 plain = await self._payload(job.blocks, old, index, opened, False)
-                payload, fragments = await trio.to_thread.run_sync(
+                payload, fragments = await threads.run_sync(
                     _seal_file_chunk, new, index, keys, plain, job.mirror_id
                 )
                 del plain
@@ -1304,10 +1306,10 @@ class FileSystem:
         first: SealedPayload | None = None
         size = 0
         for index in itertools.count():
-            data = await trio.to_thread.run_sync(_read_chunk, source)
+            data = await threads.run_sync(_read_chunk, source)
             if not data and index > 0:
                 break
-            payload, fragments = await trio.to_thread.run_sync(
+            payload, fragments = await threads.run_sync(
                 _seal_file_chunk, cap, index, keys, data, mirror_id
             )
             if index == 0:
@@ -1324,7 +1326,7 @@ class FileSystem:
             if len(data) < CHUNK_BYTES:
                 break
         assert first is not None
-        stamp = now_ms()
+        stamp = self.api.now_ms()
         props = Properties(name, False, size, stamp, stamp, _guess_mime(name), parent=parent.label)
         node = build_node(cap, 0, keys, False, props, payload_data(first), mirror_id)
         cid = CID.of(CODEC_DAG_CBOR, node)
@@ -1415,7 +1417,7 @@ class FileSystem:
     async def usage(self) -> tuple[int, int]:
         """(bytes used, quota) of this user at the home node."""
         session = self.require_session()
-        signed = now_ms()
+        signed = self.api.now_ms()
         owner = session.owner
         sig = accounts.sign_timed(session.identity, accounts.USAGE, [owner], signed)
         call = methods.UsageGet(owner, signed, sig)
@@ -1485,7 +1487,7 @@ async def put_tree(fs: FileSystem, local: Path, remote: str, progress: Progress 
     """Upload the folder `local` as the directory `remote` (created, parents must exist):
     one commit per directory, whatever the number of files in it."""
     await fs.mkdir(remote, parents=True)
-    files, folders = await trio.to_thread.run_sync(_scan, local)
+    files, folders = await threads.run_sync(_scan, local)
     for start in range(0, len(files), FILES_PER_COMMIT):
         await fs.write_files(remote, files[start : start + FILES_PER_COMMIT], progress=progress)
     for folder in folders:
@@ -1581,7 +1583,7 @@ async def _download(
                     os.posix_fallocate(out.fileno(), 0, size)
             async with fs.read(remote) as pieces:
                 async for piece in pieces:
-                    await trio.to_thread.run_sync(out.write, piece)
+                    await threads.run_sync(out.write, piece)
                     if progress is not None:
                         progress(len(piece))
             os.fchmod(out.fileno(), mode)

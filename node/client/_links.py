@@ -9,19 +9,19 @@ CHAMP, which anyone reads without an account through `PublicResolver`.
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Final
 
 import trio
 
+from node import threads
 from node.client import _typed as typed
 from node.client._api import NodeApi, Route
 from node.client._blocks import BlockCache, Blocks
 from node.client._fs import MAX_COMMIT_ATTEMPTS, FileSystem
 from node.client._resolve import HomeResolver, Listing, Resolved, Resolver, Resolvers
-from node.client._session import Session, now_ms, test_kdf_allowed
+from node.client._session import Session, test_kdf_allowed
 from node.client._trees import TreeUpdate, WriterTree, commit_trees
 from protocols import champ, crypto, links, publishing
 from protocols.cid import CID, CODEC_DAG_CBOR
@@ -76,7 +76,7 @@ async def _update_identity(
             await commit_trees(fs.api, blocks, [TreeUpdate(tree, root, data.tree, data)])
             return
         except StaleRoot:
-            await trio.sleep(random.uniform(0, 0.02 * 2**attempt))
+            await trio.sleep(crypto.random_fraction() * 0.02 * 2**attempt)
     raise Conflict("the account's root kept changing under this operation; try again")
 
 
@@ -149,7 +149,7 @@ async def create_link(
     max_uses: int | None = None,
     writable: bool = False,
     rotate: Rotate | None = None,
-    clock: Clock = now_ms,
+    clock: Clock | None = None,
     test_kdf: bool | None = None,
 ) -> str:
     """Make a secret link to the item at `path` (one of the session user's) and return its
@@ -162,6 +162,7 @@ async def create_link(
     The target is committed to the identity WriterData's `links` CHAMP first, then recorded
     in `/<me>/.pyrgos/links`; a failure in between takes the target out again.
     """
+    clock = clock or fs.api.now_ms
     session = fs.require_session()
     normalised = _absolute(fs, path)
     if expires is not None and not 1 <= expires <= links.MAX_DURATION_S:
@@ -180,7 +181,7 @@ async def create_link(
     key, label = crypto.random_bytes(links.KEY_BYTES), crypto.random_bytes(links.LABEL_BYTES)
     url = links.format_url(node_url, session.owner, label, key)  # checks the node URL first
     weak = test_kdf_allowed() if test_kdf is None else test_kdf
-    keys = await trio.to_thread.run_sync(lambda: links.derive(key, password, test_kdf=weak))
+    keys = await threads.run_sync(lambda: links.derive(key, password, test_kdf=weak))
     made = clock()
     expiry = None if expires is None else made + expires * 1000
     record = LinkRecord(label, normalised, keys.cap_key, made, expiry, max_uses, writable,
@@ -347,7 +348,7 @@ async def open_link(
     parsed = url if isinstance(url, LinkUrl) else links.parse_url(url)
     claim = await claim_of(api, identity=parsed.owner)  # first: a use is not spent in vain
     weak = test_kdf_allowed() if test_kdf is None else test_kdf
-    keys = await trio.to_thread.run_sync(lambda: links.derive(parsed.key, password, test_kdf=weak))
+    keys = await threads.run_sync(lambda: links.derive(parsed.key, password, test_kdf=weak))
     try:
         reply = await typed.request(
             api, LinkGet(parsed.owner, parsed.label, keys.proof), LinkGetReply

@@ -7,12 +7,10 @@ ciphertext.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, replace
 from typing import Final
 
-import trio
-
+from node import threads
 from node.client import _typed
 from node.client._api import NodeApi, Route
 from node.client._blocks import Blocks, new_upload_id, put_blocks, stage_dir_chunk
@@ -40,10 +38,6 @@ TEST_KDF_ENV: Final = "PYRGOS_INSECURE_TEST_KDF"
 def test_kdf_allowed() -> bool:
     """Whether this client was told (PYRGOS_INSECURE_TEST_KDF=1) to accept the small profile."""
     return os.environ.get(TEST_KDF_ENV) == "1"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -87,7 +81,7 @@ class Session:
 
 async def _derive(username: str, password: str, params: KdfParams) -> LoginKeys:
     # Argon2id with 256 MiB takes about a second: keep the event loop free meanwhile.
-    return await trio.to_thread.run_sync(crypto.derive_login_keys, username, password, params)
+    return await threads.run_sync(crypto.derive_login_keys, username, password, params)
 
 
 async def _node_allows_test_kdf(api: NodeApi) -> bool:
@@ -127,7 +121,7 @@ async def signup(
         read_key=crypto.random_key(),
         write_key=crypto.random_key(),
     )
-    stamp = now_ms()
+    stamp = api.now_ms()
     props = Properties(name=username, is_dir=True, size=0, modified=stamp, created=stamp)
     blocks = Blocks(api, Route(owner))
     tree = await stage_dir_chunk(
@@ -138,7 +132,7 @@ async def signup(
     root = await blocks.put(writer_data.encode())
     staged = [(cid, blocks.staged[cid]) for cid in blocks.reachable_staged(root)]
     data = LoginData(identity=identity, boxing=boxing, home=home, mirror_bat=mirror_bat)
-    claim = Claim.create(identity, username, node_id, int(time.time()) + CLAIM_LIFETIME)
+    claim = Claim.create(identity, username, node_id, int(api.clock()) + CLAIM_LIFETIME)
     call = methods.AccountSignup(
         claim,
         login.signing.public,
@@ -193,7 +187,7 @@ async def _open_node_session(
     api: NodeApi, username: str, login: LoginKeys
 ) -> tuple[bytes, bytes, int]:
     """Prove the password to the home node: (sealed login data, session token, expiry)."""
-    signed = now_ms()
+    signed = api.now_ms()
     sig = accounts.sign_timed(login.signing, accounts.LOGIN, [username], signed)
     call = methods.AccountLogin(username, signed, sig)
     reply = await _typed.request(api, call, methods.AccountLoginReply)
@@ -219,7 +213,7 @@ async def reopen(
     claim = (await _typed.request(api, lookup, methods.PkiLookupReply)).claim
     if claim.identity != data.home.owner:
         raise Corrupted("the PKI names another identity for this user than their login data")
-    if claim.expiry - int(time.time()) < RENEW_BEFORE:
+    if claim.expiry - int(api.clock()) < RENEW_BEFORE:
         await renew_claim(api, data.identity, claim)
     return Session(api, username, data, token, expiry, home_node=claim.home.encode())
 
@@ -240,7 +234,7 @@ async def renew_claim(api: NodeApi, identity: SigningKey, claim: Claim) -> Claim
         identity,
         claim.username,
         claim.home,
-        next_expiry(claim, int(time.time())),
+        next_expiry(claim, int(api.clock())),
         mirrors=claim.mirrors,
     )
     try:
@@ -294,7 +288,7 @@ async def change_password(session: Session, current: str, new: str) -> Session:
         session.identity, pointer.new, root, pointer.sequence + 1
     ).encode()
     login_data = session.data.seal(new_keys.root_key, username)
-    signed = now_ms()
+    signed = api.now_ms()
     payload: list[object] = [username, new_keys.signing.public.to_cbor(), login_data, update]
     sig = accounts.sign_timed(old_keys.signing, accounts.UPDATE_LOGIN, payload, signed)
     call = methods.AccountUpdate(

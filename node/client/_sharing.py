@@ -14,7 +14,7 @@ from node.client import _links as links
 from node.client._api import Route
 from node.client._fs import UNREADABLE_ENTRY, FileSystem
 from node.client._resolve import Listing, Resolved
-from node.client._session import Session, now_ms
+from node.client._session import Session
 from node.client._social import (
     SHARED_DIR,
     STATE_DIR,
@@ -97,7 +97,7 @@ async def _write_caps(fs: FileSystem, username: str, items: list[SharedItem]) ->
 
 
 async def share(
-    fs: FileSystem, path: str, username: str, *, write: bool = False, clock: Clock = now_ms
+    fs: FileSystem, path: str, username: str, *, write: bool = False, clock: Clock | None = None
 ) -> SharedItem:
     """Share my item at `path` with the follower `username`, read-only or writable.
 
@@ -107,6 +107,7 @@ async def share(
     follower can change that item and nothing above it. Sharing read-only what was shared
     writable with them takes the write access back: the item is rotated as by `unshare`.
     """
+    clock = clock or fs.api.now_ms
     item_path = _own_path(fs, path)
     check_username(username)
     if username == _me(fs):

@@ -15,7 +15,6 @@ from typing import Final
 from node.client import _typed
 from node.client._api import NodeApi, Route
 from node.client._fs import FileSystem
-from node.client._session import now_ms
 from protocols import accounts, contacts, crypto, methods
 from protocols.cid import CID
 from protocols.contacts import KeyStore
@@ -288,9 +287,10 @@ async def _open_inbox(fs: FileSystem, clock: Clock) -> _Opened:
 # -- the commands -------------------------------------------------------------------------
 
 
-async def follow(fs: FileSystem, username: str, *, clock: Clock = now_ms) -> None:
+async def follow(fs: FileSystem, username: str, *, clock: Clock | None = None) -> None:
     """Ask `username` to let me follow them: my request carries a read-only capability of
     `/<me>/shared/<them>/` and a fresh reply key; they answer through my inbox."""
+    clock = clock or fs.api.now_ms
     if username == _me(fs):
         raise Conflict("you cannot follow yourself")
     claim = await _claim(fs.api, username)  # NotFound for an unknown user: nothing changed
@@ -316,10 +316,11 @@ async def _shared_folder(fs: FileSystem, username: str) -> Capability:
         return (await fs.capability(path)).read_only()
 
 
-async def requests(fs: FileSystem, *, clock: Clock = now_ms) -> Requests:
+async def requests(fs: FileSystem, *, clock: Clock | None = None) -> Requests:
     """The follow requests waiting for my answer (one per sender, the latest), after applying
     the answers to my own requests (an accept stores the followee's capability, a reject drops
     the pending entry) and removing them, and anything unreadable, from the inbox."""
+    clock = clock or fs.api.now_ms
     opened = await _open_inbox(fs, clock)
     state = await load_state(fs)
     done = list(opened.bad)
@@ -377,10 +378,11 @@ async def _request_from(
 
 
 async def accept(
-    fs: FileSystem, username: str, *, follow_back: bool = False, clock: Clock = now_ms
+    fs: FileSystem, username: str, *, follow_back: bool = False, clock: Clock | None = None
 ) -> None:
     """Let `username` follow me: make `/<me>/shared/<them>/`, record them as a follower and
     send them its read-only capability; with `follow_back`, ask to follow them too."""
+    clock = clock or fs.api.now_ms
     request, ids, changed = await _request_from(fs, username, clock)  # NotFound: no change
     if changed:
         raise Denied(_changed_message(username))
@@ -400,8 +402,9 @@ async def accept(
             await follow(fs, username, clock=clock)
 
 
-async def reject(fs: FileSystem, username: str, *, clock: Clock = now_ms) -> None:
+async def reject(fs: FileSystem, username: str, *, clock: Clock | None = None) -> None:
     """Decline `username`'s follow request: they are told, and it leaves my inbox."""
+    clock = clock or fs.api.now_ms
     request, ids, _ = await _request_from(fs, username, clock)
     claim = await _claim(fs.api, username)
     if claim.identity == request.identity:  # else the answer would go to another key
@@ -451,10 +454,11 @@ async def remove_follower(fs: FileSystem, username: str) -> list[str]:
 
 
 async def fingerprint(
-    fs: FileSystem, username: str | None = None, *, clock: Clock = now_ms
+    fs: FileSystem, username: str | None = None, *, clock: Clock | None = None
 ) -> Fingerprint:
     """My own safety number, or the one of the key I hold for `username` (recorded now if
     this is the first time I see them), and whether the PKI names another key now."""
+    clock = clock or fs.api.now_ms
     if username is None or username == _me(fs):
         me = fs.require_session().owner
         return Fingerprint(_me(fs), me, contacts.fingerprint(me), True, False)
@@ -473,9 +477,10 @@ async def fingerprint(
     )
 
 
-async def verify(fs: FileSystem, username: str, digits: str, *, clock: Clock = now_ms) -> None:
+async def verify(fs: FileSystem, username: str, digits: str, *, clock: Clock | None = None) -> None:
     """Record the key the PKI names for `username` as verified, if `digits` is its
     fingerprint (compared out of band); Denied, nothing changed, if it is not."""
+    clock = clock or fs.api.now_ms
     contacts.normalise_fingerprint(digits)  # a typo is MalformedInput before any lookup
     claim = await _claim(fs.api, username)
     store = await load_keys(fs)

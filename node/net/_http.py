@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import h11
 import trio
@@ -118,8 +118,20 @@ async def _read_body(request: Request, limit: int, budget: ByteBudget) -> tuple[
     return body, taken
 
 
+class Answering(Protocol):
+    """What answers the API: a NodeService, or a stand-in that wraps one (simulations/)."""
+
+    async def call(
+        self, method: str, args: Any, requester: bytes = b"", *, source: str | None = None
+    ) -> Any: ...
+
+    async def get_block(
+        self, cid: CID, auth: bats.ReadAuth | None, requester: bytes, owner: CID | None = None
+    ) -> bytes: ...
+
+
 async def answer_call(
-    service: NodeService, method: str, body: bytes | bytearray, source: str
+    service: Answering, method: str, body: bytes | bytearray, source: str
 ) -> tuple[int, bytes]:
     """The API's answer to a call whose whole body (at most the method's limit) arrived:
     (HTTP status, CBOR body). The one dispatch of the API, whatever carries it: HTTP here, a
@@ -140,7 +152,7 @@ async def answer_call(
 
 
 async def answer_block(
-    service: NodeService, cid_text: str, params: Mapping[str, str]
+    service: Answering, cid_text: str, params: Mapping[str, str]
 ) -> tuple[int, bytes]:
     """The API's answer to a block read (`auth` and `owner` from `params`): (HTTP status,
     the block or a CBOR error)."""

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import trio
-
+from node import threads
 from node.server import _writers
 from node.server._blocks import close_uploads, usage_record, validate_blocks
 from node.store import Batch, Space, Store, owner_prefix
@@ -188,7 +187,7 @@ class Accounts:
 
     async def signup(self, request: AccountSignup, requester: bytes, source: str) -> Done:
         node = self.node
-        signup = await trio.to_thread.run_sync(self._check_signup, request)
+        signup = await threads.run_sync(self._check_signup, request)
         claim, owner = signup.claim, signup.claim.identity
         if claim.username in self._signing_up or owner in self._signing_up:
             raise Conflict(f"a signup for {claim.username!r} or this key is already under way")

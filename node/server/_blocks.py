@@ -11,8 +11,7 @@ import hmac
 import logging
 from typing import TYPE_CHECKING, Final
 
-import trio
-
+from node import threads
 from node.server._gc import reachable_bytes, stored_key, stored_record
 from node.store import Batch, DiskFull, Space, Store
 from protocols import accounts, bats, cbor, champ
@@ -246,7 +245,7 @@ class Blocks:
 
     async def block_put(self, request: BlockPut, requester: bytes) -> BlockPutReply:
         owner = request.owner
-        blocks = await trio.to_thread.run_sync(
+        blocks = await threads.run_sync(
             validate_blocks, request.writer, request.blocks, request.sigs
         )
         if self.node.pointers.owner_of(request.writer) != owner:
@@ -254,7 +253,7 @@ class Blocks:
         if request.writer == owner:  # a sub-writer's puts are authorised by its signatures
             self.node.accounts.check_session(owner, request.session)
         async with self.node.write_lock:
-            await trio.to_thread.run_sync(self._put_blocks_sync, owner, blocks, request.upload)
+            await threads.run_sync(self._put_blocks_sync, owner, blocks, request.upload)
         return BlockPutReply(tuple(cid for cid, _ in blocks))
 
     async def block_get(self, request: BlockGet, requester: bytes) -> BlockGetReply:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from node import threads
 from node.server._pki import PkiLog, SyncResult
 from protocols.errors import MalformedInput, NotFound, PyrgosError, Unavailable
 from protocols.methods import (
@@ -84,7 +85,7 @@ class PkiCalls:
         if pki.role == "root":
             release = self._admit(record, submitter)
             try:
-                entry = await trio.to_thread.run_sync(pki.append, record)
+                entry = await threads.run_sync(pki.append, record, int(node.clock()))
             except BaseException:
                 release()
                 raise
@@ -146,8 +147,11 @@ class PkiCalls:
                     )
                     if not isinstance(page, dict):
                         raise MalformedInput("the PKI node sent a malformed page")
-                    result = await trio.to_thread.run_sync(
-                        pki.apply_from_mirror, page.get("entries"), page.get("head")
+                    result = await threads.run_sync(
+                        pki.apply_from_mirror,
+                        page.get("entries"),
+                        page.get("head"),
+                        int(node.clock()),
                     )
                     if result.refusal is not None or result.applied == 0:
                         node.pki_health.succeeded(node.clock())
@@ -206,7 +210,7 @@ class PkiCalls:
         return Report(status)
 
     async def pki_entries(self, request: PkiEntries, requester: bytes) -> Report:
-        page = await trio.to_thread.run_sync(self.log().page, request.after, request.limit)
+        page = await threads.run_sync(self.log().page, request.after, request.limit)
         return Report(page.to_cbor())
 
     async def pki_submit(self, request: PkiSubmit, requester: bytes) -> PkiSubmitReply:

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from node import threads
 from node.server._accounts import Accounts
 from node.server._blocks import Blocks, StoreBlocks, stored_block
 from node.server._gc import Collection
@@ -248,23 +249,23 @@ class NodeService:
         the mark (see node/server/_gc.py)."""
         async with self._gc_lock:
             async with self.write_lock:
-                run = await trio.to_thread.run_sync(Collection, self.store, int(self.clock()))
+                run = await threads.run_sync(Collection, self.store, int(self.clock()))
                 self.collection = run
             try:
-                await trio.to_thread.run_sync(run.mark)
-                await trio.to_thread.run_sync(run.plan)
+                await threads.run_sync(run.mark)
+                await threads.run_sync(run.plan)
                 more = True
                 while more:
                     async with self.write_lock:
-                        more = await trio.to_thread.run_sync(run.step)
+                        more = await threads.run_sync(run.step)
                 async with self.write_lock:
-                    stats = await trio.to_thread.run_sync(run.finish)
+                    stats = await threads.run_sync(run.finish)
                     self.collection = None
                     self.blocks.forget_counts()  # space may have been freed: count again
             finally:
                 self.collection = None
             if stats["deleted"]:
-                await trio.to_thread.run_sync(self.store.compact)
+                await threads.run_sync(self.store.compact)
             return stats
 
     # -- routing ----------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from node.client import FileSystem, NodeApi, Profile, Route, Session, links, reo
 from node.client._blocks import Blocks
 from node.client._fs import _Found
 from node.client._resolve import Resolved
-from node.client._session import now_ms
 from node.client._trees import WriterTree
 from node.store import Space, Store
 from protocols import cbor
@@ -233,7 +232,7 @@ async def short_lived_link(users: Users, node_url: str) -> str:
     async with NodeApi(users.alice.env["PYRGOS_NODE"]) as api:
         alice = await _session(api, users.profiles[ALICE])
         lifetime = 60  # seconds: the shortest that `link create --expires 1m` makes
-        made = now_ms() - (lifetime - SHORT_LIFE) * 1000
+        made = int(time.time() * 1000) - (lifetime - SHORT_LIFE) * 1000
         return await links.create_link(
             FileSystem(alice),
             f"/{ALICE}/{CONTRACT}",

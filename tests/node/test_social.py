@@ -4,6 +4,7 @@ request, list and removal is forwarded to the target's home and every block is r
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -13,7 +14,6 @@ import pytest
 import trio
 
 from node.client import FileSystem, NodeApi, Route, login, signup, social
-from node.client._session import now_ms
 from node.server import NodeService
 from node.store import Space, owner_prefix
 from protocols import contacts
@@ -160,7 +160,7 @@ async def test_tampered_and_forged_requests_are_dropped(
         entry = (await fa.capability("/alice/shared/bob")).read_only()
         forged_entry = replace(entry, owner=mallory.public.key_hash())
         forged = FollowRequest.create(
-            mallory, "follow", "alice", "bob", forged_entry, b"r" * 32, now_ms()
+            mallory, "follow", "alice", "bob", forged_entry, b"r" * 32, int(time.time() * 1000)
         )
         sealed_forged = seal_request(forged, fb.require_session().data.boxing.public)
         await fa.api.call(

@@ -4,6 +4,7 @@ writing without the user's own home, small state files and hidden names."""
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from node.client import (
 )
 from node.client._blocks import Blocks, stage_dir_chunk
 from node.client._resolve import Listing
-from node.client._session import now_ms
 from node.store import Space
 from protocols import champ, crypto
 from protocols.cid import CID
@@ -73,7 +73,7 @@ async def make_writer_dir(fs: FileSystem, running_node: RunningNode, name: str) 
     )
     assert cap.write_key is not None
     keys = KeyBlock(crypto.random_key(), seal_writer_secret(cap.write_key, cap.label, writer.seed))
-    stamp = now_ms()
+    stamp = int(time.time() * 1000)
     props = Properties(name, True, 0, stamp, stamp, parent=home.label)
     sub_tree = await stage_dir_chunk(
         blocks, champ.EMPTY_ROOT, cap, 0, keys, props, [], None, session.mirror_id
