@@ -18,6 +18,7 @@ from node.home import NodeHome, parse_host_port
 from node.net import serve_api
 from node.server import NodeService, NodeSettings, PkiLog, collect_garbage
 from node.store import Store
+from protocols import crypto
 from protocols.crypto import SigningKey
 from protocols.errors import PyrgosError
 from protocols.pki import NodeRecord
@@ -121,6 +122,7 @@ async def follow_pki(service: NodeService, rng: random.Random | None = None) -> 
 
 async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None:
     """Serve until SIGINT/SIGTERM; `on_ready(node_id, api_url)` once listening."""
+    crypto.require_system_randomness()  # a node's keys and tokens never come from a seed
     from multiaddr import Multiaddr
 
     from node.net import Libp2pNetwork, open_host, serve_node

@@ -32,7 +32,7 @@ from node.home import (
     default_home,
     parse_size,
 )
-from protocols import methods
+from protocols import crypto, methods
 from protocols.cid import CID
 from protocols.errors import (
     AuthFailed,
@@ -1246,6 +1246,7 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def main(argv: list[str] | None = None) -> None:
+    crypto.require_system_randomness()  # never a user's keys from a simulation's seed
     heap.tune(heap.CLIENT_MMAP_THRESHOLD, heap.CLIENT_TRIM_THRESHOLD)
     gc.freeze()  # what the imports made lives for the whole run: keep collections cheap
     parser = build_parser()

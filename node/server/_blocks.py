@@ -240,6 +240,8 @@ class Blocks:
         if running is not None:
             running.note_put(owner, unique, extra)
         self.node.stats["blocks_stored"] += len(fresh)
+        # Sent again though held: what a client's or a mirror's dedup could have saved.
+        self.node.stats["blocks_duplicate"] += len(blocks) - len(fresh)
 
     # -- calls --------------------------------------------------------------------------------
 
