@@ -1,0 +1,328 @@
+"""Model-checked scenarios on a simulated swarm, and their report (docs/simulation.md).
+
+Users sign up on random nodes and fall into circles of friends who all follow each other;
+each circle runs random operations (simulations/model.py) against its own model, circles
+concurrently. Midway, faults strike (a partition of one node, a crash of another, a block
+corrupted on disk) and heal. An operation that failed may or may not have taken effect: its
+owner's folders are settled after the heal by reading them, and each must equal the model
+with or without that operation. At the end every view must equal the model.
+
+Everything in the report but its last line (wall-clock time) is a function of the scenario
+and its seed: `Report.text` is the same bytes on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+import trio
+import trio.testing
+
+from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Session, sharing, signup
+from protocols.errors import PyrgosError
+from simulations import model as m
+from simulations.determinism import deterministic
+from simulations.links import LinkSpec
+from simulations.network import SimNetwork, SimNode, open_network
+
+PASSWORD: Final = "correct horse battery"
+SHM: Final = Path("/dev/shm")  # stores on tmpfs: a simulation is no test of fsync
+CONVERGE_TIMEOUT: Final = 600.0  # virtual seconds the views may take to agree after a heal
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int = 1
+    nodes: int = 10
+    users: int = 30
+    circle: int = 3  # users who follow each other and share among themselves
+    ops: int = 120  # operations drawn, over all circles
+    faults: bool = True
+    think: float = 3.0  # mean virtual seconds a circle waits between operations
+    fault_at: float = 10.0  # virtual seconds into the operations
+    fault_for: float = 30.0  # virtual seconds until the faults heal
+    link: LinkSpec = field(default_factory=LinkSpec)
+    check: bool = True  # check every view against the model at the end
+
+
+@dataclass
+class Report:
+    scenario: Scenario
+    counts: Counter[str] = field(default_factory=Counter)
+    virtual: float = 0.0
+    setup: float = 0.0  # virtual seconds until every user had signed up and befriended
+    heal_at: float | None = None
+    ops_done: float = 0.0  # virtual time the last operation ended
+    converged_after: float | None = None
+    traffic: dict[str, int] = field(default_factory=dict)
+    node_stats: Counter[str] = field(default_factory=Counter)
+    mismatches: list[str] = field(default_factory=list)
+    wall: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def text(self) -> str:
+        """The report, without wall-clock time: the same bytes for the same scenario."""
+        s = self.scenario
+        lines = [
+            f"scenario   seed {s.seed}, {s.nodes} nodes, {s.users} users in circles of "
+            f"{s.circle}, {s.ops} operations drawn, faults {'on' if s.faults else 'off'}",
+            f"links      latency {s.link.latency * 1000:g} ms, jitter {s.link.jitter * 1000:g}"
+            f" ms, {s.link.bandwidth * 8 / 1e6:g} Mbit/s, loss {s.link.loss:g}, "
+            f"resets {s.link.reset:g}",
+            "ops        "
+            + ", ".join(f"{kind} {n}" for kind, n in sorted(self.counts.items()) if n),
+            f"virtual    {self.virtual:.3f} s (setup {self.setup:.3f} s)",
+            "heal       "
+            + ("none" if self.heal_at is None else f"at {self.heal_at:.3f} s; ")
+            + ("" if self.heal_at is None else f"operations ended {self.ops_done:.3f} s; ")
+            + ("" if self.heal_at is None else "every view equal to the model after ")
+            + ("" if self.heal_at is None else _seconds(self.converged_after)),
+            f"traffic    {self.traffic.get('bytes', 0)} bytes in {self.traffic.get('writes', 0)}"
+            f" writes, {self.traffic.get('streams', 0)} streams, "
+            f"{self.traffic.get('stalls', 0)} stalls, {self.traffic.get('resets', 0)} resets",
+            f"blocks     {self.node_stats['blocks_stored']} stored, "
+            f"{self.node_stats['blocks_duplicate']} duplicate, "
+            f"{self.node_stats['blocks_served']} served, "
+            f"{self.node_stats['blocks_relayed']} relayed",
+            f"calls      {self.node_stats['calls']} at nodes, "
+            f"{self.node_stats['forwarded']} forwarded home",
+            f"model      {'every view equals the model' if self.ok else 'MISMATCHES'}",
+            *(f"  {line}" for line in self.mismatches),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def render(self) -> str:
+        """The report and the wall-clock time it took."""
+        rate = self.scenario.nodes * self.scenario.users * self.virtual / 3600 / self.wall
+        return (
+            self.text()
+            + f"wall       {self.wall:.2f} s ({rate:,.0f} node-user-hours a wall second)\n"
+        )
+
+
+def _seconds(value: float | None) -> str:
+    return "never (within the timeout)" if value is None else f"{value:.3f} s"
+
+
+class _Circle:
+    """Users who follow each other, their model, and the operations in doubt."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.model = m.Model.empty(names)
+        self.doubtful: dict[str, list[m.Op]] = {}  # owner -> failed ops, effect unknown
+
+
+class _Run:
+    def __init__(self, scenario: Scenario, net: SimNetwork, report: Report) -> None:
+        self.s = scenario
+        self.net = net
+        self.report = report
+        self.rng = random.Random(scenario.seed)
+        self.sessions: dict[str, Session] = {}
+        self.clients = 0
+
+    def fs(self, name: str) -> FileSystem:
+        return sharing.filesystem(self.sessions[name])
+
+    async def anyone(self) -> NodeApi:
+        self.clients += 1
+        node = self.net.order[self.rng.randrange(len(self.net.order))]
+        return self.net.client(f"anyone{self.clients}", node)
+
+    def node_of(self, name: str) -> SimNode:
+        api = self.sessions[name].api
+        return self.net.nodes[api.url.removeprefix("sim://")]
+
+    async def sign_up(self, names: list[str]) -> None:
+        homes = {name: self.rng.choice(self.net.order) for name in names}
+
+        async def one(name: str) -> None:
+            api = self.net.client(f"client-{name}", homes[name])
+            self.sessions[name] = await signup(api, name, PASSWORD)
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(one, name)
+
+    async def circle_ops(self, circle: _Circle, count: int, rng: random.Random) -> None:
+        node_url = f"https://{self.net.order[0].node_id[-8:].lower()}.sim"
+        for _ in range(count):
+            await trio.sleep(rng.expovariate(1 / self.s.think))
+            users = [u for u in circle.names if u not in circle.doubtful]
+            if not users:
+                return
+            op = m.choose(circle.model, users, rng)
+            if op is None:
+                self.report.counts["skipped"] += 1
+                continue
+            if op.actor in circle.doubtful or (op.target in circle.doubtful):
+                self.report.counts["skipped"] += 1
+                continue
+            try:
+                await m.run(op, self.fs, node_url, self.anyone, circle.model)
+            except PyrgosError as exc:
+                # Acknowledged or not, it may have happened: its owner waits for the heal.
+                self.report.counts[f"failed {type(exc).__name__}"] += 1
+                circle.doubtful.setdefault(op.owner, []).append(op)
+                continue
+            m.apply(circle.model, op)
+            self.report.counts[op.kind] += 1
+
+    async def faults(self, start: float) -> None:
+        """A partition of one node, a crash of another, a corrupted block; all healed."""
+        await trio.sleep_until(start + self.s.fault_at)
+        candidates = self.net.order[1:]  # the PKI node stays up: signups need it
+        if len(candidates) < 2:
+            return
+        cut, crashed = self.rng.sample(candidates, 2)
+        self.net.partition([cut.node_id])
+        await self.net.crash(crashed)
+        self.report.counts["fault partition"] += 1
+        self.report.counts["fault crash"] += 1
+        await trio.sleep(self.s.fault_for)
+        self.net.heal()
+        await self.net.restart(crashed)
+        self.report.heal_at = trio.current_time()
+
+    async def settle(self, circle: _Circle) -> None:
+        """Adopt, for each owner with operations in doubt, whichever outcome their folders
+        show, if it is one the operations allow (each applied or not, in order)."""
+        node_url = f"https://{self.net.order[0].node_id[-8:].lower()}.sim"
+        for owner, ops in sorted(circle.doubtful.items()):
+            # A share or an unshare leaves the folders as they were: made again, it settles.
+            for op in [op for op in ops if op.kind in ("share", "unshare")]:
+                with contextlib.suppress(PyrgosError):  # an unshare done before fails again
+                    await m.run(op, self.fs, node_url, self.anyone, circle.model)
+                m.apply(circle.model, op)
+            ops = [op for op in ops if op.kind not in ("share", "unshare")]
+            outcomes = [circle.model]
+            for op in ops:
+                applied = []
+                for outcome in outcomes:
+                    after = copy.deepcopy(outcome)
+                    m.apply(after, op)
+                    applied.append(after)
+                outcomes += applied
+            seen = {top: await _walk_or_none(self.fs(owner), owner, top) for top in m.TOPS}
+            for outcome in outcomes:
+                if all(seen[top] == outcome.below(owner, top) for top in m.TOPS):
+                    circle.model = outcome
+                    self.report.counts["settled"] += 1
+                    break
+            else:
+                self.report.mismatches.append(f"{owner}'s folders match no outcome of {ops}")
+        circle.doubtful.clear()
+
+
+async def _walk_or_none(fs: FileSystem, owner: str, top: str) -> m.Tree | None:
+    try:
+        return await m.walk(fs, f"/{owner}", top)
+    except PyrgosError:
+        return None
+
+
+async def run_scenario(scenario: Scenario, root: Path) -> Report:
+    """Run `scenario` with stores under `root`; call inside `deterministic(seed)` on a
+    MockClock (as `simulate` does)."""
+    report = Report(scenario)
+    names = [f"u{i:05d}" for i in range(scenario.users)]
+    async with open_network(root, scenario.seed, scenario.nodes, link=scenario.link) as net:
+        run = _Run(scenario, net, report)
+        await run.sign_up(names)
+        report.counts["signup"] = len(names)
+        shuffled = names[:]
+        run.rng.shuffle(shuffled)
+        circles = [
+            _Circle(sorted(shuffled[i : i + scenario.circle]))
+            for i in range(0, len(shuffled), scenario.circle)
+        ]
+        async with trio.open_nursery() as nursery:
+            for circle in circles:
+                nursery.start_soon(_befriend, run, circle)
+        report.setup = trio.current_time()
+        per_circle = max(1, scenario.ops // len(circles))
+        async with trio.open_nursery() as nursery:
+            if scenario.faults:
+                nursery.start_soon(run.faults, trio.current_time())
+            for circle in circles:
+                seed = run.rng.getrandbits(64)
+                nursery.start_soon(run.circle_ops, circle, per_circle, random.Random(seed))
+        report.ops_done = trio.current_time()
+        if scenario.check:
+            await _converge(run, circles)
+        report.virtual = trio.current_time()
+        report.traffic = dict(vars(net.traffic))
+        for node in net.order:
+            if node.service is not None:
+                report.node_stats.update(node.service.stats)
+    return report
+
+
+async def _befriend(run: _Run, circle: _Circle) -> None:
+    await m.befriend(run.fs, circle.names)
+    await m.make_tops(run.fs, circle.names)
+    run.report.counts["follow"] += len(circle.names) * (len(circle.names) - 1)
+
+
+async def _converge(run: _Run, circles: list[_Circle]) -> None:
+    """Settle the operations in doubt, then check every view until all equal the model (or
+    CONVERGE_TIMEOUT passes): the time that takes after the heal is the convergence time."""
+    for circle in circles:
+        await run.settle(circle)
+    deadline = trio.current_time() + CONVERGE_TIMEOUT
+    while True:
+        found: list[str] = []
+        for circle in circles:
+            try:
+                found += await m.mismatches(run.fs, circle.model, circle.names)
+            except PyrgosError as exc:
+                found.append(f"{circle.names}: {type(exc).__name__}: {exc.message}")
+        if not found or trio.current_time() >= deadline:
+            break
+        await trio.sleep(5)
+    run.report.mismatches += found
+    if not found and run.report.heal_at is not None:
+        since = max(run.report.heal_at, run.report.ops_done)
+        run.report.converged_after = trio.current_time() - since
+
+
+def simulate(scenario: Scenario, root: Path | None = None) -> Report:
+    """Run `scenario` deterministically on virtual time, stores in a fresh directory (under
+    `root`, by default on tmpfs where there is one), and report."""
+    os.environ[TEST_KDF_ENV] = "1"  # simulated users are test users on test-mode nodes
+    base = root if root is not None else (SHM if SHM.is_dir() else None)
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(dir=base, prefix="pyrgos-sim-") as where,
+        deterministic(scenario.seed),
+    ):
+        report = trio.run(
+            run_scenario, scenario, Path(where), clock=trio.testing.MockClock(autojump_threshold=0)
+        )
+    report.wall = time.perf_counter() - started
+    return report
+
+
+DEFAULTS: Final[dict[str, Callable[[int], Scenario]]] = {
+    "faults": lambda seed: Scenario(seed=seed),
+    "lossy": lambda seed: Scenario(
+        seed=seed,
+        faults=False,
+        link=LinkSpec(latency=0.04, jitter=0.02, bandwidth=1.25e6, loss=0.01),
+    ),
+    "scale": lambda seed: replace(Scenario(seed=seed), nodes=100, users=1000, ops=500),
+}
