@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test fuzz run bench lint clean
+.PHONY: test fuzz run bench sim lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,6 +30,13 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# Whole swarms in one process on virtual time, model-checked; one seed, one report
+# (docs/simulation.md). SIM="faults lossy scale" SEED=1 by default.
+SIM ?= faults lossy scale
+SEED ?= 1
+sim: $(STAMP)
+	$(PY) -m simulations $(SIM) --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

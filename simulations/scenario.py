@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -46,6 +46,7 @@ class Scenario:
     nodes: int = 10
     users: int = 30
     circle: int = 3  # users who follow each other and share among themselves
+    social: int | None = None  # users in circles (default all); the others act alone
     ops: int = 120  # operations drawn, over all circles
     faults: bool = True
     think: float = 3.0  # mean virtual seconds a circle waits between operations
@@ -77,8 +78,9 @@ class Report:
         """The report, without wall-clock time: the same bytes for the same scenario."""
         s = self.scenario
         lines = [
-            f"scenario   seed {s.seed}, {s.nodes} nodes, {s.users} users in circles of "
-            f"{s.circle}, {s.ops} operations drawn, faults {'on' if s.faults else 'off'}",
+            f"scenario   seed {s.seed}, {s.nodes} nodes, {s.users} users "
+            f"({s.users if s.social is None else s.social} in circles of {s.circle}), "
+            f"{s.ops} operations drawn, faults {'on' if s.faults else 'off'}",
             f"links      latency {s.link.latency * 1000:g} ms, jitter {s.link.jitter * 1000:g}"
             f" ms, {s.link.bandwidth * 8 / 1e6:g} Mbit/s, loss {s.link.loss:g}, "
             f"resets {s.link.reset:g}",
@@ -246,21 +248,27 @@ async def run_scenario(scenario: Scenario, root: Path) -> Report:
         report.counts["signup"] = len(names)
         shuffled = names[:]
         run.rng.shuffle(shuffled)
+        social = len(names) if scenario.social is None else scenario.social
         circles = [
-            _Circle(sorted(shuffled[i : i + scenario.circle]))
-            for i in range(0, len(shuffled), scenario.circle)
-        ]
+            _Circle(sorted(shuffled[i : min(i + scenario.circle, social)]))
+            for i in range(0, social, scenario.circle)
+        ] + [_Circle([name]) for name in sorted(shuffled[social:])]
         async with trio.open_nursery() as nursery:
             for circle in circles:
                 nursery.start_soon(_befriend, run, circle)
         report.setup = trio.current_time()
-        per_circle = max(1, scenario.ops // len(circles))
+        # Each operation goes to a circle drawn by its size: every user acts about as often.
+        drawn = run.rng.choices(
+            range(len(circles)), [len(c.names) for c in circles], k=scenario.ops
+        )
+        per_circle = Counter(drawn)
         async with trio.open_nursery() as nursery:
             if scenario.faults:
                 nursery.start_soon(run.faults, trio.current_time())
-            for circle in circles:
+            for index, circle in enumerate(circles):
                 seed = run.rng.getrandbits(64)
-                nursery.start_soon(run.circle_ops, circle, per_circle, random.Random(seed))
+                count = per_circle[index]
+                nursery.start_soon(run.circle_ops, circle, count, random.Random(seed))
         report.ops_done = trio.current_time()
         if scenario.check:
             await _converge(run, circles)
@@ -324,5 +332,5 @@ DEFAULTS: Final[dict[str, Callable[[int], Scenario]]] = {
         faults=False,
         link=LinkSpec(latency=0.04, jitter=0.02, bandwidth=1.25e6, loss=0.01),
     ),
-    "scale": lambda seed: replace(Scenario(seed=seed), nodes=100, users=1000, ops=500),
+    "scale": lambda seed: Scenario(seed=seed, nodes=100, users=1000, social=60, ops=300),
 }

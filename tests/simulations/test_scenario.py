@@ -1,0 +1,32 @@
+"""Scenarios: one seed, one report; and a swarm of 100 nodes and 1,000 users, model-checked."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from simulations.scenario import Scenario, simulate
+
+SMALL = Scenario(seed=7, nodes=5, users=9, ops=45, think=2.0, fault_at=6.0, fault_for=20.0)
+
+
+def test_the_same_seed_gives_the_same_report() -> None:
+    first, second = simulate(SMALL), simulate(SMALL)
+    assert first.ok, first.text()
+    assert first.text() == second.text()
+    assert first.counts["fault crash"] == 1
+    assert first.heal_at is not None
+    assert first.converged_after is not None
+    other = simulate(replace(SMALL, seed=8))
+    assert other.ok, other.text()
+    assert other.text() != first.text()
+
+
+def test_a_hundred_nodes_and_a_thousand_users_agree_with_the_model() -> None:
+    # 60 of them in circles that follow each other and share; the rest write alone.
+    report = simulate(Scenario(seed=1, nodes=100, users=1000, social=60, ops=300))
+    assert report.ok, report.text()
+    assert report.counts["signup"] == 1000
+    assert report.counts["follow"] == 120
+    assert sum(n for kind, n in report.counts.items() if kind in ("write", "mkdir")) > 100
+    assert report.node_stats["forwarded"] > 0
+    assert report.converged_after is not None
