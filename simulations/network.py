@@ -178,6 +178,7 @@ class SimNetwork:
                 addrs=(f"{address_of(node.node_id)}/p2p/{node.node_id}",),
                 max_daily_signups=1 << 30,
                 max_source_signups=1 << 30,
+                max_daily_nodes=1 << 30,
             ),
             pki=PkiLog(store, node.pki_node, node.key if is_root else None),
             clock=self.clock,

@@ -52,7 +52,8 @@ class Scenario:
     think: float = 3.0  # mean virtual seconds a circle waits between operations
     fault_at: float = 10.0  # virtual seconds into the operations
     fault_for: float = 30.0  # virtual seconds until the faults heal
-    link: LinkSpec = field(default_factory=LinkSpec)
+    link: LinkSpec = field(default_factory=LinkSpec)  # between nodes
+    client_link: LinkSpec = field(default_factory=lambda: LinkSpec(latency=0.002))
     check: bool = True  # check every view against the model at the end
 
 
@@ -69,6 +70,8 @@ class Report:
     node_stats: Counter[str] = field(default_factory=Counter)
     mismatches: list[str] = field(default_factory=list)
     wall: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each phase
+    _last: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -81,9 +84,7 @@ class Report:
             f"scenario   seed {s.seed}, {s.nodes} nodes, {s.users} users "
             f"({s.users if s.social is None else s.social} in circles of {s.circle}), "
             f"{s.ops} operations drawn, faults {'on' if s.faults else 'off'}",
-            f"links      latency {s.link.latency * 1000:g} ms, jitter {s.link.jitter * 1000:g}"
-            f" ms, {s.link.bandwidth * 8 / 1e6:g} Mbit/s, loss {s.link.loss:g}, "
-            f"resets {s.link.reset:g}",
+            f"links      {_link(s.link)}; clients {_link(s.client_link)}",
             "ops        "
             + ", ".join(f"{kind} {n}" for kind, n in sorted(self.counts.items()) if n),
             f"virtual    {self.virtual:.3f} s (setup {self.setup:.3f} s)",
@@ -109,10 +110,25 @@ class Report:
     def render(self) -> str:
         """The report and the wall-clock time it took."""
         rate = self.scenario.nodes * self.scenario.users * self.virtual / 3600 / self.wall
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phases.items())
         return (
             self.text()
-            + f"wall       {self.wall:.2f} s ({rate:,.0f} node-user-hours a wall second)\n"
+            + f"wall       {self.wall:.2f} s ({phases}; {rate:,.1f} node-user-hours a wall"
+            " second)\n"
         )
+
+    def mark(self, phase: str) -> None:
+        """End `phase` now (wall clock): the phases add up to the run."""
+        now = time.perf_counter()
+        self.phases[phase] = now - self._last
+        self._last = now
+
+
+def _link(spec: LinkSpec) -> str:
+    return (
+        f"latency {spec.latency * 1000:g} ms, jitter {spec.jitter * 1000:g} ms, "
+        f"{spec.bandwidth * 8 / 1e6:g} Mbit/s, loss {spec.loss:g}, resets {spec.reset:g}"
+    )
 
 
 def _seconds(value: float | None) -> str:
@@ -242,9 +258,13 @@ async def run_scenario(scenario: Scenario, root: Path) -> Report:
     MockClock (as `simulate` does)."""
     report = Report(scenario)
     names = [f"u{i:05d}" for i in range(scenario.users)]
-    async with open_network(root, scenario.seed, scenario.nodes, link=scenario.link) as net:
+    async with open_network(
+        root, scenario.seed, scenario.nodes, link=scenario.link, client_link=scenario.client_link
+    ) as net:
+        report.mark("start")
         run = _Run(scenario, net, report)
         await run.sign_up(names)
+        report.mark("signups")
         report.counts["signup"] = len(names)
         shuffled = names[:]
         run.rng.shuffle(shuffled)
@@ -257,6 +277,7 @@ async def run_scenario(scenario: Scenario, root: Path) -> Report:
             for circle in circles:
                 nursery.start_soon(_befriend, run, circle)
         report.setup = trio.current_time()
+        report.mark("follows")
         # Each operation goes to a circle drawn by its size: every user acts about as often.
         drawn = run.rng.choices(
             range(len(circles)), [len(c.names) for c in circles], k=scenario.ops
@@ -270,8 +291,10 @@ async def run_scenario(scenario: Scenario, root: Path) -> Report:
                 count = per_circle[index]
                 nursery.start_soon(run.circle_ops, circle, count, random.Random(seed))
         report.ops_done = trio.current_time()
+        report.mark("operations")
         if scenario.check:
             await _converge(run, circles)
+            report.mark("check")
         report.virtual = trio.current_time()
         report.traffic = dict(vars(net.traffic))
         for node in net.order:
@@ -331,6 +354,7 @@ DEFAULTS: Final[dict[str, Callable[[int], Scenario]]] = {
         seed=seed,
         faults=False,
         link=LinkSpec(latency=0.04, jitter=0.02, bandwidth=1.25e6, loss=0.01),
+        client_link=LinkSpec(latency=0.02, jitter=0.01, bandwidth=1.25e6, loss=0.01),
     ),
     "scale": lambda seed: Scenario(seed=seed, nodes=100, users=1000, social=60, ops=300),
 }

@@ -40,10 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PKI_SYNC_TIMEOUT: Final = 10  # seconds an on-demand PKI sync may take
-# At the PKI node: nodes that join a day (a node id costs nothing to make, so their records
-# are capped), records a known node publishes a day (one per start), and updates a day of one
-# username's claim (a renewal each login near expiry, a move of home now and then).
-NEW_NODES_PER_DAY: Final = 100
+# At the PKI node (besides the new nodes a day of NodeSettings.max_daily_nodes): records a
+# known node publishes a day (one per start), and updates a day of one username's claim (a
+# renewal each login near expiry, a move of home now and then).
 NODE_RECORDS_PER_DAY: Final = 100
 CLAIM_UPDATES_PER_DAY: Final = 10
 
@@ -56,7 +55,7 @@ class PkiCalls:
         self._pki_sync = trio.Lock()
         # Appends at the PKI node: what a stranger can add to the PKI.
         self._home_claims = DailyLimit(node.settings.max_daily_signups)
-        self._new_nodes = DailyLimit(NEW_NODES_PER_DAY)
+        self._new_nodes = DailyLimit(node.settings.max_daily_nodes)
         self._node_records = DailyLimit(NODE_RECORDS_PER_DAY)
         self._claim_updates = DailyLimit(CLAIM_UPDATES_PER_DAY)
 

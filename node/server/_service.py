@@ -84,6 +84,9 @@ class NodeSettings:
     # other node's new claims. A home server's users sign up by the handful.
     max_daily_signups: int = 100
     max_source_signups: int = 10  # signups a day from one client address or peer
+    # New nodes the PKI node takes a day (a node id costs nothing to make); a swarm that
+    # starts many at once, simulated or real, raises it at its PKI node.
+    max_daily_nodes: int = 100
     signup_token: str = ""  # when set, signup presents it (and is then not limited per source)
 
 
