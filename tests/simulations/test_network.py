@@ -200,6 +200,33 @@ def test_lies_are_refused(tmp_path: Path) -> None:
     simulate(tmp_path, 2, body)
 
 
+def test_a_relay_that_serves_stale_pointers_shows_an_old_version(tmp_path: Path) -> None:
+    """The limit docs/security.md states: a node may serve stale data, and a client that has
+    not seen the newer pointer cannot tell."""
+
+    async def body(net: SimNetwork) -> None:
+        relay = net.order[2]
+        alice, fs = await user(net, "alice", 1)
+        await fs.write_file("/alice/f", io.BytesIO(b"first"))
+        reader = FileSystem(alice)
+        reader.api = net.client("alice-via-relay", relay)
+        reader.api.session = alice.api.session
+        net.lie(relay, "pointers")
+        assert await reader.read_bytes("/alice/f", 100) == b"first"
+        await fs.write_file("/alice/f", io.BytesIO(b"second"))
+        stale = FileSystem(alice)
+        stale.api = reader.api
+        assert await stale.read_bytes("/alice/f", 100) == b"first"
+        assert relay.liar is not None
+        assert relay.liar.told > 0
+        net.lie(relay)
+        fresh = FileSystem(alice)
+        fresh.api = reader.api
+        assert await fresh.read_bytes("/alice/f", 100) == b"second"
+
+    simulate(tmp_path, 3, body)
+
+
 def test_the_dialer_finds_nodes_only_at_their_pki_addresses(tmp_path: Path) -> None:
     async def body(net: SimNetwork) -> None:
         a, b = net.order[1], net.order[2]
