@@ -1,7 +1,8 @@
 """An in-process swarm: nodes that reach each other by direct calls instead of libp2p.
 
-The node logic is the real `NodeService`; only the transport is replaced, so tests and
-scenarios exercise forwarding, relaying and the PKI without sockets between nodes.
+The node logic is the real `NodeService`; only the transport is replaced, so tests exercise
+forwarding, relaying and the PKI without sockets between nodes. No encoding, framing, faults
+or virtual time: for those, simulations/network.py.
 """
 
 from __future__ import annotations
