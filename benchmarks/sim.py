@@ -27,7 +27,7 @@ def run_sim() -> list[Row]:
             Row(
                 f"sim {nodes} nodes x {users} users",
                 rate,
-                "n·u·h/s",
+                "nuh/s",
                 f"{report.wall:.0f} s wall, {report.virtual:.0f} s virtual",
                 None,
                 "model holds",

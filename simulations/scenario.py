@@ -312,16 +312,23 @@ async def _befriend(run: _Run, circle: _Circle) -> None:
 async def _converge(run: _Run, circles: list[_Circle]) -> None:
     """Settle the operations in doubt, then check every view until all equal the model (or
     CONVERGE_TIMEOUT passes): the time that takes after the heal is the convergence time."""
-    for circle in circles:
-        await run.settle(circle)
+    async with trio.open_nursery() as nursery:
+        for circle in circles:
+            nursery.start_soon(run.settle, circle)
+
+    async def check(circle: _Circle, into: list[str]) -> None:
+        try:
+            into += await m.mismatches(run.fs, circle.model, circle.names)
+        except PyrgosError as exc:
+            into.append(f"{circle.names}: {type(exc).__name__}: {exc.message}")
+
     deadline = trio.current_time() + CONVERGE_TIMEOUT
     while True:
-        found: list[str] = []
-        for circle in circles:
-            try:
-                found += await m.mismatches(run.fs, circle.model, circle.names)
-            except PyrgosError as exc:
-                found.append(f"{circle.names}: {type(exc).__name__}: {exc.message}")
+        by_circle: list[list[str]] = [[] for _ in circles]
+        async with trio.open_nursery() as nursery:  # every user checks at once
+            for circle, into in zip(circles, by_circle, strict=True):
+                nursery.start_soon(check, circle, into)
+        found = [line for lines in by_circle for line in lines]
         if not found or trio.current_time() >= deadline:
             break
         await trio.sleep(5)
