@@ -385,7 +385,11 @@ class SimTransport:
         await self._cross(self._name, node, size)
         if not self._node.up:
             raise Unavailable(f"cannot reach the node at sim://{node} (connection refused)")
+        incarnation = self._node.restarts
         status, body = await answer()
+        if not self._node.up or self._node.restarts != incarnation:
+            # The node crashed while it answered: the connection was reset, whatever it did.
+            raise Unavailable(f"the node at sim://{node} reset the connection")
         await self._cross(node, self._name, len(body))
         return status, body
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 from simulations.scenario import Scenario, simulate
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = "Scenario(seed=5, nodes=3, users=6, ops=20, think=1.0, fault_at=3.0, fault_for=10.0)"
 
 SMALL = Scenario(seed=7, nodes=5, users=9, ops=45, think=2.0, fault_at=6.0, fault_for=20.0)
 
@@ -19,6 +26,24 @@ def test_the_same_seed_gives_the_same_report() -> None:
     other = simulate(replace(SMALL, seed=8))
     assert other.ok, other.text()
     assert other.text() != first.text()
+
+
+def test_the_same_seed_gives_the_same_report_in_another_process() -> None:
+    """Nothing in a run depends on the process: not str hashing, not memory addresses."""
+    script = (
+        "import sys\nfrom simulations.scenario import Scenario, simulate\n"
+        f"sys.stdout.write(simulate({TINY}).text())\n"
+    )
+    texts = []
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=300, check=True,
+        )  # fmt: skip
+        texts.append(done.stdout)
+    assert "every view equals the model" in texts[0]
+    assert texts[0] == texts[1]
 
 
 def test_a_hundred_nodes_and_a_thousand_users_agree_with_the_model() -> None:
