@@ -86,7 +86,7 @@ async def _publish_addresses(
     while True:
         # Numbered after the last record the PKI holds, even if the clock stepped back.
         last = None if service.pki is None else service.pki.node_record(service.settings.node_id)
-        seq = max(int(time.time()), 0 if last is None else last.seq + 1)
+        seq = max(int(service.clock()), 0 if last is None else last.seq + 1)
         published = False
         with trio.move_on_after(FIRST_PUBLISH_TIMEOUT if first else float("inf")):
             try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -489,7 +489,3 @@ async def open_network(
             with trio.CancelScope(shield=True):
                 await net.aclose()
             nursery.cancel_scope.cancel()
-
-
-def describe(traffic: Traffic) -> Mapping[str, int]:
-    return dict(vars(traffic))
