@@ -227,6 +227,17 @@ class SimNetwork:
             if key in self._wires:
                 self._wires[key].spec = spec
 
+    def set_default_links(self, spec: LinkSpec, client: LinkSpec | None = None) -> None:
+        """Change every link not set by `set_link` (between nodes; `client`: clients' too)."""
+        self._default = spec
+        self._client_default = client or self._client_default
+        clients = {
+            key for key in self._wires if key[0] not in self.nodes or key[1] not in self.nodes
+        }
+        for key, wire in self._wires.items():
+            if key not in self._specs:
+                wire.spec = self._client_default if key in clients else self._default
+
     def _wire(self, src: str, dst: str, client: bool = False) -> Wire:
         wire = self._wires.get((src, dst))
         if wire is None:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -258,8 +258,10 @@ async def run_scenario(scenario: Scenario, root: Path) -> Report:
     MockClock (as `simulate` does)."""
     report = Report(scenario)
     names = [f"u{i:05d}" for i in range(scenario.users)]
+    # Resets strike during the operations only: signing up and befriending do not retry.
+    calm, calm_clients = replace(scenario.link, reset=0.0), replace(scenario.client_link, reset=0.0)
     async with open_network(
-        root, scenario.seed, scenario.nodes, link=scenario.link, client_link=scenario.client_link
+        root, scenario.seed, scenario.nodes, link=calm, client_link=calm_clients
     ) as net:
         report.mark("start")
         run = _Run(scenario, net, report)
@@ -278,6 +280,7 @@ async def run_scenario(scenario: Scenario, root: Path) -> Report:
                 nursery.start_soon(_befriend, run, circle)
         report.setup = trio.current_time()
         report.mark("follows")
+        net.set_default_links(scenario.link, scenario.client_link)
         # Each operation goes to a circle drawn by its size: every user acts about as often.
         drawn = run.rng.choices(
             range(len(circles)), [len(c.names) for c in circles], k=scenario.ops
@@ -360,7 +363,7 @@ DEFAULTS: Final[dict[str, Callable[[int], Scenario]]] = {
     "lossy": lambda seed: Scenario(
         seed=seed,
         faults=False,
-        link=LinkSpec(latency=0.04, jitter=0.02, bandwidth=1.25e6, loss=0.01),
+        link=LinkSpec(latency=0.04, jitter=0.02, bandwidth=1.25e6, loss=0.01, reset=0.002),
         client_link=LinkSpec(latency=0.02, jitter=0.01, bandwidth=1.25e6, loss=0.01),
     ),
     "scale": lambda seed: Scenario(seed=seed, nodes=100, users=1000, social=60, ops=300),
