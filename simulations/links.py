@@ -18,6 +18,7 @@ import trio
 
 WINDOW: Final = 256 * 1024  # bytes a writer may have in flight before it waits (a TCP buffer)
 MIN_RTO: Final = 0.2  # seconds: a lost segment costs at least this (TCP's minimum RTO)
+HELD_POLL: Final = 1.0  # virtual seconds between a held reader's looks at its stream
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ class Pipe:
             if self.broken is not None:
                 raise trio.BrokenResourceError(self.broken)
             if self._wire.held:
-                await self._wire.healed.wait()
+                with trio.move_on_after(HELD_POLL):  # a reset must reach a held reader too
+                    await self._wire.healed.wait()
                 continue
             if self._chunks:
                 due, data = self._chunks[0]
