@@ -91,6 +91,35 @@ def test_loss_stalls_a_stream_and_resets_break_it() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_a_held_wire_delivers_after_the_heal_and_a_reset_reaches_its_reader() -> None:
+    async def main() -> None:
+        wire = Wire(LinkSpec(latency=0.01))
+        traffic, rng = Traffic(), random.Random(0)
+        there, back = Pipe(wire, traffic, rng), Pipe(Wire(LinkSpec()), traffic, rng)
+        a, b = SimStream(there, back), SimStream(back, there)
+        wire.held = True
+        await a.send_all(b"held")
+        with trio.move_on_after(30):
+            await b.receive_some(10)
+            raise AssertionError("a held wire delivered")
+        wire.held = False
+        wire.healed.set()
+        assert await b.receive_some(10) == b"held"
+        wire.held = True
+        wire.healed = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_expect_reset, b)
+            await trio.sleep(5)
+            a.reset("crash")
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def _expect_reset(stream: SimStream) -> None:
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.receive_some(10)
+
+
 # -- the swarm ----------------------------------------------------------------------------------
 
 
