@@ -21,6 +21,8 @@ def test_the_same_seed_gives_the_same_report() -> None:
     assert first.ok, first.text()
     assert first.text() == second.text()
     assert first.counts["fault crash"] == 1
+    # Operations the faults made fail were settled after the heal, each to one outcome.
+    assert first.counts["failed Unavailable"] == first.counts["settled"] > 0
     assert first.heal_at is not None
     assert first.converged_after is not None
     other = simulate(replace(SMALL, seed=8))
