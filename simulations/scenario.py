@@ -344,16 +344,22 @@ async def _converge(run: _Run, circles: list[_Circle]) -> None:
 def simulate(scenario: Scenario, root: Path | None = None) -> Report:
     """Run `scenario` deterministically on virtual time, stores in a fresh directory (under
     `root`, by default on tmpfs where there is one), and report."""
-    os.environ[TEST_KDF_ENV] = "1"  # simulated users are test users on test-mode nodes
     base = root if root is not None else (SHM if SHM.is_dir() else None)
     started = time.perf_counter()
-    with (
-        tempfile.TemporaryDirectory(dir=base, prefix="pyrgos-sim-") as where,
-        deterministic(scenario.seed),
-    ):
-        report = trio.run(
-            run_scenario, scenario, Path(where), clock=trio.testing.MockClock(autojump_threshold=0)
-        )
+    before = os.environ.get(TEST_KDF_ENV)
+    os.environ[TEST_KDF_ENV] = "1"  # simulated users are test users on test-mode nodes
+    try:
+        with (
+            tempfile.TemporaryDirectory(dir=base, prefix="pyrgos-sim-") as where,
+            deterministic(scenario.seed),
+        ):
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            report = trio.run(run_scenario, scenario, Path(where), clock=clock)
+    finally:
+        if before is None:
+            del os.environ[TEST_KDF_ENV]
+        else:
+            os.environ[TEST_KDF_ENV] = before
     report.wall = time.perf_counter() - started
     return report
 
