@@ -400,18 +400,24 @@ def _clear(directory: Path) -> None:
     try:
         swarm = load(directory)
     except NotFound:
-        if (directory / "nodes").exists():
+        # What a failed `up` leaves (its logs); anything else is not a swarm's to remove.
+        others = {path.name for path in directory.iterdir()} - {"logs", ".lock"}
+        if others:
             raise Conflict(
-                f"{directory} holds node homes but no swarm file: choose another --dir"
+                f"{directory} is not empty and holds no swarm: choose another --dir"
             ) from None
-        return
-    if _any_alive(swarm):
-        running = sum(_alive(node.pid, node.home) for node in swarm.nodes)
-        raise Conflict(
-            f"a swarm is already up in {directory} ({running} of {len(swarm.nodes)} nodes"
-            f" running): `pyrgos swarm down --dir {directory}` first"
-        )
-    for name in ("nodes", "logs", "users"):
+    else:
+        if _any_alive(swarm):
+            running = sum(_alive(node.pid, node.home) for node in swarm.nodes)
+            raise Conflict(
+                f"a swarm is already up in {directory} ({running} of {len(swarm.nodes)} nodes"
+                f" running): `pyrgos swarm down --dir {directory}` first"
+            )
+    _remove(directory)
+
+
+def _remove(directory: Path, *keep: str) -> None:
+    for name in {"nodes", "logs", "users"} - set(keep):
         shutil.rmtree(directory / name, ignore_errors=True)
     for name in (PASSWORDS_FILE, SWARM_FILE):
         (directory / name).unlink(missing_ok=True)
@@ -440,7 +446,7 @@ async def up(directory: Path, nodes: int, users: int, progress: Progress | None 
     """Start a swarm of `nodes` in `directory` and sign up `users` round-robin across them.
 
     Whatever fails (a node that does not start, a signup, Ctrl-C), every process started is
-    stopped before the error goes up, and the swarm file says the swarm is down."""
+    stopped before the error goes up, and only the nodes' logs are left in `directory`."""
     check_counts(nodes, users)
     report = progress or (lambda stage, done, total: None)
     directory = _made(directory)
@@ -449,7 +455,6 @@ async def up(directory: Path, nodes: int, users: int, progress: Progress | None 
         for name in ("nodes", "logs", "users"):
             (directory / name).mkdir(mode=0o700)
         started: list[_Started] = []
-        records: list[SwarmNode] = []
         try:
             report("starting nodes", 0, nodes)
             records = await _start_nodes(directory, nodes, started, report)
@@ -462,10 +467,7 @@ async def up(directory: Path, nodes: int, users: int, progress: Progress | None 
                 await _stop([(s.process.pid, s.home.path) for s in started])
                 for s in started:
                     s.alive()  # reaps it
-                    s.home.ready_file.unlink(missing_ok=True)
-                    s.home.api_file.unlink(missing_ok=True)
-                if records:
-                    save(directory, Swarm("down", tuple(records), ()))
+                _remove(directory, "logs")
             raise
 
 
