@@ -118,7 +118,7 @@ class Ready:
         keys = {"version", "node_id", "api", "addrs", "pid"}
         if not isinstance(value, dict) or set(value) != keys:
             raise MalformedInput(f"{where} is not a ready file (keys: {', '.join(sorted(keys))})")
-        if value["version"] != READY_VERSION:
+        if type(value["version"]) is not int or value["version"] != READY_VERSION:
             raise MalformedInput(f"{where}: unknown version {value['version']!r}")
         addrs = value["addrs"]
         pid = value["pid"]

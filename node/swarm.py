@@ -23,7 +23,7 @@ from typing import Final
 
 import trio
 
-from node.home import NodeConfig, NodeHome, Ready, check_multiaddr
+from node.home import NodeConfig, NodeHome, Ready
 from protocols.errors import Conflict, MalformedInput, NotFound, PyrgosError, Unavailable
 from protocols.names import check_username
 from protocols.peerid import check_peer_id
@@ -136,7 +136,7 @@ class Swarm:
         except ValueError as exc:
             raise MalformedInput(f"not JSON ({exc})") from None
         top = _fields(value, "the swarm file", {"version", "state", "nodes", "users"})
-        if top["version"] != SWARM_VERSION:
+        if type(top["version"]) is not int or top["version"] != SWARM_VERSION:
             raise MalformedInput(f"unknown version {top['version']!r} (this pyrgos reads 1)")
         if top["state"] not in ("up", "down"):
             raise MalformedInput("state is neither 'up' nor 'down'")
@@ -182,6 +182,10 @@ def _path(value: object, what: str) -> Path:
     return path
 
 
+def _port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536
+
+
 def _node(raw: object, index: int) -> SwarmNode:
     keys = {"name", "pki_role", "peer_id", "api", "p2p", "pid", "home", "log"}
     v = _fields(raw, f"node {index + 1}", keys)
@@ -190,14 +194,17 @@ def _node(raw: object, index: int) -> SwarmNode:
         raise MalformedInput(f"node {name}: the first node is the PKI root, the others mirrors")
     try:
         peer_id = check_peer_id(_text(v["peer_id"], f"node {name}'s peer id"))
-        p2p = check_multiaddr(_text(v["p2p"], f"node {name}'s p2p address"), peer=True)
     except PyrgosError as exc:
         raise MalformedInput(f"node {name}: {exc.message}") from None
-    if not p2p.startswith(f"/ip4/{LOOPBACK}/tcp/") or not p2p.endswith(f"/p2p/{peer_id}"):
-        raise MalformedInput(f"node {name}: its p2p address is not its own on {LOOPBACK}")
+    p2p = _text(v["p2p"], f"node {name}'s p2p address")
+    prefix, suffix = f"/ip4/{LOOPBACK}/tcp/", f"/p2p/{peer_id}"
+    port = p2p.removeprefix(prefix).removesuffix(suffix)
+    if not (p2p.startswith(prefix) and p2p.endswith(suffix) and _port(port)):
+        raise MalformedInput(
+            f"node {name}: its p2p address is not /ip4/{LOOPBACK}/tcp/PORT/p2p/{peer_id}"
+        )
     api = _text(v["api"], f"node {name}'s API URL")
-    port = api.removeprefix(f"http://{LOOPBACK}:")
-    if port == api or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+    if not api.startswith(f"http://{LOOPBACK}:") or not _port(api.rpartition(":")[2]):
         raise MalformedInput(f"node {name}: its API URL is not http://{LOOPBACK}:PORT")
     pid = v["pid"]
     if type(pid) is not int or not 0 < pid < 2**31:
