@@ -407,11 +407,19 @@ def _clear(directory: Path) -> None:
     try:
         swarm = load(directory)
     except NotFound:
-        # What a failed `up` leaves (its logs); anything else is not a swarm's to remove.
-        others = {path.name for path in directory.iterdir()} - {"logs", ".lock"}
-        if others:
+        # What a failed `up` leaves (its logs), or one killed outright (its files, beside the
+        # lock file only a swarm makes); anything else is not a swarm's to remove.
+        names = {path.name for path in directory.iterdir()}
+        if not names <= {"logs", ".lock"} and not (".lock" in names and names <= _OWN):
             raise Conflict(
                 f"{directory} is not empty and holds no swarm: choose another --dir"
+            ) from None
+        orphans = _node_pids(directory / "nodes")
+        if orphans:
+            pids = " ".join(map(str, orphans))
+            raise Conflict(
+                f"nodes of an `up` that did not finish still run in {directory}: end them"
+                f" (kill {pids}) first"
             ) from None
     else:
         if _any_alive(swarm):
@@ -421,6 +429,30 @@ def _clear(directory: Path) -> None:
                 f" running): `pyrgos swarm down --dir {directory}` first"
             )
     _remove(directory)
+
+
+_OWN: Final = {"nodes", "logs", "users", PASSWORDS_FILE, SWARM_FILE, f".{SWARM_FILE}.tmp", ".lock"}
+
+
+def _node_pids(nodes: Path) -> list[int]:
+    """Live `node run` processes of a home inside `nodes` (an `up` killed outright started
+    them and recorded none)."""
+    proc = Path("/proc")
+    if not nodes.is_dir() or not proc.is_dir():
+        return []
+    inside = os.fsencode(nodes) + b"/"
+    found = []
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"run" in argv and any(arg.startswith(inside) for arg in argv):
+                home = Path(os.fsdecode(next(a for a in argv if a.startswith(inside))))
+                if _alive(int(entry.name), home):
+                    found.append(int(entry.name))
+    return sorted(found)
 
 
 def _remove(directory: Path, *keep: str) -> None:

@@ -170,8 +170,9 @@ def test_swarm_up_share_across_nodes_join_and_down(shell: Cli, tmp_path: Path) -
     assert shell.ok("swarm", "down", "--dir", directory).out.startswith("no node")
 
 
-def test_an_interrupted_up_leaves_no_process(shell: Cli, tmp_path: Path) -> None:
-    directory = tmp_path / "swarm"
+def interrupt_up(shell: Cli, directory: Path, signum: signal.Signals) -> tuple[int, str]:
+    """Start `swarm up --nodes 3`; once the PKI node is ready (the others are starting), send
+    `signum`; return the exit status and standard error."""
     process = subprocess.Popen(
         [str(PYRGOS), "swarm", "up", "--nodes", "3", "--dir", str(directory)],
         env=shell.env,
@@ -180,24 +181,50 @@ def test_an_interrupted_up_leaves_no_process(shell: Cli, tmp_path: Path) -> None
         stderr=subprocess.PIPE,
     )
     try:
-        # the PKI node is ready and the others are starting: Ctrl-C
         ready = directory / "nodes" / "n1" / "ready"
         wait_until(ready.exists, UP_TIMEOUT, lambda: "the first node never became ready")
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, err = process.communicate(timeout=UP_TIMEOUT)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT)
-    assert process.returncode == 130, err
-    assert err.decode() == "pyrgos: error: interrupted\n"
+    return process.returncode, err.decode()
+
+
+def wait_gone(directory: Path) -> None:
+    """Until no node process of `directory` is left (their exits are reaped by whoever
+    inherited them), bounded."""
     deadline = time.monotonic() + STOP_TIMEOUT
     while node_processes(directory) and time.monotonic() < deadline:
-        time.sleep(0.1)  # the nodes' exits are reaped by whoever inherited them
+        time.sleep(0.1)
     assert node_processes(directory) == []
+
+
+def test_an_interrupted_up_leaves_no_process(shell: Cli, tmp_path: Path) -> None:
+    directory = tmp_path / "swarm"
+    code, err = interrupt_up(shell, directory, signal.SIGINT)
+    assert (code, err) == (130, "pyrgos: error: interrupted\n")
+    wait_gone(directory)
     assert sorted(p.name for p in directory.iterdir()) == [".lock", "logs"]
-    # what is left is no swarm: status says so; a new `up` may start there
+    # what is left is no swarm: status says so
     assert "no swarm file" in shell.fails("swarm", "status", "--dir", directory, code=4)
+
+    # an `up` killed outright cannot stop its nodes: the next `up` names them, and starts
+    # once they are gone
+    code, _ = interrupt_up(shell, directory, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    orphans = node_processes(directory)
+    assert orphans
+    line = shell.fails("swarm", "up", "--nodes", "1", "--dir", directory, code=5)
+    assert "did not finish still run" in line, line
+    for pid in orphans:
+        assert str(pid) in line, line
+        os.kill(pid, signal.SIGTERM)
+    wait_gone(directory)
+    shell.ok("swarm", "up", "--nodes", "1", "--dir", directory)
+    assert shell.ok("swarm", "down", "--dir", directory).out == "stopped 1 node\n"
+    wait_gone(directory)
 
 
 def test_bad_input_gets_one_line(shell: Cli, tmp_path: Path) -> None:
@@ -239,13 +266,15 @@ def test_bad_input_gets_one_line(shell: Cli, tmp_path: Path) -> None:
         json.dumps({**good, "users": [{"name": "u", "node": "n9", "profile": "/p"}]}),
         json.dumps({**good, "extra": 1}),
     ]
-    for text in damaged:
+    for number, text in enumerate(damaged):
         swarm_file.write_text(text)
-        for argv in (("status",), ("down",), ("up", "--nodes", "1"), ("env", "user1")):
+        every = (("status",), ("down",), ("up", "--nodes", "1"), ("env", "user1"))
+        for argv in every if number == 0 else every[:1]:  # tests/node: every kind of damage
             line = shell.fails("swarm", *argv, "--dir", directory, code=1)
             assert f"{swarm_file} is damaged" in line, (text, line)
-        line = shell.fails("node", "init", "--join", swarm_file, "--home", tmp_path / "n")
-        assert "is damaged" in line, line
+        if number == 0:
+            line = shell.fails("node", "init", "--join", swarm_file, "--home", tmp_path / "n")
+            assert "is damaged" in line, line
         assert swarm_file.read_text() == text
     swarm_file.write_text(json.dumps({**good, "state": "down"}))
     line = shell.fails("node", "init", "--join", swarm_file, "--home", tmp_path / "n", code=7)
