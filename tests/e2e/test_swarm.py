@@ -137,13 +137,19 @@ def test_swarm_up_share_across_nodes_join_and_down(shell: Cli, tmp_path: Path) -
         shell.ok("node", "init", "--join", directory / "swarm.json", "--home", joined.home)
         joined.start()
         try:
+            assert joined.process is not None
+            ready = json.loads((joined.home / "ready").read_text())
+            assert ready["pid"] == joined.process.pid, ready
+            assert ready["api"] == joined.url, ready
             info = node_info(joined)
+            assert ready["node_id"] == info["node_id"], ready
             assert (info["pki_role"], info["test_mode"]) == ("mirror", True), info
             assert info["pki"] == nodes["n1"]["p2p"], info
             lookup = shell.with_env(PYRGOS_NODE=joined.url).ok("pki", "lookup", "user3", "--json")
             assert json.loads(lookup.stdout)["home"] == nodes["n3"]["peer_id"]
         finally:
             joined.stop_cleanly()
+        assert not (joined.home / "ready").exists()
 
         status = json.loads(shell.ok("swarm", "status", "--dir", directory, "--json").stdout)
         assert status["state"] == "up"
