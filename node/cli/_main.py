@@ -187,21 +187,25 @@ def cmd_node_init(args: argparse.Namespace) -> None:
     home = NodeHome(args.home)
     if args.exist_ok and home.initialised:
         return
-    node_id = home.init(
-        NodeConfig(
-            api=args.api,
+    if args.join is not None:  # a swarm's settings; --api and --listen may still move it
+        config = _join_config(args)
+    else:
+        config = NodeConfig(
+            api=args.api or DEFAULT_API,
             test_mode=args.test_mode,
             quota=parse_size(args.quota),
-            listen=args.listen,
+            listen=args.listen or DEFAULT_LISTEN,
             pki=args.pki,
             max_daily_signups=args.max_daily_signups,
             max_source_signups=args.max_source_signups,
-        ),
-        signup_token=args.signup_token or "",
-    )
+        )
+    node_id = home.init(config, signup_token=args.signup_token or "")
     print(f"initialised node {node_id} in {home.path}")
-    if args.test_mode:
+    if config.test_mode:
         print("test mode: this node accepts the small KDF profile; never use it for real data")
+    if args.join is not None:
+        print(f"it follows the PKI node of the swarm {args.join}: `pyrgos node run --home"
+              f" {home.path}` joins the swarm")  # fmt: skip
 
 
 def cmd_node_run(args: argparse.Namespace) -> None:
@@ -889,6 +893,184 @@ def cmd_shared(args: argparse.Namespace) -> None:
         warn(problem)
 
 
+# -- the local test swarm (node/swarm.py) ----------------------------------------------------
+
+
+def _join_config(args: argparse.Namespace) -> NodeConfig:
+    from dataclasses import replace
+
+    from node import swarm
+
+    config = swarm.join_config(args.join)
+    return replace(
+        config,
+        api=args.api or config.api,
+        listen=args.listen or config.listen,
+        quota=parse_size(args.quota),
+    )
+
+
+def _count(what: str, least: int, most: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or not least <= int(text) <= most:
+            raise argparse.ArgumentTypeError(
+                f"not a number of {what} from {least} to {most}: {text!r}"
+            )
+        return int(text)
+
+    return parse
+
+
+@contextmanager
+def swarm_progress() -> Iterator[Callable[[str, int, int], None] | None]:
+    """A bar per stage (starting nodes, signing up users) on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield report
+
+
+def _users_cell(users: list[str]) -> str:
+    shown = " ".join(users[:4])
+    return f"{shown} … ({len(users)})" if len(users) > 4 else shown or "-"
+
+
+def cmd_swarm_up(args: argparse.Namespace) -> None:
+    from node import swarm
+
+    swarm.check_counts(args.nodes, args.users)
+    with swarm_progress() as progress:
+        started = trio.run(swarm.up, args.dir, args.nodes, args.users, progress)
+    print(f"{'name':6} {'peer id':52} {'API URL':24} users")
+    for node in started.nodes:
+        users = _users_cell(started.users_of(node))
+        print(f"{node.name:6} {node.peer_id:52} {node.api:24} {users}")
+    where = args.dir.resolve()
+    print(f"swarm file: {where / swarm.SWARM_FILE}")
+    if started.users:
+        print(f"passwords: {where / swarm.PASSWORDS_FILE} (mode 0600)")
+        print(f'act as a user: eval "$(pyrgos swarm env {started.users[0].name} --dir {where})"')
+    print(f"stop it: pyrgos swarm down --dir {where}")
+
+
+def cmd_swarm_status(args: argparse.Namespace) -> None:
+    from node import swarm
+
+    current, nodes = trio.run(swarm.status, args.dir)
+    if args.json:
+        shown = [
+            {
+                "name": n.node.name, "state": n.state, "peer_id": n.node.peer_id,
+                "api": n.node.api, "p2p": n.node.p2p, "pid": n.node.pid,
+                "pki_head": n.pki_head, "users": n.users,
+            }
+            for n in nodes
+        ]  # fmt: skip
+        print(json.dumps({"state": current.state, "nodes": shown}, indent=2))
+        return
+    print(f"{'name':6} {'state':13} {'peer id':52} {'API URL':24} {'PKI head':8} users")
+    for n in nodes:
+        head = "-" if n.pki_head is None else str(n.pki_head)
+        print(
+            f"{n.node.name:6} {n.state:13} {n.node.peer_id:52} {n.node.api:24} {head:>8}"
+            f" {_users_cell(n.users)}"
+        )
+    where = args.dir.resolve()
+    if current.state == "down":
+        print(f"the swarm was stopped: `pyrgos swarm up --dir {where}` starts a new one")
+    else:
+        print(f"PKI node: {current.pki.p2p}")
+        print(f"join it: pyrgos node init --join {where / swarm.SWARM_FILE} --home DIR")
+        if current.users:
+            print(f'act as a user: eval "$(pyrgos swarm env USER --dir {where})"')
+
+
+def cmd_swarm_down(args: argparse.Namespace) -> None:
+    from node import swarm
+
+    result = trio.run(swarm.down, args.dir)
+    if result.stopped == 0:
+        print("no node of the swarm was running; it is marked down")
+        return
+    nodes = "node" if result.stopped == 1 else "nodes"
+    killed = f" ({result.killed} needed SIGKILL)" if result.killed else ""
+    print(f"stopped {result.stopped} {nodes}{killed}")
+
+
+def cmd_swarm_env(args: argparse.Namespace) -> None:
+    import shlex
+
+    from node import swarm
+
+    for key, value in swarm.user_env(swarm.load(args.dir), args.user).items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+def add_swarm_commands(commands: argparse._SubParsersAction[Parser]) -> None:
+    """`pyrgos swarm up|status|down|env`."""
+    from node import swarm
+
+    group = commands.add_parser(
+        "swarm",
+        help="a local test swarm: a PKI node and nodes that follow it, on 127.0.0.1",
+        description="a local test swarm: real node processes in test mode on 127.0.0.1",
+    ).add_subparsers(dest="swarm_command", metavar="SWARM-COMMAND", required=True)
+
+    def swarm_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--dir",
+            type=Path,
+            default=swarm.default_dir(),
+            help="the swarm's directory (default: $PYRGOS_SWARM or ~/.pyrgos-swarm)",
+        )
+        return sub
+
+    up = swarm_command(
+        "up",
+        "start a PKI node and NODES-1 nodes that follow it, sign up USERS users round-robin "
+        "across them, and print who is where",
+    )
+    up.add_argument("--nodes", type=_count("nodes", 1, swarm.MAX_NODES), required=True, metavar="N")
+    up.add_argument(
+        "--users",
+        type=_count("users", 0, swarm.MAX_USERS),
+        default=0,
+        metavar="U",
+        help="users user1…userU, with random passwords kept in DIR/passwords.json (0600)",
+    )
+    up.set_defaults(run=cmd_swarm_up)
+    status = swarm_command("status", "each node: up or down, peer id, API URL, PKI head, users")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=cmd_swarm_status)
+    swarm_command(
+        "down", "stop every node of the swarm (SIGTERM, then SIGKILL after 15 s)"
+    ).set_defaults(run=cmd_swarm_down)
+    env = swarm_command(
+        "env",
+        'print the exports that make this shell act as swarm user USER: eval "$(pyrgos swarm '
+        'env USER)"',
+    )
+    env.add_argument("user", metavar="USER")
+    env.set_defaults(run=cmd_swarm_env)
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 
@@ -926,7 +1108,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = node_command("init", "create a node: its key, its settings, its database")
     init.add_argument(
         "--api",
-        default=DEFAULT_API,
+        default=None,
         metavar="HOST:PORT",
         help=f"where the HTTP API listens (default {DEFAULT_API}; port 0 picks a free one)",
     )
@@ -941,7 +1123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument(
         "--listen",
-        default=DEFAULT_LISTEN,
+        default=None,
         metavar="MULTIADDR",
         help=f"where the node listens for other nodes (default {DEFAULT_LISTEN})",
     )
@@ -978,6 +1160,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="MULTIADDR",
         help="mirror the PKI of the node at this full multiaddr (/ip4/…/tcp/…/p2p/ID)",
+    )
+    role.add_argument(
+        "--join",
+        type=Path,
+        metavar="SWARMFILE",
+        help="follow the PKI node of the running local swarm of SWARMFILE (`pyrgos swarm up`): "
+        "test mode, on 127.0.0.1, ports the OS picks",
     )
     init.add_argument("--exist-ok", action="store_true", help="do nothing if already initialised")
     init.set_defaults(run=cmd_node_init)
@@ -1228,6 +1417,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_command(
         "shared", "list what you share with whom, and what others share with you"
     ).set_defaults(run=cmd_shared)
+    add_swarm_commands(commands)
     return parser
 
 
