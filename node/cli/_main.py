@@ -15,12 +15,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import trio
 
-from node import client, heap
+from node import client, heap, swarm
 from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Profile, SavedSession, Session
 from node.home import (
     DEFAULT_API,
@@ -897,10 +898,6 @@ def cmd_shared(args: argparse.Namespace) -> None:
 
 
 def _join_config(args: argparse.Namespace) -> NodeConfig:
-    from dataclasses import replace
-
-    from node import swarm
-
     config = swarm.join_config(args.join)
     return replace(
         config,
@@ -952,8 +949,6 @@ def _users_cell(users: list[str]) -> str:
 
 
 def cmd_swarm_up(args: argparse.Namespace) -> None:
-    from node import swarm
-
     swarm.check_counts(args.nodes, args.users)
     with swarm_progress() as progress:
         started = trio.run(swarm.up, args.dir, args.nodes, args.users, progress)
@@ -970,8 +965,6 @@ def cmd_swarm_up(args: argparse.Namespace) -> None:
 
 
 def cmd_swarm_status(args: argparse.Namespace) -> None:
-    from node import swarm
-
     current, nodes = trio.run(swarm.status, args.dir)
     if args.json:
         shown = [
@@ -1002,8 +995,6 @@ def cmd_swarm_status(args: argparse.Namespace) -> None:
 
 
 def cmd_swarm_down(args: argparse.Namespace) -> None:
-    from node import swarm
-
     result = trio.run(swarm.down, args.dir)
     if result.stopped == 0:
         print("no node of the swarm was running; it is marked down")
@@ -1016,16 +1007,12 @@ def cmd_swarm_down(args: argparse.Namespace) -> None:
 def cmd_swarm_env(args: argparse.Namespace) -> None:
     import shlex
 
-    from node import swarm
-
     for key, value in swarm.user_env(swarm.load(args.dir), args.user).items():
         print(f"export {key}={shlex.quote(value)}")
 
 
 def add_swarm_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     """`pyrgos swarm up|status|down|env`."""
-    from node import swarm
-
     group = commands.add_parser(
         "swarm",
         help="a local test swarm: a PKI node and nodes that follow it, on 127.0.0.1",
