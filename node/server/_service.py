@@ -5,7 +5,7 @@ forwards home calls to the user's home node, throttles password proofs, and disp
 part that owns the call's domain: _blocks.py (blocks, CHAMP lookups, quota), _pointers.py
 (pointers, writers; _writers.py keeps the sub-writers of owner proofs), _accounts.py
 (accounts, sessions), _pki_calls.py (the PKI), _social.py (the follow-request inbox),
-_links.py (secret links). Writes are
+_links.py (secret links), _mirrors.py (mirrored users, the mirror task). Writes are
 serialised by one lock and applied in one LevelDB batch each, so a refused call changes nothing.
 Blocking store work runs in a worker thread so the event loop keeps serving.
 """
@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -27,6 +27,7 @@ from node.server._accounts import Accounts
 from node.server._blocks import Blocks, StoreBlocks, stored_block
 from node.server._gc import Collection
 from node.server._links import Links
+from node.server._mirrors import Mirrors
 from node.server._pki import PkiLog, SyncResult
 from node.server._pki_calls import PkiCalls
 from node.server._pointers import Pointers
@@ -63,6 +64,17 @@ class Network(Protocol):
 
     async def fetch_block(self, node_id: str, cid: CID, auth: bats.ReadAuth | None) -> bytes:
         """A block from node `node_id`, checked against `cid`."""
+        ...
+
+    async def fetch_many(
+        self,
+        node_id: str,
+        wants: Iterable[tuple[CID, bats.ReadAuth | None]],
+        receive: Callable[[CID, bytes], Awaitable[None]],
+    ) -> None:
+        """Every block of `wants` (read lazily) from node `node_id`, many in flight, each
+        checked against its CID and handed to `receive` as it arrives; raises the first
+        failure (the rest are dropped)."""
         ...
 
 
@@ -110,7 +122,9 @@ class NodeService:
         self.pki_health = SyncHealth()  # how this mirror reaches its PKI node (`pki status`)
         self.stats: Counter[str] = Counter()
         self.write_lock = trio.Lock()  # every write, and each step of a collection
-        self._gc_lock = trio.Lock()  # one collection at a time
+        # One collection at a time; the mirror task holds it while it copies a tree, so that
+        # nothing it stored is collected before the pointer that reaches it lands.
+        self.gc_lock = trio.Lock()
         self.collection: Collection | None = None  # the running one, told of every write
         # The parts, by domain; each owns its keyspaces and takes store, clock and random
         # from here.
@@ -120,6 +134,7 @@ class NodeService:
         self.pki_calls = PkiCalls(self)
         self.inbox = Inbox(self)
         self.links = Links(self)
+        self.mirrors = Mirrors(self)
 
     @property
     def node_id_bytes(self) -> bytes:
@@ -246,7 +261,7 @@ class NodeService:
     async def collect_garbage(self) -> dict[str, int]:
         """Collect garbage while serving: writers wait for one short step at a time, never for
         the mark (see node/server/_gc.py)."""
-        async with self._gc_lock:
+        async with self.gc_lock:
             async with self.write_lock:
                 run = await trio.to_thread.run_sync(Collection, self.store, int(self.clock()))
                 self.collection = run
@@ -299,10 +314,14 @@ class NodeService:
             dict(self.stats),
         )
 
-    async def admin_gc(self, request: AdminGc, requester: bytes) -> Report:
+    def check_admin(self, token: str) -> None:
+        """Refuse a maintenance call that does not carry this node's admin token."""
         expected = self.settings.admin_token
-        if not expected or not secrets.compare_digest(request.token.encode(), expected.encode()):
+        if not expected or not secrets.compare_digest(token.encode(), expected.encode()):
             raise Denied("maintenance calls need this node's admin token")
+
+    async def admin_gc(self, request: AdminGc, requester: bytes) -> Report:
+        self.check_admin(request.token)
         return Report(dict(await self.collect_garbage()))
 
 
@@ -331,4 +350,8 @@ METHODS: Final[dict[str, Handler]] = {
     "social.list": lambda s, r, q: s.inbox.social_list(r, q),
     "social.remove": lambda s, r, q: s.inbox.social_remove(r, q),
     "link.get": lambda s, r, q: s.links.link_get(r, q),
+    "mirror.account": lambda s, r, q: s.mirrors.mirror_account(r, q),
+    "admin.mirror.add": lambda s, r, q: s.mirrors.admin_add(r, q),
+    "admin.mirror.list": lambda s, r, q: s.mirrors.admin_list(r, q),
+    "admin.mirror.remove": lambda s, r, q: s.mirrors.admin_remove(r, q),
 }
