@@ -289,6 +289,7 @@ def cmd_pki_lookup(args: argparse.Namespace) -> None:
         "identity": claim["identity"],
         "home": claim["home"],
         "expiry": claim["expiry"],
+        "mirrors": claim.get("mirrors", []) if args.json else " ".join(claim.get("mirrors", [])),
     }
     _print_record(record, args.json)
 

@@ -1,0 +1,88 @@
+"""Mirroring end to end: alice is homed on node 2, node 3 mirrors her (real processes, real
+libp2p); the copy catches up, keeps up, survives a restart of the mirror, and is freed when
+the mirror is removed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from tests.e2e.conftest import Cluster, NodeProcess, base_env, node_info, pyrgos, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MiB: Final = 1024 * 1024
+MIRROR_TIMEOUT: Final = 30.0  # seconds for a mirror to catch up (polls every 2 s)
+
+
+def mirrors(node: NodeProcess) -> list[dict[str, Any]]:
+    result = pyrgos("node", "mirror", "list", "--json", "--home", node.home, env=base_env())
+    assert result.code == 0, str(result)
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return rows
+
+
+def test_a_node_mirrors_a_user(cluster: Cluster, tmp_path: Path) -> None:
+    _, node2, node3 = cluster.nodes
+    alice = cluster.device(node2, "alice-on-2")
+    cluster.ok(alice, "signup", "alice")
+    data = os.urandom(6 * MiB)
+    (tmp_path / "big.bin").write_bytes(data)
+    cluster.ok(alice, "put", tmp_path / "big.bin", "big.bin")
+
+    token = cluster.ok(alice, "mirror", "token").out.strip()
+    assert token.startswith("pyrgos-mirror-1:")
+    admin = ["--home", str(node3.home)]
+    wrong = alice.fails("node", "mirror", "add", "bob", "--token", token, *admin, code=2)
+    assert "not bob's" in wrong
+    bad = alice.fails("node", "mirror", "add", "alice", "--token", token[:-4], *admin)
+    assert "mirror token" in bad
+    cluster.ok(alice, "node", "mirror", "add", "alice", "--token", token, *admin)
+
+    def caught_up(size: int) -> bool:
+        rows = mirrors(node3)
+        return len(rows) == 1 and rows[0]["state"] == "ok" and rows[0]["bytes"] >= size
+
+    wait_until(lambda: caught_up(len(data)), MIRROR_TIMEOUT, lambda: str(mirrors(node3)))
+    first = mirrors(node3)[0]
+    assert first["username"] == "alice"
+    assert first["error"] is None
+
+    # alice writes more: the mirror keeps up
+    more = os.urandom(2 * MiB)
+    (tmp_path / "more.bin").write_bytes(more)
+    cluster.ok(alice, "put", tmp_path / "more.bin", "more.bin")
+    wait_until(
+        lambda: caught_up(len(data) + len(more)), MIRROR_TIMEOUT, lambda: str(mirrors(node3))
+    )
+    assert node_info(node3)["stats"]["mirror_bytes"] >= len(data) + len(more)
+
+    # the claim lists the mirror
+    node3_id = node_info(node3)["node_id"]
+    cluster.ok(alice, "mirror", "publish", node3_id)
+    claim = cluster.ask(node2, "pki", "lookup", "alice")
+    assert claim["mirrors"] == [node3_id]
+
+    # the mirror restarts: its state is kept, and it keeps up
+    node3.stop_cleanly()
+    node3.start()
+    assert mirrors(node3)[0]["username"] == "alice"
+    assert mirrors(node3)[0]["blocks"] > 0
+    cluster.ok(alice, "rm", "more.bin")
+    wait_until(
+        lambda: (
+            (row := mirrors(node3)[0])["state"] == "ok" and row["bytes"] < len(data) + len(more)
+        ),
+        MIRROR_TIMEOUT,
+        lambda: str(mirrors(node3)),
+    )
+
+    # removed, the copy is freed by the next collection
+    cluster.ok(alice, "node", "mirror", "remove", "alice", *admin)
+    assert mirrors(node3) == []
+    freed = cluster.ok(alice, "node", "gc", *admin).out
+    assert int(freed.split()[4]) >= len(data), freed
