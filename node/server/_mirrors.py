@@ -15,8 +15,8 @@ lists, and every block hashes to its CID and, if structured, has a known shape.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -68,10 +68,12 @@ MiB: Final = 1024 * 1024
 # within a few seconds, and a round that finds nothing new costs one pointer.get per writer
 # (a few hundred bytes), small beside the writes it keeps up with.
 POLL_INTERVAL: Final = 2.0
-# Block bytes one user may take in one round: a user uploading gigabytes does not starve the
-# others, and a round's blocks are pinned until their pointer lands (survives GC and restarts).
-ROUND_BYTES: Final = 64 * MiB
-STORE_BATCH_BYTES: Final = 4 * MiB  # fetched blocks written per LevelDB batch
+# Block bytes one user may take in one round: a user uploading gigabytes holds the others up
+# for a few seconds at most; what a round copied stays pinned (survives GC and restarts).
+ROUND_BYTES: Final = 256 * MiB
+# Fetched blocks written per LevelDB batch. One batch is written while the next arrives, so
+# at most two are held: the fetch does not wait for the disk, nor memory grow with the tree.
+STORE_BATCH_BYTES: Final = 4 * MiB
 PROBE_BLOCKS: Final = 64  # structured blocks looked at to find one that names a BAT
 MAX_MIRRORED: Final = 1000  # users one node mirrors: bounds a round's pointer reads
 _USER: Final = b"u"
@@ -440,7 +442,10 @@ class Mirrors:
         state.synced = int(self.node.clock())
         state.behind = None
         state.error = None
-        self._save(state)
+        async with self.node.write_lock:
+            with self.store.batch() as batch:
+                close_uploads(self.store, batch, (pin_of(username),))  # all of it is reachable
+                batch.put(Space.MIRRORS, _USER + username.encode(), state.encode())
         return True
 
     async def _pull_account(self, home: str, state: MirrorState) -> None:
@@ -482,8 +487,7 @@ class Mirrors:
         if owner is not None and owner != state.username.encode():
             raise Denied(f"writer {writer} belongs to another mirrored user")
         async with node.gc_lock:  # nothing this walk keeps is collected before its pointer
-            upload = await self._copy_tree(home, state, update.new, budget)
-            if upload is None:
+            if not await self._copy_tree(home, state, update.new, budget):
                 return None
             root = node.store.get_block(update.new.raw)
             if root is None or WriterData.decode(root).controller != writer:
@@ -492,34 +496,50 @@ class Mirrors:
                 with node.store.batch(sync=True) as batch:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
                     batch.put(Space.MIRRORS, _WRITER + writer.raw, state.username.encode())
-                    close_uploads(node.store, batch, (upload,))
         node.stats["mirror_pointers"] += 1
         return True
 
-    async def _copy_tree(
-        self, home: str, state: MirrorState, root: CID, budget: list[int]
-    ) -> bytes | None:
-        """Fetch every block `root` reaches that is not stored here, level by level (each
-        level one pipelined fetch), storing them pinned under a fresh upload id; the upload id,
-        or None when the budget ran out. A stored structured block is read here for its
-        links: a block can be stored without what it links (a relayed read caches one block)."""
+    async def _copy_tree(self, home: str, state: MirrorState, root: CID, budget: list[int]) -> bool:
+        """Fetch every block `root` reaches that is not stored here, storing them pinned
+        (`pin_of`) while more arrive; False when the budget ran out first.
+
+        The walk goes level by level, each level one pipelined fetch with its structured
+        blocks asked for first: once those have arrived the next level's fetch starts, beside
+        the rest of this one (a file's fragments), so the exchange never drains between
+        levels. A stored structured block is read here for its links: a block can be stored
+        without what it links (a relayed read caches one block)."""
         node = self.node
         assert node.network is not None
-        copy = _Copy(self, home, state, budget)
         seen: set[bytes] = set()
         level = [root]
-        while level:
-            missing, below = await trio.to_thread.run_sync(self._split_level, level, seen)
-            copy.below = below
-            if missing:
-                try:
-                    await node.network.fetch_many(home, copy.wants(missing), copy.receive)
-                finally:
+        batches, batches_out = trio.open_memory_channel[list[tuple[CID, bytes]]](1)
+        copy = _Copy(self, home, state, budget, batches)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._store_batches, state, batches_out)
+                async with batches:
+                    async with trio.open_nursery() as fetches:
+                        while level and budget[0] > 0:
+                            missing, below = await trio.to_thread.run_sync(
+                                self._split_level, level, seen
+                            )
+                            step = _Level(below, missing)
+                            if missing:
+                                fetches.start_soon(copy.fetch, step)
+                                await step.structured.wait()
+                            level = step.below
                     await copy.flush()
-            if budget[0] <= 0:
-                return None
-            level = below
-        return copy.upload
+        except BaseExceptionGroup as group:  # the fetch's or the store's error, as it was
+            raise _first_error(group) from None
+        return not level and not copy.cut
+
+    async def _store_batches(
+        self, state: MirrorState, batches: trio.MemoryReceiveChannel[list[tuple[CID, bytes]]]
+    ) -> None:
+        async with batches:
+            async for blocks in batches:
+                async with self.node.write_lock:
+                    await trio.to_thread.run_sync(self.store_blocks, state, blocks)
 
     def _split_level(self, level: list[CID], seen: set[bytes]) -> tuple[list[CID], list[CID]]:
         """(CIDs of `level` to fetch, links of its stored structured blocks)."""
@@ -540,55 +560,93 @@ class Mirrors:
                         log.warning("a stored block %s is not a known structured block", cid)
         return missing, below
 
-    def store_blocks(
-        self, owner: CID, upload: bytes, blocks: list[tuple[CID, bytes]], first: bool
-    ) -> None:
-        """Store fetched blocks, each pinned by the walk's upload until its pointer lands (so
-        a collection between rounds, or after a restart, keeps the work done)."""
+    def store_blocks(self, state: MirrorState, blocks: list[tuple[CID, bytes]]) -> None:
+        """Store fetched blocks, each pinned (`pin_of`) until the user is caught up, so that
+        a collection between rounds, or after a restart, keeps the work done."""
+        pin = pin_of(state.username)
         expiry = int(self.node.clock()) + UPLOAD_TTL
         with self.store.batch() as batch:
-            if first:
-                # Pinned for the mirrored user, who has no USAGE record: counted against nobody.
-                batch.put(Space.UPLOADS, upload, cbor.encode([owner, expiry]))
+            # Pinned for the mirrored user, who has no USAGE record: counted against nobody.
+            batch.put(Space.UPLOADS, pin, cbor.encode([state.identity, expiry]))
             for cid, data in blocks:
                 if not self.store.has_block(cid.raw):
                     self.store.put_block(batch, cid.raw, data)
-                batch.put(Space.UPLOADS, upload + cid.raw, b"")
+                batch.put(Space.UPLOADS, pin + cid.raw, b"")
+
+
+def pin_of(username: str) -> bytes:
+    """The upload id that pins what is copied of `username` until they are caught up: one per
+    user, the same after a restart."""
+    return hashlib.sha256(b"pyrgos/mirror-pin/1" + username.encode()).digest()[:_UPLOAD_ID]
+
+
+class _Level:
+    """One level of a copy's walk: what it fetches (structured blocks first) and the links
+    found below it; `structured` is set once its structured blocks have all arrived."""
+
+    def __init__(self, below: list[CID], missing: list[CID]) -> None:
+        self.below = below
+        self.missing = sorted(missing, key=lambda cid: cid.codec != CODEC_DAG_CBOR)
+        self.waiting = sum(1 for cid in missing if cid.codec == CODEC_DAG_CBOR)
+        self.structured = trio.Event()
+        if not self.waiting:
+            self.structured.set()
 
 
 class _Copy:
-    """One writer's copy in progress: the wants of a level (each with its read auth, made as
-    the fetch reads it), the checks of what arrives, and the pinned batches it is stored in."""
+    """One writer's copy in progress: the wants of each level (each with its read auth, made
+    as the fetch reads it), the checks of what arrives, and the batches it is stored in."""
 
-    def __init__(self, mirrors: Mirrors, home: str, state: MirrorState, budget: list[int]):
-        self.mirrors = mirrors
+    def __init__(
+        self,
+        mirrors: Mirrors,
+        home: str,
+        state: MirrorState,
+        budget: list[int],
+        batches: trio.MemorySendChannel[list[tuple[CID, bytes]]],
+    ) -> None:
         self.node = mirrors.node
+        self.home_id = home
         self.home = home.encode()
         self.state = state
         self.budget = budget
-        self.upload = secrets.token_bytes(_UPLOAD_ID)
+        self.batches = batches
         self.pending: list[tuple[CID, bytes]] = []
         self.pending_bytes = 0
-        self.opened = False
-        self.below: list[CID] = []
+        self.cut = False  # wants were left out: the budget ran out
+
+    async def fetch(self, level: _Level) -> None:
+        assert self.node.network is not None
+
+        async def receive(cid: CID, data: bytes) -> None:
+            await self.receive(level, cid, data)
+
+        try:
+            await self.node.network.fetch_many(self.home_id, self.wants(level.missing), receive)
+        finally:
+            level.structured.set()  # also when the budget left some out
 
     def wants(self, missing: list[CID]) -> Iterator[tuple[CID, bats.ReadAuth | None]]:
         me = self.node.node_id_bytes
         for cid in missing:
             if self.budget[0] <= 0:
+                self.cut = True
                 return  # the round's share is spent: what is in flight still lands
             now = int(self.node.clock())
             yield cid, bats.make_read_auth(self.state.secret, cid, me, self.home, now, hashed=True)
 
-    async def receive(self, cid: CID, data: bytes) -> None:
+    async def receive(self, level: _Level, cid: CID, data: bytes) -> None:
         if cid.codec == CODEC_DAG_CBOR:
             try:
                 check_structured(data)
-                self.below.extend(structured_links(data))
+                level.below.extend(structured_links(data))
             except (MalformedInput, TooLarge) as exc:
                 raise Corrupted(
                     f"the home sent block {cid}, which is not a known structured block"
                 ) from exc
+            level.waiting -= 1
+            if level.waiting == 0:
+                level.structured.set()
         self.budget[0] -= len(data)
         self.pending.append((cid, data))
         self.pending_bytes += len(data)
@@ -598,11 +656,16 @@ class _Copy:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self.pending:
-            return
-        blocks, self.pending, self.pending_bytes = self.pending, [], 0
-        async with self.node.write_lock:
-            await trio.to_thread.run_sync(
-                self.mirrors.store_blocks, self.state.identity, self.upload, blocks, not self.opened
-            )
-        self.opened = True
+        """Hand what arrived to the storing task (waits while it writes the batch before)."""
+        if self.pending:
+            blocks, self.pending, self.pending_bytes = self.pending, [], 0
+            await self.batches.send(blocks)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first PyrgosError in a nursery's group (the group itself when there is none)."""
+    for error in group.exceptions:
+        found = _first_error(error) if isinstance(error, BaseExceptionGroup) else error
+        if isinstance(found, PyrgosError):
+            return found
+    return group
