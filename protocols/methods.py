@@ -1081,6 +1081,8 @@ class Method:
     # when the writer is the user's identity writer; a sub-writer's signatures suffice).
     session: bool = False
     throttled: bool = False  # it proves a password (or a link's): failures are throttled
+    # A read that a mirror of the user answers when their home cannot be reached (§13).
+    failover: bool = False
 
 
 METHODS: Final[dict[str, Method]] = {
@@ -1089,8 +1091,8 @@ METHODS: Final[dict[str, Method]] = {
         Method("node.info", NodeInfo, NodeInfoReply),
         Method("block.get", BlockGet, BlockGetReply),
         Method("block.put", BlockPut, BlockPutReply, MAX_CALL_BYTES, "owner", session=True),
-        Method("champ.get", ChampGet, ChampGetReply, home="owner"),
-        Method("pointer.get", PointerGet, PointerGetReply, home="owner"),
+        Method("champ.get", ChampGet, ChampGetReply, home="owner", failover=True),
+        Method("pointer.get", PointerGet, PointerGetReply, home="owner", failover=True),
         Method("pointer.cas", PointerCas, Done, home="owner", session=True),
         Method("account.signup", AccountSignup, Done, MAX_CALL_BYTES),
         Method("account.params", AccountParams, AccountParamsReply, home="username"),

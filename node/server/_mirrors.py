@@ -7,6 +7,8 @@ MIRRORS records (CBOR):
   b"w" ‖ writer key hash -> username: the writers of mirrored users (their pointers are kept
       in Space.POINTERS, under no local owner, so GC marks from them and pointer.get serves them)
   b"a" ‖ username -> the user's login record, as their home keeps it (Space.ACCOUNTS)
+  b"t" ‖ mirror BAT id -> username: whose blocks name that BAT (a read auth made out to the
+      user's home is good here too, protocols/bats.py rule 5)
 
 Nothing is taken on the home's word: every pointer's signature is checked against the writer
 key, sequences never go back, sub-writers come only from owner proofs the identity WriterData
@@ -79,6 +81,7 @@ MAX_MIRRORED: Final = 1000  # users one node mirrors: bounds a round's pointer r
 _USER: Final = b"u"
 _WRITER: Final = b"w"
 _ACCOUNT: Final = b"a"
+_BAT: Final = b"t"
 _UPLOAD_ID: Final = 16
 
 GetBlock = Callable[[CID], Awaitable[bytes]]
@@ -190,6 +193,22 @@ class Mirrors:
             if owner == name
         ]
 
+    def holds(self, owner: CID) -> bool:
+        """Whether this node keeps a copy of the user whose identity is `owner`."""
+        return self.store.get(Space.MIRRORS, _WRITER + owner.raw) is not None
+
+    def homes_for(self, block_ids: list[bytes]) -> tuple[bytes, ...]:
+        """The home node ids of the mirrored users whose mirror BAT a block names."""
+        homes = []
+        for bat_id in block_ids:
+            if bat_id[:1] != b"\x12":  # only hashed ids are mirror BATs
+                continue
+            username = self.store.get(Space.MIRRORS, _BAT + bat_id)
+            home = None if username is None else self.node.home_of_username(username.decode())
+            if home is not None:
+                homes.append(home.encode())
+        return tuple(homes)
+
     def account(self, username: str) -> bytes | None:
         """The login record kept for a mirrored user, if one was copied."""
         return self.store.get(Space.MIRRORS, _ACCOUNT + username.encode())
@@ -227,12 +246,17 @@ class Mirrors:
         token = MirrorToken.from_text(request.mirror)
         state = await self.check_token(token)
         existing = self.state(token.username)
+        old_bat = None if existing is None else bats.hashed_id(existing.secret)
         if existing is not None:
             existing.secret = token.secret
             state = existing
         elif sum(1 for _ in self.store.keys(Space.MIRRORS, _USER)) >= MAX_MIRRORED:
             raise Denied(f"this node mirrors {MAX_MIRRORED} users already")
-        self._save(state)
+        with self.store.batch(sync=True) as batch:
+            if old_bat is not None:
+                batch.delete(Space.MIRRORS, _BAT + old_bat)
+            batch.put(Space.MIRRORS, _USER + state.username.encode(), state.encode())
+            batch.put(Space.MIRRORS, _BAT + token.bat_id, state.username.encode())
         self.wake.set()
         return Report({"username": state.username, "identity": state.identity})
 
@@ -289,7 +313,8 @@ class Mirrors:
 
     async def admin_remove(self, request: AdminMirrorRemove, requester: bytes) -> Done:
         self.node.check_admin(request.token)
-        if self.state(request.username) is None:
+        state = self.state(request.username)
+        if state is None:
             raise NotFound(f"this node does not mirror {request.username!r}")
         async with self.node.write_lock:
             with self.store.batch(sync=True) as batch:
@@ -297,6 +322,7 @@ class Mirrors:
                     self._drop_writer(batch, writer)
                 batch.delete(Space.MIRRORS, _USER + request.username.encode())
                 batch.delete(Space.MIRRORS, _ACCOUNT + request.username.encode())
+                batch.delete(Space.MIRRORS, _BAT + bats.hashed_id(state.secret))
         return Done()
 
     def _drop_writer(self, batch: Any, writer: CID) -> None:

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
@@ -35,11 +35,12 @@ from node.server._social import Inbox
 from node.store import Space, Store
 from protocols import accounts, bats
 from protocols.cid import CID
-from protocols.errors import AuthFailed, Denied, MalformedInput, NotFound, RateLimited
+from protocols.errors import AuthFailed, Denied, MalformedInput, NotFound, RateLimited, Unavailable
 from protocols.methods import METHODS as SPECS
 from protocols.methods import (
     AdminGc,
     Message,
+    Method,
     NodeInfo,
     NodeInfoReply,
     Report,
@@ -51,6 +52,10 @@ __all__ = ["METHODS", "NodeService", "NodeSettings", "StoreBlocks", "stored_bloc
 log = logging.getLogger(__name__)
 
 GiB: Final = 1024**3
+# Seconds a home (or mirror) whose call failed is skipped by reads, which go to the mirrors
+# meanwhile: one failed dial per node and period, not one per block of a file.
+FAILOVER_HOLD: Final = 10.0
+T = TypeVar("T")
 
 Handler = Callable[["NodeService", Any, bytes], Awaitable[Message]]
 
@@ -126,6 +131,7 @@ class NodeService:
         # nothing it stored is collected before the pointer that reaches it lands.
         self.gc_lock = trio.Lock()
         self.collection: Collection | None = None  # the running one, told of every write
+        self._unreachable: dict[str, float] = {}  # node id -> until when reads skip it
         # The parts, by domain; each owns its keyspaces and takes store, clock and random
         # from here.
         self.blocks = Blocks(self)
@@ -166,7 +172,7 @@ class NodeService:
             # view cannot bounce a call between nodes.
             home = await self._home_elsewhere(getattr(request, spec.home))
         if not spec.throttled:
-            return await self._dispatch(handler, home, method, args, request, requester)
+            return await self._dispatch(handler, home, spec, args, request, requester)
         # Per source wherever the call arrives, per username at the user's home only.
         sources = [caller]
         user = getattr(request, "username", None)
@@ -178,7 +184,7 @@ class NodeService:
             self.stats["logins_throttled"] += 1
             raise
         try:
-            result = await self._dispatch(handler, home, method, args, request, requester)
+            result = await self._dispatch(handler, home, spec, args, request, requester)
         except AuthFailed:
             self._source_logins.failed(sources, self.clock())
             self._user_logins.failed(users, self.clock())
@@ -193,16 +199,70 @@ class NodeService:
         self,
         handler: Handler,
         home: str | None,
-        method: str,
+        spec: Method,
         args: dict[str, Any],
         request: Message,
         requester: bytes,
     ) -> Any:
         if home is not None and self.network is not None:
             self.stats["forwarded"] += 1
-            return await self.network.call(home, method, args)
+            network = self.network
+            if not spec.failover:  # a write goes to the home or fails: never split brain
+                return await network.call(home, spec.name, args)
+
+            async def local() -> Any:
+                return (await handler(self, request, requester)).to_cbor()
+
+            owner = getattr(request, spec.home or "")
+            return await self.failover(
+                home, owner, lambda node: network.call(node, spec.name, args), local
+            )
         reply = await handler(self, request, requester)
         return reply.to_cbor()
+
+    async def failover(
+        self,
+        home: str,
+        owner: CID,
+        ask: Callable[[str], Awaitable[T]],
+        local: Callable[[], Awaitable[T]] | None = None,
+    ) -> T:
+        """A read of `owner`'s data: from their home; when it cannot be reached, from this
+        node's own copy (`local`, if this node mirrors the user), else from the mirrors their
+        claim lists, in order. A home or mirror that failed is skipped for FAILOVER_HOLD
+        seconds, so each read of a file does not wait for a dial to fail again. The home's
+        error stands when no mirror answers."""
+        now = self.clock()
+        if self._unreachable.get(home, 0.0) <= now:
+            try:
+                return await ask(home)
+            except Unavailable as exc:
+                self._unreachable[home] = now + FAILOVER_HOLD
+                failure = exc
+        else:
+            failure = Unavailable(f"the home node {home} of this user cannot be reached")
+        if local is not None and self.mirrors.holds(owner):
+            self.stats["failover_local"] += 1
+            return await local()
+        for mirror in self.mirrors_of(owner):
+            if mirror == self.settings.node_id or self._unreachable.get(mirror, 0.0) > now:
+                continue
+            try:
+                result = await ask(mirror)
+            except Unavailable:
+                self._unreachable[mirror] = now + FAILOVER_HOLD
+                continue
+            except NotFound:  # a mirror still behind: another may hold it
+                continue
+            self.stats["failover_reads"] += 1
+            return result
+        raise failure
+
+    def mirrors_of(self, owner: CID) -> tuple[str, ...]:
+        """The mirrors `owner`'s claim lists (signed by their identity key)."""
+        username = None if self.pki is None else self.pki.owner(owner)
+        claim = None if self.pki is None or username is None else self.pki.lookup(username)
+        return () if claim is None else claim.mirrors
 
     async def _home_elsewhere(self, user: object) -> str | None:
         """The home of a user (owner key hash or username) when it is not this node; a mirror

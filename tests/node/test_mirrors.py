@@ -13,16 +13,17 @@ from typing import Any
 import pytest
 import trio
 
-from node.client import FileSystem, NodeApi, Session, mirror_token, signup
+from node.client import FileSystem, NodeApi, Session, login, mirror_token, publish_mirrors, signup
+from node.net import serve_api
 from node.server import NodeService, PkiLog, collect_garbage
 from node.server import _mirrors as mirrors_module
 from node.server._gc import mark
 from node.store import Space, Store
 from protocols.cid import CID
-from protocols.errors import Conflict, Denied, MalformedInput, NotFound
+from protocols.errors import Conflict, Denied, MalformedInput, NotFound, Unavailable
 from protocols.mirrors import MirrorToken
 from protocols.pointers import PointerUpdate
-from simulations.swarm import LocalNetwork
+from simulations.swarm import LocalNetwork, new_node
 from tests.node.conftest import PASSWORD, start_swarm
 
 ADMIN = "admin-token-of-the-mirror"
@@ -240,3 +241,61 @@ async def test_a_mirror_resumes_after_a_restart(
         assert all(store.has_block(raw) for raw in held)
         assert restarted.stats["mirror_blocks"] + first == len(held)  # nothing fetched twice
         assert collect_garbage(store, 0)["deleted"] == 0
+
+
+async def test_reads_fail_over_to_a_mirror_and_writes_wait_for_the_home(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    swarm = LocalNetwork()
+    home = new_node(Store(tmp_path / "home"))
+    nodes = {"home": home}
+    for name in ("mirror", "reader"):
+        nodes[name] = new_node(Store(tmp_path / name), pki_node=home.settings.node_id)
+    urls = {}
+    for name, service in nodes.items():
+        swarm.add(service)
+        urls[name] = await nursery.start(serve_api, service, "127.0.0.1", 0)
+    mirror, reader = nodes["mirror"], nodes["reader"]
+    mirror.settings = dataclasses.replace(mirror.settings, admin_token=ADMIN)
+    content = os.urandom(2 * 1024 * 1024 + 7)
+    with trio.fail_after(60):
+        async with (
+            NodeApi(urls["home"]) as at_home,
+            NodeApi(urls["reader"]) as at_reader,
+            NodeApi(urls["mirror"]) as at_mirror,
+        ):
+            alice = await signup(at_home, "alice", PASSWORD)
+            await FileSystem(alice).mkdir("docs")
+            await FileSystem(alice).write_file("docs/a.bin", io.BytesIO(content))
+            token = mirror_token(alice)
+            await mirror.call("admin.mirror.add", {"token": ADMIN, "mirror": token})
+            assert await mirror.mirrors.sync_round()
+            claim = await publish_mirrors(alice, [mirror.settings.node_id])
+            assert claim.mirrors == (mirror.settings.node_id,)
+            for node in (mirror, reader):
+                await node.sync_pki()
+            via_reader = FileSystem(await login(at_reader, "alice", PASSWORD))
+            via_mirror = FileSystem(await login(at_mirror, "alice", PASSWORD))
+
+            swarm.down.add(home.settings.node_id)
+            # Through another node: pointer, CHAMP and blocks from the mirror, whose read
+            # auths were made out to the home.
+            assert await via_reader.read_bytes("docs/a.bin", len(content)) == content
+            assert reader.stats["failover_reads"] > 0
+            # Through the mirror itself: its own copy.
+            assert await via_mirror.read_bytes("docs/a.bin", len(content)) == content
+            assert mirror.stats["failover_local"] > 0
+
+            # No split brain: a write waits for the home, through any node.
+            before = mirror.pointers.pointer(alice.owner)
+            for fs in (via_reader, via_mirror):
+                with pytest.raises(Unavailable):
+                    await fs.write_file("b.txt", io.BytesIO(b"while the home is away"))
+            assert mirror.pointers.pointer(alice.owner) == before
+
+            # The home is back: writes go through, and the mirror catches up.
+            swarm.down.discard(home.settings.node_id)
+            await via_reader.write_file("b.txt", io.BytesIO(b"back"))
+            assert await mirror.mirrors.sync_round()
+            assert mirror.pointers.pointer(alice.owner) == home.pointers.pointer(alice.owner)
+    nursery.cancel_scope.cancel()
