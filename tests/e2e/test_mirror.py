@@ -1,11 +1,13 @@
 """Mirroring end to end: alice is homed on node 2, node 3 mirrors her (real processes, real
-libp2p); the copy catches up, keeps up, survives a restart of the mirror, and is freed when
-the mirror is removed."""
+libp2p); the copy catches up, keeps up, survives a restart of the mirror; when alice's home
+dies, bob still reads what she shared through the mirror and her writes fail cleanly; the home
+back, the mirror catches up; removed, the copy is freed."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,8 +28,14 @@ def mirrors(node: NodeProcess) -> list[dict[str, Any]]:
     return rows
 
 
+def synced_after(node: NodeProcess, moment: int) -> bool:
+    """The mirror ended a round caught up well after `moment` (rounds run every 2 s)."""
+    rows = mirrors(node)
+    return len(rows) == 1 and rows[0]["state"] == "ok" and rows[0]["synced"] >= moment + 2
+
+
 def test_a_node_mirrors_a_user(cluster: Cluster, tmp_path: Path) -> None:
-    _, node2, node3 = cluster.nodes
+    node1, node2, node3 = cluster.nodes
     alice = cluster.device(node2, "alice-on-2")
     cluster.ok(alice, "signup", "alice")
     data = os.urandom(6 * MiB)
@@ -80,6 +88,42 @@ def test_a_node_mirrors_a_user(cluster: Cluster, tmp_path: Path) -> None:
         MIRROR_TIMEOUT,
         lambda: str(mirrors(node3)),
     )
+
+    # bob (homed on node 1) is given big.bin; the mirror has everything alice wrote
+    bob = cluster.device(node1, "bob-on-1")
+    cluster.ok(bob, "signup", "bob")
+    cluster.ok(bob, "follow", "alice")
+    cluster.ok(alice, "requests")
+    cluster.ok(alice, "accept", "bob")
+    cluster.ok(bob, "requests")
+    cluster.ok(alice, "share", "big.bin", "bob")
+    alice3 = cluster.device(node3, "alice-on-3")
+    cluster.ok(alice3, "login", "alice")
+    bob3 = cluster.device(node3, "bob-on-3")
+    cluster.ok(bob3, "login", "bob")
+    wrote = int(time.time())
+    wait_until(lambda: synced_after(node3, wrote), MIRROR_TIMEOUT, lambda: str(mirrors(node3)))
+
+    # alice's home dies: bob reads through his home (relayed to the mirror) and through the
+    # mirror itself; alice's writes fail cleanly, through any node
+    node2.process.kill()  # type: ignore[union-attr]
+    node2.process.wait(timeout=10)  # type: ignore[union-attr]
+    node2.process = None
+    node2.api_file.unlink()
+    for reader, name in ((bob, "from-1"), (bob3, "from-3")):
+        cluster.ok(reader, "get", "/alice/big.bin", tmp_path / name)
+        assert (tmp_path / name).read_bytes() == data
+    assert node_info(node1)["stats"]["failover_reads"] > 0
+    assert node_info(node3)["stats"]["failover_local"] > 0
+    (tmp_path / "new.txt").write_bytes(b"written while the home is away")
+    refused = alice3.fails("put", tmp_path / "new.txt", "new.txt", code=7)
+    assert "unavailable" in refused or "reach" in refused, refused
+
+    # the home is back: alice writes again, the mirror catches up
+    node2.start()
+    cluster.ok(alice3, "put", tmp_path / "new.txt", "new.txt")
+    wrote = int(time.time())
+    wait_until(lambda: synced_after(node3, wrote), MIRROR_TIMEOUT, lambda: str(mirrors(node3)))
 
     # removed, the copy is freed by the next collection
     cluster.ok(alice, "node", "mirror", "remove", "alice", *admin)
