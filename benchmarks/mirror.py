@@ -8,12 +8,17 @@ login-record reads, the walk, the fetch and the mirror's LevelDB writes), remove
 between runs. The reference: a bench libp2p host fetching the same blocks from the home over
 the block exchange with the same window and read auths, discarding them (no store).
 
+Failover: a third node reads the user's root pointer (`pointer.get` with `owner`, as a client
+reading through it does) with the home up, then the home is killed (SIGKILL): the first read
+after (a failed dial, then the mirror) and the reads that follow (straight to the mirror).
+
 Run by benchmarks/run.py (`--mirror-only` for just these rows); alone, this prints the same
 table. Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -31,6 +36,7 @@ MIRROR_SIZE: Final = 256 * MiB
 RUNS: Final = 3
 STEP_LIMIT: Final = 300.0  # seconds any one catch-up or fetch may take
 POLL: Final = 0.02  # seconds between the bench's mirror.list calls
+READS: Final = 50  # root-pointer reads timed with the home up, and during the failover
 
 
 async def catch_up(url: str, admin: str, token: str) -> float:
@@ -109,6 +115,38 @@ async def exchange_fetch(work: Path, home: Node, cids: list[Any], token: str) ->
     return elapsed
 
 
+async def failover_reads(url: str, identity: str, home: Node) -> dict[str, Any]:
+    """Seconds per root-pointer read through `url`: with the home up (medians of READS), the
+    first after the home was killed, and the ones after it."""
+    from node.client import NodeApi
+    from protocols.cid import CID
+
+    owner = CID.from_text(identity)
+    args = {"writer": owner, "owner": owner}
+    out: dict[str, Any] = {"up": [], "after": []}
+    async with NodeApi(url, timeout=STEP_LIMIT) as api:
+        with trio.fail_after(STEP_LIMIT):
+            while True:  # the reader's PKI copy must list the mirror first
+                claim = await api.call("pki.lookup", {"username": USER})
+                if claim.get("mirrors"):
+                    break
+                await trio.sleep(POLL)
+            for _ in range(READS):
+                start = time.perf_counter()
+                await api.call("pointer.get", args)
+                out["up"].append(time.perf_counter() - start)
+            home.process.kill()
+            home.process.wait(timeout=30)
+            start = time.perf_counter()
+            await api.call("pointer.get", args)
+            out["first"] = time.perf_counter() - start
+            for _ in range(READS):
+                start = time.perf_counter()
+                await api.call("pointer.get", args)
+                out["after"].append(time.perf_counter() - start)
+    return out
+
+
 def run_mirror(work: Path) -> list[Row]:
     """The mirroring rows; `work` is a scratch directory (created)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -116,6 +154,7 @@ def run_mirror(work: Path) -> list[Row]:
     write_random(local, MIRROR_SIZE)
     nodes: list[Node] = []
     catch_ups, fetches = [], []
+    reads: dict[str, Any] = {}
     try:
         home = Node(work, test_mode=True, name="home-node")
         nodes.append(home)
@@ -135,13 +174,21 @@ def run_mirror(work: Path) -> list[Row]:
                 nodes.remove(mirror)
                 cids = held_blocks(mirror)
                 continue
-            for _ in range(RUNS):
+            for run in range(RUNS):
                 catch_ups.append(trio.run(catch_up, mirror.url, admin, token))
-                trio.run(drop, mirror.url, admin)
+                if run < RUNS - 1:
+                    trio.run(drop, mirror.url, admin)
                 fetches.append(trio.run(exchange_fetch, work, home, cids, token))
+        reader = Node(work, test_mode=True, name="reader-node", init=("--pki", home.addr()))
+        nodes.append(reader)
+        mirror_id = mirror.addr().rsplit("/p2p/", 1)[1]
+        cli(env, "mirror", "publish", mirror_id)
+        identity = json.loads(cli(env, "pki", "lookup", USER, "--json"))["identity"]
+        reads = trio.run(failover_reads, reader.url, identity, home)
     finally:
         for node in reversed(nodes):
             node.stop()
+    up, after = statistics.median(reads["up"]), statistics.median(reads["after"])
     copied = rate(MIRROR_SIZE, statistics.median(catch_ups))
     exchange = rate(MIRROR_SIZE, statistics.median(fetches))
     return [
@@ -162,6 +209,24 @@ def run_mirror(work: Path) -> list[Row]:
             copied / exchange,
             ">= 0.80 of the exchange",
             copied >= 0.8 * exchange,
+        ),
+        Row(
+            "first read after the home died (failover)",
+            reads["first"] * 1000,
+            "ms",
+            f"home up {up * 1000:.1f}",
+            reads["first"] / up,
+            "-",
+            None,
+        ),
+        Row(
+            "reads during the failover (median)",
+            after * 1000,
+            "ms",
+            f"home up {up * 1000:.1f}",
+            after / up,
+            "-",
+            None,
         ),
     ]
 

@@ -73,6 +73,10 @@ class Libp2pNetwork:
 
     async def _client(self, node_id: str) -> RpcClient:
         lock = self._opening.setdefault(node_id, trio.Lock())
+        if lock.statistics().owner is trio.lowlevel.current_task():
+            # A dial to this node failed and the PKI pull it started calls the same node
+            # (the PKI node itself is down): that dial has just failed.
+            raise Unavailable(f"node {node_id} cannot be reached")
         async with lock:
             client = self._clients.get(node_id)
             if client is None:
