@@ -422,7 +422,8 @@ class Mirrors:
         if moved or self.account(state.username) is None:
             await self._pull_account(home, state)
         current = self.node.pointers.pointer(identity)
-        assert current is not None  # set by _sync_writer
+        if current is None:
+            raise NotFound(f"the home has no root pointer for {state.username!r}")
         root = self.store.get_block(current.new.raw)
         if root is None:
             raise NotFound("the mirrored root block is gone")
@@ -490,7 +491,9 @@ class Mirrors:
                 raise MalformedInput("the login record names another identity")
         except (MalformedInput, TooLarge) as exc:
             raise Corrupted(f"the home sent a malformed login record: {exc.message}") from exc
-        self.store.put(Space.MIRRORS, _ACCOUNT + state.username.encode(), account)
+        async with node.write_lock:
+            if self.state(state.username) is not None:  # not removed meanwhile
+                self.store.put(Space.MIRRORS, _ACCOUNT + state.username.encode(), account)
 
     async def _sync_writer(
         self, home: str, state: MirrorState, writer: CID, budget: list[int]
@@ -519,6 +522,8 @@ class Mirrors:
             if root is None or WriterData.decode(root).controller != writer:
                 raise Corrupted(f"the root block of writer {writer} is not its WriterData")
             async with node.write_lock:
+                if self.state(state.username) is None:  # removed meanwhile: keep nothing
+                    return False
                 with node.store.batch(sync=True) as batch:
                     batch.put(Space.POINTERS, writer.raw, update.encode())
                     batch.put(Space.MIRRORS, _WRITER + writer.raw, state.username.encode())
