@@ -289,7 +289,9 @@ def cmd_pki_lookup(args: argparse.Namespace) -> None:
         "identity": claim["identity"],
         "home": claim["home"],
         "expiry": claim["expiry"],
-        "mirrors": claim.get("mirrors", []) if args.json else " ".join(claim.get("mirrors", [])),
+        "mirrors": claim.get("mirrors", [])
+        if args.json
+        else " ".join(claim.get("mirrors", [])) or "-",
     }
     _print_record(record, args.json)
 
