@@ -78,6 +78,8 @@ ROUND_BYTES: Final = 256 * MiB
 STORE_BATCH_BYTES: Final = 4 * MiB
 PROBE_BLOCKS: Final = 64  # structured blocks looked at to find one that names a BAT
 MAX_MIRRORED: Final = 1000  # users one node mirrors: bounds a round's pointer reads
+RETRY_FIRST: Final = 2.0  # seconds before a failed user is tried again, doubling each time
+RETRY_CAP: Final = 60.0  # a home back up is noticed within a minute
 _USER: Final = b"u"
 _WRITER: Final = b"w"
 _ACCOUNT: Final = b"a"
@@ -169,6 +171,7 @@ class Mirrors:
         self.store: Store = node.store
         self.wake = trio.Event()  # set when a user is added: the task starts a round now
         self.rounds = 0
+        self._retry: dict[str, tuple[int, float]] = {}  # username -> (failures, next try)
 
     # -- records --------------------------------------------------------------------------
 
@@ -337,27 +340,36 @@ class Mirrors:
         """Keep every mirrored user up to date, forever: a round, then POLL_INTERVAL (or less,
         when a user is added or a round left work undone)."""
         while True:
-            done = await self.sync_round()
+            done = await self.sync_round(backoff=True)
             if done:
                 with trio.move_on_after(POLL_INTERVAL):
                     await self.wake.wait()
             self.wake = trio.Event()
 
-    async def sync_round(self) -> bool:
+    async def sync_round(self, *, backoff: bool = False) -> bool:
         """One round over every mirrored user; True when each ended caught up or failed (a
-        failure waits for the next poll), False when one ran out of its ROUND_BYTES."""
+        failure waits for the next poll), False when one ran out of its ROUND_BYTES. With
+        `backoff` (the task), a user whose last rounds failed waits RETRY_FIRST doubling to
+        RETRY_CAP seconds: a home that is down is not dialled, nor logged, every poll."""
         finished = True
         for state in self.users():
+            name = state.username
+            failures, due = self._retry.get(name, (0, 0.0))
+            if backoff and due > self.node.clock():
+                continue
             try:
                 done = await self.sync_user(state)
             except PyrgosError as exc:
-                self._failed(state.username, exc)
-                continue
+                self._failed(name, exc)
             except Exception as exc:  # a bug must not stop the other users' mirroring
-                log.exception("mirroring %s failed", state.username)
-                self._failed(state.username, Unavailable(f"internal error: {exc!r}"))
+                log.exception("mirroring %s failed", name)
+                self._failed(name, Unavailable(f"internal error: {exc!r}"))
+            else:
+                self._retry.pop(name, None)
+                finished = finished and done
                 continue
-            finished = finished and done
+            delay = min(RETRY_FIRST * 2**failures, RETRY_CAP)
+            self._retry[name] = (failures + 1, self.node.clock() + delay)
         self.rounds += 1
         return finished
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,34 @@ async def test_a_mirror_refuses_what_the_home_forges(
         assert state is not None
         assert state.error
         assert "not after" in state.error
+
+
+async def test_a_home_that_is_down_is_tried_with_a_backoff(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(60):
+        await setup.add(mirror_token(setup.alice))
+        now = [time.time() - 200]  # behind the home, so the mirror's read auths stay valid
+        setup.mirror.clock = lambda: now[0]
+
+        async def down(*args: Any, **kwargs: Any) -> Any:
+            raise Unavailable("the home is down")
+
+        monkeypatch.setattr(setup.home, "call", down)
+        for _ in range(120):  # a poll a second for two minutes
+            await setup.mirror.mirrors.sync_round(backoff=True)
+            now[0] += 1
+        # Tried at 0, 2, 6, 14, 30 and 62 s (then each minute): not at every poll.
+        assert setup.mirror.stats["mirror_failures"] == 6
+        state = setup.mirror.mirrors.state("alice")
+        assert state is not None
+        assert state.error == "the home is down"
+        monkeypatch.undo()
+        now[0] += 2  # the minute since the last try has passed
+        assert await setup.mirror.mirrors.sync_round(backoff=True)
+        state = setup.mirror.mirrors.state("alice")
+        assert state is not None
+        assert state.error is None
 
 
 async def test_a_mirror_resumes_after_a_restart(
