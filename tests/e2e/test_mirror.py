@@ -18,7 +18,8 @@ from tests.e2e.conftest import Cluster, NodeProcess, base_env, node_info, pyrgos
 pytestmark = pytest.mark.e2e
 
 MiB: Final = 1024 * 1024
-MIRROR_TIMEOUT: Final = 30.0  # seconds for a mirror to catch up (polls every 2 s)
+MIRROR_TIMEOUT: Final = 90.0  # seconds for a mirror to catch up (polls every 2 s; retries a
+# home that was down after up to 60 s)
 
 
 def mirrors(node: NodeProcess) -> list[dict[str, Any]]:
