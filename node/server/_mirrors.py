@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -95,8 +95,8 @@ class MirrorState:
 
     username: str
     identity: CID
-    secret: bytes
-    added: int
+    secret: bytes = field(repr=False)  # the mirror BAT
+    added: int = 0
     synced: int | None = None  # when a round last ended with every writer as the home has it
     behind: int | None = None  # since when the mirror has been behind (None: caught up)
     error: str | None = None  # what stopped the last round, if anything
