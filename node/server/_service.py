@@ -231,7 +231,12 @@ class NodeService:
         node's own copy (`local`, if this node mirrors the user), else from the mirrors their
         claim lists, in order. A home or mirror that failed is skipped for FAILOVER_HOLD
         seconds, so each read of a file does not wait for a dial to fail again. The home's
-        error stands when no mirror answers."""
+        error stands when no mirror answers; with no mirror to go to, the home is always
+        asked."""
+        own = local is not None and self.mirrors.holds(owner)
+        mirrors = [m for m in self.mirrors_of(owner) if m != self.settings.node_id]
+        if not own and not mirrors:
+            return await ask(home)
         now = self.clock()
         if self._unreachable.get(home, 0.0) <= now:
             try:
@@ -241,11 +246,11 @@ class NodeService:
                 failure = exc
         else:
             failure = Unavailable(f"the home node {home} of this user cannot be reached")
-        if local is not None and self.mirrors.holds(owner):
+        if own and local is not None:
             self.stats["failover_local"] += 1
             return await local()
-        for mirror in self.mirrors_of(owner):
-            if mirror == self.settings.node_id or self._unreachable.get(mirror, 0.0) > now:
+        for mirror in mirrors:
+            if self._unreachable.get(mirror, 0.0) > now:
                 continue
             try:
                 result = await ask(mirror)
