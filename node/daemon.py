@@ -169,6 +169,7 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                     await nursery.start(_publish_addresses, service, key, p2p.addrs)
                     if config.pki:
                         nursery.start_soon(follow_pki, service)
+                    nursery.start_soon(service.mirrors.run)  # the users it mirrors, if any
                     if config.gc_interval > 0:
                         nursery.start_soon(_collect_periodically, service, config.gc_interval)
                     # What starting made (the host, the app, lazily imported modules) lives

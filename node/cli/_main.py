@@ -49,6 +49,7 @@ from protocols.errors import (
     WeakPassword,
 )
 from protocols.links import MAX_USES, LinkUrl, parse_duration, parse_url
+from protocols.mirrors import MirrorToken
 from protocols.names import check_file_name
 
 EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
@@ -293,6 +294,9 @@ def cmd_pki_lookup(args: argparse.Namespace) -> None:
         "identity": claim["identity"],
         "home": claim["home"],
         "expiry": claim["expiry"],
+        "mirrors": claim.get("mirrors", [])
+        if args.json
+        else " ".join(claim.get("mirrors", [])) or "-",
     }
     _print_record(record, args.json)
 
@@ -334,6 +338,73 @@ def cmd_node_gc(args: argparse.Namespace) -> None:
     else:
         result = collect_offline(home)
     print(f"deleted {result['deleted']} blocks, freed {result['freed']} bytes")
+
+
+def _admin_call(home: NodeHome, method: str, args: dict[str, Any]) -> Any:
+    """A maintenance call to the node running in `home`, with its admin token."""
+    home.require()
+    url = home.running_api()
+    if url is None:
+        raise Unavailable(
+            f"the node in {home.path} is not running: start it with `pyrgos node run`"
+        )
+    return _ask_node(method, {"token": home.admin_token(), **args}, url=url, timeout=120)
+
+
+def cmd_node_mirror_add(args: argparse.Namespace) -> None:
+    token = args.token or os.environ.get("PYRGOS_MIRROR_TOKEN") or ""
+    if not token:
+        raise UsageError("give the user's mirror token: --token TOKEN or $PYRGOS_MIRROR_TOKEN")
+    named = MirrorToken.from_text(token).username
+    if named != args.user:
+        raise UsageError(f"this token is {named}'s, not {args.user}'s")
+    _admin_call(NodeHome(args.home), "admin.mirror.add", {"mirror": token})
+    print(f"mirroring {args.user}: the first copy starts now (`pyrgos node mirror list`)")
+
+
+def cmd_node_mirror_list(args: argparse.Namespace) -> None:
+    rows = _admin_call(NodeHome(args.home), "admin.mirror.list", {})["mirrors"]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=_json_value))
+        return
+    print(f"{'USER':20} {'STATE':7} {'LAST SYNC':19} {'BLOCKS':>8} {'SIZE':>10} {'LAG':>6}")
+    for row in rows:
+        synced = row.get("synced")
+        when = "-" if not isinstance(synced, int) else _format_time(synced * 1000)
+        print(
+            f"{row['username']:20} {row['state']:7} {when:19} {row['blocks']:>8} "
+            f"{_human(row['bytes']):>10} {str(row['lag']) + ' s':>6}"
+        )
+        if row.get("error"):
+            print(f"  last error: {row['error']}")
+
+
+def cmd_node_mirror_remove(args: argparse.Namespace) -> None:
+    _admin_call(NodeHome(args.home), "admin.mirror.remove", {"username": args.user})
+    print(f"stopped mirroring {args.user}; the next garbage collection frees the copy")
+
+
+def cmd_mirror_token(args: argparse.Namespace) -> None:
+    async def run() -> str:
+        async with open_session(args) as session:
+            return client.mirror_token(session)
+
+    token = trio.run(run)
+    warn("this token lets a node copy (not decrypt) all your blocks: give it only to the "
+         "operator of the node that is to mirror you")  # fmt: skip
+    print(token)
+
+
+def cmd_mirror_publish(args: argparse.Namespace) -> None:
+    async def run() -> Any:
+        async with open_session(args) as session:
+            return await client.publish_mirrors(session, args.nodes)
+
+    claim = trio.run(run)
+    if claim.mirrors:
+        print(f"your PKI claim lists {len(claim.mirrors)} mirror(s): {' '.join(claim.mirrors)}")
+    else:
+        print("your PKI claim lists no mirror")
 
 
 # -- account commands ------------------------------------------------------------------------
@@ -1164,6 +1235,32 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=cmd_node_info)
     node_command("gc", "delete blocks nothing points to any more").set_defaults(run=cmd_node_gc)
+    node_mirror = node.add_parser(
+        "mirror",
+        help="copy other users' data to this node and keep it up to date",
+        description="copy other users' data to this node and keep it up to date",
+    ).add_subparsers(dest="mirror_command", metavar="MIRROR-COMMAND", required=True)
+
+    def mirror_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = node_mirror.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--home",
+            type=Path,
+            default=default_home(),
+            help="node home directory (default: $PYRGOS_HOME or ~/.pyrgos)",
+        )
+        return sub
+
+    mirror_add = mirror_command("add", "mirror USER, with the token `pyrgos mirror token` gives")
+    mirror_add.add_argument("user", metavar="USER")
+    mirror_add.add_argument("--token", metavar="TOKEN", help="or $PYRGOS_MIRROR_TOKEN")
+    mirror_add.set_defaults(run=cmd_node_mirror_add)
+    mirror_list = mirror_command("list", "the users this node mirrors: state, last sync, size, lag")
+    mirror_list.add_argument("--json", action="store_true", help="print JSON")
+    mirror_list.set_defaults(run=cmd_node_mirror_list)
+    mirror_remove = mirror_command("remove", "stop mirroring USER (GC then frees the copy)")
+    mirror_remove.add_argument("user", metavar="USER")
+    mirror_remove.set_defaults(run=cmd_node_mirror_remove)
 
     pki = commands.add_parser("pki", help="look at the PKI: who is who, and where").add_subparsers(
         dest="pki_command", metavar="PKI-COMMAND", required=True
@@ -1178,6 +1275,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text)
+
+    mirror = commands.add_parser(
+        "mirror",
+        help="have other nodes mirror your data",
+        description="have other nodes "
+        "mirror your data: readers fall back to a mirror when your home node is down",
+    ).add_subparsers(dest="mirror_command", metavar="MIRROR-COMMAND", required=True)
+    mirror.add_parser(
+        "token", help="print the token a node needs to mirror you (`pyrgos node mirror add`)"
+    ).set_defaults(run=cmd_mirror_token)
+    publish_mirrors = mirror.add_parser(
+        "publish", help="list NODEs (node ids) as your mirrors in your PKI claim; none clears it"
+    )
+    publish_mirrors.add_argument("nodes", metavar="NODE", nargs="*")
+    publish_mirrors.set_defaults(run=cmd_mirror_publish)
 
     def with_password(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument(
