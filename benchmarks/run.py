@@ -3,8 +3,9 @@
 Prints one table: each figure beside a reference measured in the same run (the raw primitive,
 or the same operation at a smaller size) and its target. Run with `make bench`. The node-to-node
 rows come from benchmarks/network.py (`--network-only` runs just those), the sharing rows from
-benchmarks/social.py (`--social-only`), the simulation rows from benchmarks/sim.py
-(`--sim-only`).
+benchmarks/social.py (`--social-only`), the mirroring rows from benchmarks/mirror.py
+(`--mirror-only`), the local swarm's from benchmarks/swarm.py (`--swarm-only`), the simulation
+harness's from benchmarks/sim.py (`--sim-only`).
 """
 
 from __future__ import annotations
@@ -381,20 +382,31 @@ def main() -> None:
         "--social-only", action="store_true", help="only sharing and links (benchmarks/social.py)"
     )
     parser.add_argument(
+        "--swarm-only", action="store_true", help="only the local swarm (benchmarks/swarm.py)"
+    )
+    parser.add_argument(
+        "--mirror-only", action="store_true", help="only mirroring (benchmarks/mirror.py)"
+    )
+    parser.add_argument(
         "--sim-only", action="store_true", help="only the simulation harness (benchmarks/sim.py)"
     )
     args = parser.parse_args()
     sizes = [32 * MiB, 100 * MiB] if args.quick else [100 * MiB, GiB]
     work = Path(tempfile.mkdtemp(prefix="pyrgos-bench-"))
     try:
+        from mirror import run_mirror
         from network import run_network  # this directory: it imports this module's helpers
         from sim import run_sim
         from social import run_social
+        from swarm import run_swarm
 
-        only = args.network_only or args.social_only or args.sim_only
+        only = args.network_only or args.social_only or args.swarm_only or args.mirror_only
+        only = only or args.sim_only
         rows = [] if only else run(sizes, work)
         rows += run_network(work / "network") if args.network_only or not only else []
         rows += run_social(work / "social") if args.social_only or not only else []
+        rows += run_mirror(work / "mirror") if args.mirror_only or not only else []
+        rows += run_swarm(work / "swarm") if args.swarm_only or not only else []
         rows += run_sim() if args.sim_only or not only else []
         print_table(rows)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 import random
 import signal
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import trio
 
 from node import heap
-from node.home import NodeHome, parse_host_port
+from node.home import NodeHome, Ready, parse_host_port
 from node.net import serve_api
 from node.server import NodeService, NodeSettings, PkiLog, collect_garbage
 from node.store import Store
@@ -170,14 +171,17 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                     await nursery.start(_publish_addresses, service, key, p2p.addrs)
                     if config.pki:
                         nursery.start_soon(follow_pki, service)
+                    nursery.start_soon(service.mirrors.run)  # the users it mirrors, if any
                     if config.gc_interval > 0:
                         nursery.start_soon(_collect_periodically, service, config.gc_interval)
                     # What starting made (the host, the app, lazily imported modules) lives
                     # as long as the node: out of the periodic collections' way.
                     gc.freeze()
+                    home.write_ready(Ready(node_id, url, tuple(p2p.addrs), os.getpid()))
                     on_ready(node_id, url)
                     await trio.sleep_forever()
                 finally:
+                    home.ready_file.unlink(missing_ok=True)
                     home.api_file.unlink(missing_ok=True)
                     with trio.CancelScope(shield=True):
                         await network.aclose()

@@ -2,7 +2,8 @@
 
 Layout: `node.toml` (settings), `node.key` (Ed25519, libp2p format, mode 0600), `db/` (the
 LevelDB), `admin-token` (authorises maintenance calls, mode 0600), `signup-token` (when signup
-needs one, mode 0600), `api` (the API URL, present while the node runs).
+needs one, mode 0600), `api` (the API URL, present while the node runs), `ready` (the running
+node's id, URL, libp2p addresses and process id, once it serves and has published its record).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ DEFAULT_LISTEN: Final = "/ip4/0.0.0.0/tcp/4001"  # seconds between scheduled col
 # stranger who finds the node cannot fill the PKI with names.
 DEFAULT_MAX_DAILY_SIGNUPS: Final = 100
 DEFAULT_MAX_SOURCE_SIGNUPS: Final = 10
+READY_VERSION: Final = 1
+MAX_READY_FILE: Final = 64 * 1024  # a ready file names at most a few dozen addresses
 UNITS: Final = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -86,6 +89,52 @@ def _check_limits(config: NodeConfig) -> None:
             raise MalformedInput(f"{name} is a number of signups a day, 0 or more")
 
 
+@dataclass(frozen=True)
+class Ready:
+    """What a running node says of itself once it serves: the `ready` file."""
+
+    node_id: str
+    api: str
+    addrs: tuple[str, ...]  # full multiaddrs (…/p2p/ID)
+    pid: int
+
+    def to_json(self) -> str:
+        value = {
+            "version": READY_VERSION,
+            "node_id": self.node_id,
+            "api": self.api,
+            "addrs": list(self.addrs),
+            "pid": self.pid,
+        }
+        return json.dumps(value, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> Ready:
+        """Checked: a file that is not exactly this (the version, every type) is refused."""
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise MalformedInput(f"{where} is not JSON: {exc}") from exc
+        keys = {"version", "node_id", "api", "addrs", "pid"}
+        if not isinstance(value, dict) or set(value) != keys:
+            raise MalformedInput(f"{where} is not a ready file (keys: {', '.join(sorted(keys))})")
+        if type(value["version"]) is not int or value["version"] != READY_VERSION:
+            raise MalformedInput(f"{where}: unknown version {value['version']!r}")
+        addrs = value["addrs"]
+        pid = value["pid"]
+        if not (
+            isinstance(value["node_id"], str)
+            and isinstance(value["api"], str)
+            and isinstance(addrs, list)
+            and len(addrs) <= 64
+            and all(isinstance(a, str) for a in addrs)
+            and type(pid) is int
+            and pid > 0
+        ):
+            raise MalformedInput(f"{where}: a field has the wrong type")
+        return cls(value["node_id"], value["api"], tuple(addrs), pid)
+
+
 class NodeHome:
     """The files of one node."""
 
@@ -107,6 +156,10 @@ class NodeHome:
     @property
     def api_file(self) -> Path:
         return self.path / "api"
+
+    @property
+    def ready_file(self) -> Path:
+        return self.path / "ready"
 
     @property
     def token_file(self) -> Path:
@@ -201,6 +254,23 @@ class NodeHome:
             return self.signup_token_file.read_text().strip()
         except FileNotFoundError:
             return ""
+
+    def write_ready(self, ready: Ready) -> None:
+        """Written whole (a new file renamed into place): a reader never sees half of it."""
+        written = self.ready_file.with_name("ready.tmp")
+        written.write_text(ready.to_json())
+        written.replace(self.ready_file)
+
+    def ready(self) -> Ready | None:
+        """What the running node wrote once ready, if any (it may have died since)."""
+        try:
+            with self.ready_file.open("rb") as source:
+                text = source.read(MAX_READY_FILE + 1)
+        except FileNotFoundError:
+            return None
+        if len(text) > MAX_READY_FILE:
+            raise MalformedInput(f"{self.ready_file} is over {MAX_READY_FILE} bytes")
+        return Ready.from_json(text.decode(errors="replace"), self.ready_file)
 
     def running_api(self) -> str | None:
         """The URL the running node wrote, if any."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -154,6 +154,7 @@ def check_read_auth(
     server: bytes,
     now: int,
     mirror_secret: Callable[[bytes], bytes | None],
+    also: Sequence[bytes] = (),
 ) -> None:
     """All the rules of a block read, in one place. Raises Denied unless the read is allowed.
 
@@ -161,7 +162,9 @@ def check_read_auth(
     2. Otherwise the auth must name one of the block's BAT ids,
     3. must not have expired and must not run more than 300 s ahead,
     4. and its mac must verify (constant time) under that BAT's secret: inline in the id, or
-       found in the node's registry of mirror BATs.
+       found in the node's registry of mirror BATs,
+    5. made out to `server`, or to one of `also`: the homes of the users whose copy this node
+       keeps and whose mirror BAT the block names (a mirror answers for their home).
     """
     if not block_ids:
         return
@@ -180,6 +183,8 @@ def check_read_auth(
         if secret is None:
             raise Denied("unknown mirror BAT")
     assert secret is not None
-    expected = _mac(secret, cid, requester, server, auth.expiry)
-    if not hmac.compare_digest(expected, auth.mac):
-        raise Denied("the read auth does not verify")
+    for node in (server, *also):
+        expected = _mac(secret, cid, requester, node, auth.expiry)
+        if hmac.compare_digest(expected, auth.mac):
+            return
+    raise Denied("the read auth does not verify")

@@ -979,6 +979,90 @@ class LinkGetReply(Message):
         return {"cap": self.cap, "password": self.password}
 
 
+# -- mirroring (protocols/mirrors.py) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MirrorAccount(Message):
+    """A mirror asks the user's home for the user's login record, proving it holds their
+    mirror BAT (protocols/mirrors.py `check_account_auth`)."""
+
+    username: str
+    bat: bytes  # the mirror BAT id
+    expiry: int
+    mac: bytes = field(repr=False)
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "mirror.account", {"username", "bat", "expiry", "mac"}, set())
+        return cls(
+            _username(v.get("username")),
+            _bytes(v.get("bat"), "bat", size=bats.BAT_ID_BYTES),
+            _int(v.get("expiry"), "expiry"),
+            _bytes(v.get("mac"), "mac", size=32),
+        )
+
+    def to_cbor(self) -> CBORValue:
+        return {"username": self.username, "bat": self.bat, "expiry": self.expiry, "mac": self.mac}
+
+
+@dataclass(frozen=True)
+class MirrorAccountReply(Message):
+    account: bytes = field(repr=False)  # the login record as the home keeps it
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _reply(value, "a mirror.account reply", {"account"})
+        return cls(_bytes(v.get("account"), "account", limit=MAX_LOGIN_DATA + 4096))
+
+    def to_cbor(self) -> CBORValue:
+        return {"account": self.account}
+
+
+@dataclass(frozen=True)
+class AdminMirrorAdd(Message):
+    token: str = field(repr=False)  # the node's admin token
+    mirror: str = field(repr=False)  # the user's mirror token
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "admin.mirror.add", {"token", "mirror"}, set())
+        return cls(
+            _text(v.get("token"), "token", MAX_TOKEN_CHARS),
+            _text(v.get("mirror"), "mirror", MAX_TOKEN_CHARS),
+        )
+
+    def to_cbor(self) -> CBORValue:
+        return {"token": self.token, "mirror": self.mirror}
+
+
+@dataclass(frozen=True)
+class AdminMirrorList(Message):
+    token: str = field(repr=False)
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "admin.mirror.list", {"token"}, set())
+        return cls(_text(v.get("token"), "token", MAX_TOKEN_CHARS))
+
+    def to_cbor(self) -> CBORValue:
+        return {"token": self.token}
+
+
+@dataclass(frozen=True)
+class AdminMirrorRemove(Message):
+    token: str = field(repr=False)
+    username: str
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "admin.mirror.remove", {"token", "username"}, set())
+        return cls(_text(v.get("token"), "token", MAX_TOKEN_CHARS), _username(v.get("username")))
+
+    def to_cbor(self) -> CBORValue:
+        return {"token": self.token, "username": self.username}
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 
@@ -997,6 +1081,8 @@ class Method:
     # when the writer is the user's identity writer; a sub-writer's signatures suffice).
     session: bool = False
     throttled: bool = False  # it proves a password (or a link's): failures are throttled
+    # A read a mirror of the user answers when their home is unreachable (protocol.md §14).
+    failover: bool = False
 
 
 METHODS: Final[dict[str, Method]] = {
@@ -1005,8 +1091,8 @@ METHODS: Final[dict[str, Method]] = {
         Method("node.info", NodeInfo, NodeInfoReply),
         Method("block.get", BlockGet, BlockGetReply),
         Method("block.put", BlockPut, BlockPutReply, MAX_CALL_BYTES, "owner", session=True),
-        Method("champ.get", ChampGet, ChampGetReply, home="owner"),
-        Method("pointer.get", PointerGet, PointerGetReply, home="owner"),
+        Method("champ.get", ChampGet, ChampGetReply, home="owner", failover=True),
+        Method("pointer.get", PointerGet, PointerGetReply, home="owner", failover=True),
         Method("pointer.cas", PointerCas, Done, home="owner", session=True),
         Method("account.signup", AccountSignup, Done, MAX_CALL_BYTES),
         Method("account.params", AccountParams, AccountParamsReply, home="username"),
@@ -1024,6 +1110,10 @@ METHODS: Final[dict[str, Method]] = {
         Method("social.list", SocialList, SocialListReply, home="owner"),
         Method("social.remove", SocialRemove, Count, home="owner"),
         Method("link.get", LinkGet, LinkGetReply, home="owner", throttled=True),
+        Method("mirror.account", MirrorAccount, MirrorAccountReply),
+        Method("admin.mirror.add", AdminMirrorAdd, Report),
+        Method("admin.mirror.list", AdminMirrorList, Report),
+        Method("admin.mirror.remove", AdminMirrorRemove, Done),
     )
 }
 # Each request type names its method: a typed caller needs no method name of its own.

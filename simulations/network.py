@@ -206,7 +206,8 @@ class SimNetwork:
         await service.publish(record)
 
     async def _run_node(self, node: SimNode, ready: trio.Event) -> None:
-        """The node's tasks (its inbound streams, its PKI pulls) live here until a crash."""
+        """The node's tasks (its inbound streams, its PKI pulls, its mirroring) live here
+        until a crash, as `run_node` starts them."""
         assert node.scope is not None
         assert node.service is not None
         with node.scope:
@@ -214,6 +215,7 @@ class SimNetwork:
                 node.nursery = nursery
                 if node.pki_node != node.node_id:
                     nursery.start_soon(follow_pki, node.service, random.Random(self.rng.random()))
+                nursery.start_soon(node.service.mirrors.run)  # the users it mirrors, if any
                 ready.set()
                 await trio.sleep_forever()
 

@@ -84,3 +84,7 @@ class LinkFrom:
         if not cid.matches(data):
             raise Corrupted(f"node {node_id} returned a block that does not match {cid}")
         return data
+
+    async def fetch_many(self, node_id: str, wants: Any, receive: Any) -> None:
+        for cid, auth in wants:
+            await receive(cid, await self.fetch_block(node_id, cid, auth))

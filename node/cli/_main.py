@@ -15,12 +15,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import trio
 
-from node import client, heap
+from node import client, heap, swarm
 from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Profile, SavedSession, Session
 from node.home import (
     DEFAULT_API,
@@ -48,6 +49,7 @@ from protocols.errors import (
     WeakPassword,
 )
 from protocols.links import MAX_USES, LinkUrl, parse_duration, parse_url
+from protocols.mirrors import MirrorToken
 from protocols.names import check_file_name
 
 EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
@@ -187,21 +189,25 @@ def cmd_node_init(args: argparse.Namespace) -> None:
     home = NodeHome(args.home)
     if args.exist_ok and home.initialised:
         return
-    node_id = home.init(
-        NodeConfig(
-            api=args.api,
+    if args.join is not None:  # a swarm's settings; --api and --listen may still move it
+        config = _join_config(args)
+    else:
+        config = NodeConfig(
+            api=args.api or DEFAULT_API,
             test_mode=args.test_mode,
             quota=parse_size(args.quota),
-            listen=args.listen,
+            listen=args.listen or DEFAULT_LISTEN,
             pki=args.pki,
             max_daily_signups=args.max_daily_signups,
             max_source_signups=args.max_source_signups,
-        ),
-        signup_token=args.signup_token or "",
-    )
+        )
+    node_id = home.init(config, signup_token=args.signup_token or "")
     print(f"initialised node {node_id} in {home.path}")
-    if args.test_mode:
+    if config.test_mode:
         print("test mode: this node accepts the small KDF profile; never use it for real data")
+    if args.join is not None:
+        print(f"it follows the PKI node of the swarm {args.join}: `pyrgos node run --home"
+              f" {home.path}` joins the swarm")  # fmt: skip
 
 
 def cmd_node_run(args: argparse.Namespace) -> None:
@@ -288,6 +294,9 @@ def cmd_pki_lookup(args: argparse.Namespace) -> None:
         "identity": claim["identity"],
         "home": claim["home"],
         "expiry": claim["expiry"],
+        "mirrors": claim.get("mirrors", [])
+        if args.json
+        else " ".join(claim.get("mirrors", [])) or "-",
     }
     _print_record(record, args.json)
 
@@ -329,6 +338,73 @@ def cmd_node_gc(args: argparse.Namespace) -> None:
     else:
         result = collect_offline(home)
     print(f"deleted {result['deleted']} blocks, freed {result['freed']} bytes")
+
+
+def _admin_call(home: NodeHome, method: str, args: dict[str, Any]) -> Any:
+    """A maintenance call to the node running in `home`, with its admin token."""
+    home.require()
+    url = home.running_api()
+    if url is None:
+        raise Unavailable(
+            f"the node in {home.path} is not running: start it with `pyrgos node run`"
+        )
+    return _ask_node(method, {"token": home.admin_token(), **args}, url=url, timeout=120)
+
+
+def cmd_node_mirror_add(args: argparse.Namespace) -> None:
+    token = args.token or os.environ.get("PYRGOS_MIRROR_TOKEN") or ""
+    if not token:
+        raise UsageError("give the user's mirror token: --token TOKEN or $PYRGOS_MIRROR_TOKEN")
+    named = MirrorToken.from_text(token).username
+    if named != args.user:
+        raise UsageError(f"this token is {named}'s, not {args.user}'s")
+    _admin_call(NodeHome(args.home), "admin.mirror.add", {"mirror": token})
+    print(f"mirroring {args.user}: the first copy starts now (`pyrgos node mirror list`)")
+
+
+def cmd_node_mirror_list(args: argparse.Namespace) -> None:
+    rows = _admin_call(NodeHome(args.home), "admin.mirror.list", {})["mirrors"]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=_json_value))
+        return
+    print(f"{'USER':20} {'STATE':7} {'LAST SYNC':19} {'BLOCKS':>8} {'SIZE':>10} {'LAG':>6}")
+    for row in rows:
+        synced = row.get("synced")
+        when = "-" if not isinstance(synced, int) else _format_time(synced * 1000)
+        print(
+            f"{row['username']:20} {row['state']:7} {when:19} {row['blocks']:>8} "
+            f"{_human(row['bytes']):>10} {str(row['lag']) + ' s':>6}"
+        )
+        if row.get("error"):
+            print(f"  last error: {row['error']}")
+
+
+def cmd_node_mirror_remove(args: argparse.Namespace) -> None:
+    _admin_call(NodeHome(args.home), "admin.mirror.remove", {"username": args.user})
+    print(f"stopped mirroring {args.user}; the next garbage collection frees the copy")
+
+
+def cmd_mirror_token(args: argparse.Namespace) -> None:
+    async def run() -> str:
+        async with open_session(args) as session:
+            return client.mirror_token(session)
+
+    token = trio.run(run)
+    warn("this token lets a node copy (not decrypt) all your blocks: give it only to the "
+         "operator of the node that is to mirror you")  # fmt: skip
+    print(token)
+
+
+def cmd_mirror_publish(args: argparse.Namespace) -> None:
+    async def run() -> Any:
+        async with open_session(args) as session:
+            return await client.publish_mirrors(session, args.nodes)
+
+    claim = trio.run(run)
+    if claim.mirrors:
+        print(f"your PKI claim lists {len(claim.mirrors)} mirror(s): {' '.join(claim.mirrors)}")
+    else:
+        print("your PKI claim lists no mirror")
 
 
 # -- account commands ------------------------------------------------------------------------
@@ -889,6 +965,170 @@ def cmd_shared(args: argparse.Namespace) -> None:
         warn(problem)
 
 
+# -- the local test swarm (node/swarm.py) ----------------------------------------------------
+
+
+def _join_config(args: argparse.Namespace) -> NodeConfig:
+    config = swarm.join_config(args.join)
+    return replace(
+        config,
+        api=args.api or config.api,
+        listen=args.listen or config.listen,
+        quota=parse_size(args.quota),
+    )
+
+
+def _count(what: str, least: int, most: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or not least <= int(text) <= most:
+            raise argparse.ArgumentTypeError(
+                f"not a number of {what} from {least} to {most}: {text!r}"
+            )
+        return int(text)
+
+    return parse
+
+
+@contextmanager
+def swarm_progress() -> Iterator[Callable[[str, int, int], None] | None]:
+    """A bar per stage (starting nodes, signing up users) on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield report
+
+
+def _users_cell(users: list[str]) -> str:
+    shown = " ".join(users[:4])
+    return f"{shown} … ({len(users)})" if len(users) > 4 else shown or "-"
+
+
+def cmd_swarm_up(args: argparse.Namespace) -> None:
+    swarm.check_counts(args.nodes, args.users)
+    with swarm_progress() as progress:
+        started = trio.run(swarm.up, args.dir, args.nodes, args.users, progress)
+    print(f"{'name':6} {'peer id':52} {'API URL':24} users")
+    for node in started.nodes:
+        users = _users_cell(started.users_of(node))
+        print(f"{node.name:6} {node.peer_id:52} {node.api:24} {users}")
+    where = args.dir.resolve()
+    print(f"swarm file: {where / swarm.SWARM_FILE}")
+    if started.users:
+        print(f"passwords: {where / swarm.PASSWORDS_FILE} (mode 0600)")
+        print(f'act as a user: eval "$(pyrgos swarm env {started.users[0].name} --dir {where})"')
+    print(f"stop it: pyrgos swarm down --dir {where}")
+
+
+def cmd_swarm_status(args: argparse.Namespace) -> None:
+    current, nodes = trio.run(swarm.status, args.dir)
+    if args.json:
+        shown = [
+            {
+                "name": n.node.name, "state": n.state, "peer_id": n.node.peer_id,
+                "api": n.node.api, "p2p": n.node.p2p, "pid": n.node.pid,
+                "pki_head": n.pki_head, "users": n.users,
+            }
+            for n in nodes
+        ]  # fmt: skip
+        print(json.dumps({"state": current.state, "nodes": shown}, indent=2))
+        return
+    print(f"{'name':6} {'state':13} {'peer id':52} {'API URL':24} {'PKI head':8} users")
+    for n in nodes:
+        head = "-" if n.pki_head is None else str(n.pki_head)
+        print(
+            f"{n.node.name:6} {n.state:13} {n.node.peer_id:52} {n.node.api:24} {head:>8}"
+            f" {_users_cell(n.users)}"
+        )
+    where = args.dir.resolve()
+    if current.state == "down":
+        print(f"the swarm was stopped: `pyrgos swarm up --dir {where}` starts a new one")
+    else:
+        print(f"PKI node: {current.pki.p2p}")
+        print(f"join it: pyrgos node init --join {where / swarm.SWARM_FILE} --home DIR")
+        if current.users:
+            print(f'act as a user: eval "$(pyrgos swarm env USER --dir {where})"')
+
+
+def cmd_swarm_down(args: argparse.Namespace) -> None:
+    result = trio.run(swarm.down, args.dir)
+    if result.stopped == 0:
+        print("no node of the swarm was running; it is marked down")
+        return
+    nodes = "node" if result.stopped == 1 else "nodes"
+    killed = f" ({result.killed} needed SIGKILL)" if result.killed else ""
+    print(f"stopped {result.stopped} {nodes}{killed}")
+
+
+def cmd_swarm_env(args: argparse.Namespace) -> None:
+    import shlex
+
+    for key, value in swarm.user_env(swarm.load(args.dir), args.user).items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+def add_swarm_commands(commands: argparse._SubParsersAction[Parser]) -> None:
+    """`pyrgos swarm up|status|down|env`."""
+    group = commands.add_parser(
+        "swarm",
+        help="a local test swarm: a PKI node and nodes that follow it, on 127.0.0.1",
+        description="a local test swarm: real node processes in test mode on 127.0.0.1",
+    ).add_subparsers(dest="swarm_command", metavar="SWARM-COMMAND", required=True)
+
+    def swarm_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--dir",
+            type=Path,
+            default=swarm.default_dir(),
+            help="the swarm's directory (default: $PYRGOS_SWARM or ~/.pyrgos-swarm)",
+        )
+        return sub
+
+    up = swarm_command(
+        "up",
+        "start a PKI node and NODES-1 nodes that follow it, sign up USERS users round-robin "
+        "across them, and print who is where",
+    )
+    up.add_argument("--nodes", type=_count("nodes", 1, swarm.MAX_NODES), required=True, metavar="N")
+    up.add_argument(
+        "--users",
+        type=_count("users", 0, swarm.MAX_USERS),
+        default=0,
+        metavar="U",
+        help="users user1…userU, with random passwords kept in DIR/passwords.json (0600)",
+    )
+    up.set_defaults(run=cmd_swarm_up)
+    status = swarm_command("status", "each node: up or down, peer id, API URL, PKI head, users")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=cmd_swarm_status)
+    swarm_command(
+        "down", "stop every node of the swarm (SIGTERM, then SIGKILL after 15 s)"
+    ).set_defaults(run=cmd_swarm_down)
+    env = swarm_command(
+        "env",
+        'print the exports that make this shell act as swarm user USER: eval "$(pyrgos swarm '
+        'env USER)"',
+    )
+    env.add_argument("user", metavar="USER")
+    env.set_defaults(run=cmd_swarm_env)
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 
@@ -926,7 +1166,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = node_command("init", "create a node: its key, its settings, its database")
     init.add_argument(
         "--api",
-        default=DEFAULT_API,
+        default=None,
         metavar="HOST:PORT",
         help=f"where the HTTP API listens (default {DEFAULT_API}; port 0 picks a free one)",
     )
@@ -941,7 +1181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument(
         "--listen",
-        default=DEFAULT_LISTEN,
+        default=None,
         metavar="MULTIADDR",
         help=f"where the node listens for other nodes (default {DEFAULT_LISTEN})",
     )
@@ -979,6 +1219,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help="mirror the PKI of the node at this full multiaddr (/ip4/…/tcp/…/p2p/ID)",
     )
+    role.add_argument(
+        "--join",
+        type=Path,
+        metavar="SWARMFILE",
+        help="follow the PKI node of the running local swarm of SWARMFILE (`pyrgos swarm up`): "
+        "test mode, on 127.0.0.1, ports the OS picks",
+    )
     init.add_argument("--exist-ok", action="store_true", help="do nothing if already initialised")
     init.set_defaults(run=cmd_node_init)
     node_command("run", "run the node in the foreground until Ctrl-C").set_defaults(
@@ -988,6 +1235,32 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=cmd_node_info)
     node_command("gc", "delete blocks nothing points to any more").set_defaults(run=cmd_node_gc)
+    node_mirror = node.add_parser(
+        "mirror",
+        help="copy other users' data to this node and keep it up to date",
+        description="copy other users' data to this node and keep it up to date",
+    ).add_subparsers(dest="mirror_command", metavar="MIRROR-COMMAND", required=True)
+
+    def mirror_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = node_mirror.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--home",
+            type=Path,
+            default=default_home(),
+            help="node home directory (default: $PYRGOS_HOME or ~/.pyrgos)",
+        )
+        return sub
+
+    mirror_add = mirror_command("add", "mirror USER, with the token `pyrgos mirror token` gives")
+    mirror_add.add_argument("user", metavar="USER")
+    mirror_add.add_argument("--token", metavar="TOKEN", help="or $PYRGOS_MIRROR_TOKEN")
+    mirror_add.set_defaults(run=cmd_node_mirror_add)
+    mirror_list = mirror_command("list", "the users this node mirrors: state, last sync, size, lag")
+    mirror_list.add_argument("--json", action="store_true", help="print JSON")
+    mirror_list.set_defaults(run=cmd_node_mirror_list)
+    mirror_remove = mirror_command("remove", "stop mirroring USER (GC then frees the copy)")
+    mirror_remove.add_argument("user", metavar="USER")
+    mirror_remove.set_defaults(run=cmd_node_mirror_remove)
 
     pki = commands.add_parser("pki", help="look at the PKI: who is who, and where").add_subparsers(
         dest="pki_command", metavar="PKI-COMMAND", required=True
@@ -1002,6 +1275,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text)
+
+    mirror = commands.add_parser(
+        "mirror",
+        help="have other nodes mirror your data",
+        description="have other nodes "
+        "mirror your data: readers fall back to a mirror when your home node is down",
+    ).add_subparsers(dest="mirror_command", metavar="MIRROR-COMMAND", required=True)
+    mirror.add_parser(
+        "token", help="print the token a node needs to mirror you (`pyrgos node mirror add`)"
+    ).set_defaults(run=cmd_mirror_token)
+    publish_mirrors = mirror.add_parser(
+        "publish", help="list NODEs (node ids) as your mirrors in your PKI claim; none clears it"
+    )
+    publish_mirrors.add_argument("nodes", metavar="NODE", nargs="*")
+    publish_mirrors.set_defaults(run=cmd_mirror_publish)
 
     def with_password(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument(
@@ -1228,6 +1516,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_command(
         "shared", "list what you share with whom, and what others share with you"
     ).set_defaults(run=cmd_shared)
+    add_swarm_commands(commands)
     return parser
 
 

@@ -7,6 +7,7 @@ from node.client import _typed as typed
 from node.client._api import HttpTransport, NodeApi, Route, Transport
 from node.client._blocks import BlockCache
 from node.client._fs import Contents, FileSystem, get_file, get_tree, put_tree, tree_size
+from node.client._mirrors import mirror_token, publish_mirrors
 from node.client._profile import Profile, SavedSession, default_profile
 from node.client._resolve import HomeResolver, Listing, Resolved, Resolver, Resolvers
 from node.client._session import (
@@ -51,6 +52,8 @@ __all__ = [
     "login",
     "login_keys",
     "logout",
+    "mirror_token",
+    "publish_mirrors",
     "put_tree",
     "reopen",
     "resume",

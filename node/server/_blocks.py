@@ -133,8 +133,12 @@ class Blocks:
         home = await node.relay_home(owner, requester)
         if home is not None:
             server, as_requester = home.encode(), node.node_id_bytes
-            if not self.store.has_block(cid.raw) and node.network is not None:
-                data = await node.network.fetch_block(home, cid, auth)
+            network = node.network
+            if not self.store.has_block(cid.raw) and network is not None and owner is not None:
+                # The auth is the home's: a mirror of the owner takes it too (bats, rule 5).
+                data = await node.failover(
+                    home, owner, lambda source: network.fetch_block(source, cid, auth)
+                )
                 try:
                     with self.store.batch() as batch:
                         self.store.put_block(batch, cid.raw, data)
@@ -160,6 +164,7 @@ class Blocks:
                 server=server,
                 now=int(node.clock()),
                 mirror_secret=lambda bat_id: self.store.get(Space.BATS, bat_id),
+                also=node.mirrors.homes_for(block_ids),
             )
         # Missing, or private and not the auth's: one answer, so that only a holder of one of
         # the block's BATs learns whether it is here (anyone can make a valid auth of a BAT of

@@ -5,7 +5,7 @@ forwards home calls to the user's home node, throttles password proofs, and disp
 part that owns the call's domain: _blocks.py (blocks, CHAMP lookups, quota), _pointers.py
 (pointers, writers; _writers.py keeps the sub-writers of owner proofs), _accounts.py
 (accounts, sessions), _pki_calls.py (the PKI), _social.py (the follow-request inbox),
-_links.py (secret links). Writes are
+_links.py (secret links), _mirrors.py (mirrored users, the mirror task). Writes are
 serialised by one lock and applied in one LevelDB batch each, so a refused call changes nothing.
 Blocking store work runs in a worker thread so the event loop keeps serving.
 """
@@ -17,9 +17,9 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
@@ -28,6 +28,7 @@ from node.server._accounts import Accounts
 from node.server._blocks import Blocks, StoreBlocks, stored_block
 from node.server._gc import Collection
 from node.server._links import Links
+from node.server._mirrors import Mirrors
 from node.server._pki import PkiLog, SyncResult
 from node.server._pki_calls import PkiCalls
 from node.server._pointers import Pointers
@@ -35,11 +36,12 @@ from node.server._social import Inbox
 from node.store import Space, Store
 from protocols import accounts, bats
 from protocols.cid import CID
-from protocols.errors import AuthFailed, Denied, MalformedInput, NotFound, RateLimited
+from protocols.errors import AuthFailed, Denied, MalformedInput, NotFound, RateLimited, Unavailable
 from protocols.methods import METHODS as SPECS
 from protocols.methods import (
     AdminGc,
     Message,
+    Method,
     NodeInfo,
     NodeInfoReply,
     Report,
@@ -51,6 +53,10 @@ __all__ = ["METHODS", "NodeService", "NodeSettings", "StoreBlocks", "stored_bloc
 log = logging.getLogger(__name__)
 
 GiB: Final = 1024**3
+# Seconds a home (or mirror) whose call failed is skipped by reads, which go to the mirrors
+# meanwhile: one failed dial per node and period, not one per block of a file.
+FAILOVER_HOLD: Final = 10.0
+T = TypeVar("T")
 
 Handler = Callable[["NodeService", Any, bytes], Awaitable[Message]]
 
@@ -64,6 +70,17 @@ class Network(Protocol):
 
     async def fetch_block(self, node_id: str, cid: CID, auth: bats.ReadAuth | None) -> bytes:
         """A block from node `node_id`, checked against `cid`."""
+        ...
+
+    async def fetch_many(
+        self,
+        node_id: str,
+        wants: Iterable[tuple[CID, bats.ReadAuth | None]],
+        receive: Callable[[CID, bytes], Awaitable[None]],
+    ) -> None:
+        """Every block of `wants` (read lazily) from node `node_id`, many in flight, each
+        checked against its CID and handed to `receive` as it arrives; raises the first
+        failure (the rest are dropped)."""
         ...
 
 
@@ -114,8 +131,11 @@ class NodeService:
         self.pki_health = SyncHealth()  # how this mirror reaches its PKI node (`pki status`)
         self.stats: Counter[str] = Counter()
         self.write_lock = trio.Lock()  # every write, and each step of a collection
-        self._gc_lock = trio.Lock()  # one collection at a time
+        # One collection at a time; the mirror task holds it while it copies a tree, so that
+        # nothing it stored is collected before the pointer that reaches it lands.
+        self.gc_lock = trio.Lock()
         self.collection: Collection | None = None  # the running one, told of every write
+        self._unreachable: dict[str, float] = {}  # node id -> until when reads skip it
         # The parts, by domain; each owns its keyspaces and takes store, clock and random
         # from here.
         self.blocks = Blocks(self)
@@ -124,6 +144,7 @@ class NodeService:
         self.pki_calls = PkiCalls(self)
         self.inbox = Inbox(self)
         self.links = Links(self)
+        self.mirrors = Mirrors(self)
 
     @property
     def node_id_bytes(self) -> bytes:
@@ -155,7 +176,7 @@ class NodeService:
             # view cannot bounce a call between nodes.
             home = await self._home_elsewhere(getattr(request, spec.home))
         if not spec.throttled:
-            return await self._dispatch(handler, home, method, args, request, requester)
+            return await self._dispatch(handler, home, spec, args, request, requester)
         # Per source wherever the call arrives, per username at the user's home only.
         sources = [caller]
         user = getattr(request, "username", None)
@@ -167,7 +188,7 @@ class NodeService:
             self.stats["logins_throttled"] += 1
             raise
         try:
-            result = await self._dispatch(handler, home, method, args, request, requester)
+            result = await self._dispatch(handler, home, spec, args, request, requester)
         except AuthFailed:
             self._source_logins.failed(sources, self.clock())
             self._user_logins.failed(users, self.clock())
@@ -182,16 +203,75 @@ class NodeService:
         self,
         handler: Handler,
         home: str | None,
-        method: str,
+        spec: Method,
         args: dict[str, Any],
         request: Message,
         requester: bytes,
     ) -> Any:
         if home is not None and self.network is not None:
             self.stats["forwarded"] += 1
-            return await self.network.call(home, method, args)
+            network = self.network
+            if not spec.failover:  # a write goes to the home or fails: never split brain
+                return await network.call(home, spec.name, args)
+
+            async def local() -> Any:
+                return (await handler(self, request, requester)).to_cbor()
+
+            owner = getattr(request, spec.home or "")
+            return await self.failover(
+                home, owner, lambda node: network.call(node, spec.name, args), local
+            )
         reply = await handler(self, request, requester)
         return reply.to_cbor()
+
+    async def failover(
+        self,
+        home: str,
+        owner: CID,
+        ask: Callable[[str], Awaitable[T]],
+        local: Callable[[], Awaitable[T]] | None = None,
+    ) -> T:
+        """A read of `owner`'s data: from their home; when it cannot be reached, from this
+        node's own copy (`local`, if this node mirrors the user), else from the mirrors their
+        claim lists, in order. A home or mirror that failed is skipped for FAILOVER_HOLD
+        seconds, so each read of a file does not wait for a dial to fail again. The home's
+        error stands when no mirror answers; with no mirror to go to, the home is always
+        asked."""
+        own = local is not None and self.mirrors.holds(owner)
+        mirrors = [m for m in self.mirrors_of(owner) if m != self.settings.node_id]
+        if not own and not mirrors:
+            return await ask(home)
+        now = self.clock()
+        if self._unreachable.get(home, 0.0) <= now:
+            try:
+                return await ask(home)
+            except Unavailable as exc:
+                self._unreachable[home] = now + FAILOVER_HOLD
+                failure = exc
+        else:
+            failure = Unavailable(f"the home node {home} of this user cannot be reached")
+        if own and local is not None:
+            self.stats["failover_local"] += 1
+            return await local()
+        for mirror in mirrors:
+            if self._unreachable.get(mirror, 0.0) > now:
+                continue
+            try:
+                result = await ask(mirror)
+            except Unavailable:
+                self._unreachable[mirror] = now + FAILOVER_HOLD
+                continue
+            except NotFound:  # a mirror still behind: another may hold it
+                continue
+            self.stats["failover_reads"] += 1
+            return result
+        raise failure
+
+    def mirrors_of(self, owner: CID) -> tuple[str, ...]:
+        """The mirrors `owner`'s claim lists (signed by their identity key)."""
+        username = None if self.pki is None else self.pki.owner(owner)
+        claim = None if self.pki is None or username is None else self.pki.lookup(username)
+        return () if claim is None else claim.mirrors
 
     async def _home_elsewhere(self, user: object) -> str | None:
         """The home of a user (owner key hash or username) when it is not this node; a mirror
@@ -250,7 +330,7 @@ class NodeService:
     async def collect_garbage(self) -> dict[str, int]:
         """Collect garbage while serving: writers wait for one short step at a time, never for
         the mark (see node/server/_gc.py)."""
-        async with self._gc_lock:
+        async with self.gc_lock:
             async with self.write_lock:
                 run = await threads.run_sync(Collection, self.store, int(self.clock()))
                 self.collection = run
@@ -303,10 +383,14 @@ class NodeService:
             dict(self.stats),
         )
 
-    async def admin_gc(self, request: AdminGc, requester: bytes) -> Report:
+    def check_admin(self, token: str) -> None:
+        """Refuse a maintenance call that does not carry this node's admin token."""
         expected = self.settings.admin_token
-        if not expected or not secrets.compare_digest(request.token.encode(), expected.encode()):
+        if not expected or not secrets.compare_digest(token.encode(), expected.encode()):
             raise Denied("maintenance calls need this node's admin token")
+
+    async def admin_gc(self, request: AdminGc, requester: bytes) -> Report:
+        self.check_admin(request.token)
         return Report(dict(await self.collect_garbage()))
 
 
@@ -335,4 +419,8 @@ METHODS: Final[dict[str, Handler]] = {
     "social.list": lambda s, r, q: s.inbox.social_list(r, q),
     "social.remove": lambda s, r, q: s.inbox.social_remove(r, q),
     "link.get": lambda s, r, q: s.links.link_get(r, q),
+    "mirror.account": lambda s, r, q: s.mirrors.mirror_account(r, q),
+    "admin.mirror.add": lambda s, r, q: s.mirrors.admin_add(r, q),
+    "admin.mirror.list": lambda s, r, q: s.mirrors.admin_list(r, q),
+    "admin.mirror.remove": lambda s, r, q: s.mirrors.admin_remove(r, q),
 }

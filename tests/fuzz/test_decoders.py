@@ -37,6 +37,7 @@ from protocols.crypto import BoxingKey, BoxingPublicKey, KdfParams, SigningKey, 
 from protocols.cryptree import Capability, KeyBlock, Properties
 from protocols.errors import Corrupted, MalformedInput, PyrgosError
 from protocols.frames import FrameDecoder, encode_frame
+from protocols.mirrors import MirrorToken
 from protocols.owners import OwnerProof
 from protocols.peerid import base58_decode, check_peer_id, peer_id_of
 from protocols.pki import (
@@ -353,6 +354,10 @@ TEXT_DECODERS: dict[str, tuple[Callable[[str], object], list[str]]] = {
     "names.split_path": (names.split_path, ["/alice/docs/notes.txt", "a//b/"]),
     "links.parse_url": (links.parse_url, [LINK_URL]),
     "links.parse_duration": (links.parse_duration, ["30m", "7d"]),
+    "mirrors.MirrorToken.from_text": (
+        MirrorToken.from_text,
+        [MirrorToken("alice", bytes(range(32))).to_text()],
+    ),
     "publishing.normalise": (normalise, ["/alice/public/x", "/alice//x/"]),
     "names.check_password": (
         lambda text: names.check_password("alice", text),

@@ -201,6 +201,10 @@ def _typed(node: Node) -> dict[str, st.SearchStrategy[Any]]:
         "request": st.one_of(st.binary(min_size=2184, max_size=2184), sized_bytes),
         "label": st.one_of(st.binary(min_size=16, max_size=16), sized_bytes),
         "proof": st.one_of(st.binary(min_size=32, max_size=32), sized_bytes),
+        "bat": st.one_of(st.binary(min_size=34, max_size=34), sized_bytes),
+        "expiry": ints,
+        "mac": st.one_of(st.binary(min_size=32, max_size=32), sized_bytes),
+        "mirror": st.one_of(st.text(max_size=40), st.just("pyrgos-mirror-1:AAAA")),
         "ids": st.lists(st.one_of(st.binary(min_size=16, max_size=16), sized_bytes), max_size=9),
     }
 
@@ -250,6 +254,10 @@ ARGUMENTS: dict[str, list[str]] = {
     "social.list": ["owner", "time", "sig"],
     "social.remove": ["owner", "ids", "time", "sig"],
     "link.get": ["owner", "label", "proof"],
+    "mirror.account": ["username", "bat", "expiry", "mac"],
+    "admin.mirror.add": ["token", "mirror"],
+    "admin.mirror.list": ["token"],
+    "admin.mirror.remove": ["token", "username"],
 }
 MISSING = object()
 

@@ -143,8 +143,10 @@ async def test_seek_costs_the_same_at_any_offset(running_node: RunningNode, api:
                  stats["champ_lookups"] - before["champ_lookups"],
                  reader.api.round_trips - trips)
             )  # fmt: skip
-    assert counts[0] == counts[1]
-    assert counts[0][0] <= 4  # the home directory's node, the file's node, one fragment
+    # The home directory's node, the file's node, one fragment; a CHAMP lookup whose path
+    # the cache already holds (labels are random, so that is luck) costs no call.
+    assert counts[0][0] == counts[1][0] <= 4
+    assert all(lookups <= 2 and trips <= 7 for _, lookups, trips in counts)
 
 
 async def home_tree(fs: FileSystem) -> tuple[Blocks, CID]:

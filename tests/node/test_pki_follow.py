@@ -100,6 +100,17 @@ async def test_a_failed_pull_does_not_reenter_the_sync(tmp_path: Path) -> None:
     assert mirror.pki_health.failures >= 1
 
 
+async def test_a_call_to_a_dead_pki_node_is_unavailable(tmp_path: Path) -> None:
+    """Any call to the PKI node (say, a read of a user homed there) whose dial fails pulls the
+    PKI, which calls the same node: that must fail as unavailable, not re-enter the dial."""
+    _, root, mirror = swarm_of(tmp_path)
+    network = Libp2pNetwork(cast("Host", UnreachableHost()), lambda peer: ["/ip4/127.0.0.1/tcp/9"])
+    network._refresh = mirror.sync_pki
+    mirror.network = network
+    with trio.fail_after(10), pytest.raises(Unavailable):
+        await network.call(root.settings.node_id, "node.info", {})
+
+
 async def test_a_mirror_outlives_its_pki_node_and_catches_up(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

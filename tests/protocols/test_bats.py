@@ -419,3 +419,17 @@ def test_read_auth_from_text_mutated(index: int, char: str) -> None:
         return
     assert auth.to_text() == text
     assert (auth == GOOD_AUTH) == (text == GOOD_TEXT)
+
+
+def test_a_mirror_takes_an_auth_made_out_to_the_home_it_answers_for() -> None:
+    """Rule 5: an auth made out to the home verifies at a node that names that home in `also`
+    (a mirror of the block's owner), and nowhere else; the requester binding still holds."""
+    home, mirror = b"12D3KooW-home", b"12D3KooW-mirror"
+    auth = make_read_auth(SECRET, CID_A, REQUESTER, home, NOW)
+    ids = [bats.inline_id(SECRET)]
+    common: dict[str, Any] = {"now": NOW, "mirror_secret": no_registry}
+    check_read_auth(CID_A, ids, auth, requester=REQUESTER, server=mirror, also=[home], **common)
+    with pytest.raises(Denied):
+        check_read_auth(CID_A, ids, auth, requester=REQUESTER, server=mirror, **common)
+    with pytest.raises(Denied):
+        check_read_auth(CID_A, ids, auth, requester=b"other", server=mirror, also=[home], **common)

@@ -91,6 +91,10 @@ def _requests() -> dict[str, list[Message]]:
             methods.SocialRemove(OWNER, (INBOX_ID,) * MAX_PENDING, 1, SIG),
         ],
         "link.get": [methods.LinkGet(OWNER, LABEL, PROOF)],
+        "mirror.account": [methods.MirrorAccount("alice", bytes(34), 1, bytes(32))],
+        "admin.mirror.add": [methods.AdminMirrorAdd("secret", "pyrgos-mirror-1:x")],
+        "admin.mirror.list": [methods.AdminMirrorList("secret")],
+        "admin.mirror.remove": [methods.AdminMirrorRemove("secret", "alice")],
     }
 
 
@@ -125,6 +129,10 @@ def _replies() -> dict[str, list[Message]]:
         ],
         "social.remove": [methods.Count(0), methods.Count(3)],
         "link.get": [methods.LinkGetReply(bytes(41), False), methods.LinkGetReply(b"c", True)],
+        "mirror.account": [methods.MirrorAccountReply(b"record")],
+        "admin.mirror.add": [methods.Report({"username": "alice"})],
+        "admin.mirror.list": [methods.Report({"mirrors": []})],
+        "admin.mirror.remove": [methods.Done()],
     }
 
 
@@ -220,6 +228,11 @@ def _wrong_types() -> list[tuple[str, dict[str, Any], type[PyrgosError], str]]:
         ("account.signup", {"token": 7}, MalformedInput, "'token' must be text"),
         ("account.signup", {"token": "x" * 1025}, TooLarge, "'token'"),
         ("account.params", {"username": 5}, MalformedInput, "'username'"),
+        ("mirror.account", {"bat": bytes(33)}, MalformedInput, "'bat'"),
+        ("mirror.account", {"mac": b"short"}, MalformedInput, "'mac'"),
+        ("admin.mirror.add", {"mirror": 5}, MalformedInput, "'mirror'"),
+        ("admin.mirror.list", {"token": "x" * 1025}, TooLarge, "'token'"),
+        ("admin.mirror.remove", {"username": 5}, MalformedInput, "'username'"),
         ("account.params", {"username": "x" * 65}, InvalidName, "32"),
         ("account.login", {"time": "now"}, MalformedInput, "'time'"),
         ("account.login", {"time": True}, MalformedInput, "'time'"),
