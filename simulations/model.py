@@ -72,8 +72,8 @@ def choose(
 ) -> Op | None:
     """A random operation that the model says can succeed, among `users` (who all follow
     each other); None when the draw has nothing to act on. A kind this module does not know
-    (the hook for mirroring, once it exists: `mirror`) comes as Op(kind, owner, owner, top)
-    for the caller's `extra` runner (see `run`); the model does not change for it."""
+    (`mirror`: simulations/scenario.py runs it) comes as Op(kind, owner, owner, top) for the
+    caller's `extra` runner (see `run`); the model does not change for it."""
     kind = rng.choice(kinds)
     owner, top, actor = rng.choice(users), rng.choice(TOPS), ""
     granted = [

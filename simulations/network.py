@@ -72,12 +72,14 @@ class SimNode:
     streams: list[SimStream] = field(default_factory=list)
     scope: trio.CancelScope | None = None
     nursery: trio.Nursery | None = None
+    admin_token: str = ""
     lying: set[str] = field(default_factory=set)
     liar: Liar | None = None
     restarts: int = 0
 
     def __post_init__(self) -> None:
         self.node_id = peer_id_of(self.key.public)
+        self.admin_token = f"sim-admin-{self.index}"
 
     @property
     def up(self) -> bool:
@@ -179,6 +181,7 @@ class SimNetwork:
                 max_daily_signups=1 << 30,
                 max_source_signups=1 << 30,
                 max_daily_nodes=1 << 30,
+                admin_token=node.admin_token,
             ),
             pki=PkiLog(store, node.pki_node, node.key if is_root else None),
             clock=self.clock,
@@ -354,6 +357,12 @@ class SimNetwork:
         node.lying.update(kinds)
 
     # -- clients ---------------------------------------------------------------------------
+
+    async def admin(self, node: SimNode, method: str, **args: Any) -> Any:
+        """A maintenance call (`admin.*`) to `node` with its admin token, as its operator's
+        CLI makes it."""
+        api = self.client(f"admin-{node.index}", node)
+        return await api.call(method, {"token": node.admin_token, **args})
 
     def client(self, name: str, node: SimNode) -> NodeApi:
         """A client named `name` whose API is `node`, over a link of its own."""

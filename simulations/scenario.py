@@ -28,7 +28,16 @@ from typing import Final
 import trio
 import trio.testing
 
-from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Session, sharing, signup
+from node.client import (
+    TEST_KDF_ENV,
+    FileSystem,
+    NodeApi,
+    Session,
+    mirror_token,
+    publish_mirrors,
+    sharing,
+    signup,
+)
 from protocols.errors import PyrgosError
 from simulations import model as m
 from simulations.determinism import deterministic
@@ -55,6 +64,7 @@ class Scenario:
     link: LinkSpec = field(default_factory=LinkSpec)  # between nodes
     client_link: LinkSpec = field(default_factory=lambda: LinkSpec(latency=0.002))
     check: bool = True  # check every view against the model at the end
+    mirrors: bool = False  # `mirror` among the operations: a node mirrors the owner
 
 
 @dataclass
@@ -69,6 +79,8 @@ class Report:
     traffic: dict[str, int] = field(default_factory=dict)
     node_stats: Counter[str] = field(default_factory=Counter)
     mismatches: list[str] = field(default_factory=list)
+    mirrored: int = 0  # users with a mirror
+    mirrors_caught_up: float | None = None  # virtual seconds after the views agreed
     wall: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each phase
     _last: float = field(default_factory=time.perf_counter, repr=False)
@@ -102,6 +114,14 @@ class Report:
             f"{self.node_stats['blocks_relayed']} relayed",
             f"calls      {self.node_stats['calls']} at nodes, "
             f"{self.node_stats['forwarded']} forwarded home",
+            *(
+                [
+                    f"mirrors    {self.mirrored} users mirrored, every mirror caught up "
+                    f"{_seconds(self.mirrors_caught_up)} after the views agreed"
+                ]
+                if s.mirrors
+                else []
+            ),
             f"model      {'every view equals the model' if self.ok else 'MISMATCHES'}",
             *(f"  {line}" for line in self.mismatches),
         ]
@@ -152,6 +172,9 @@ class _Run:
         self.rng = random.Random(scenario.seed)
         self.sessions: dict[str, Session] = {}
         self.clients = 0
+        self.mirrors: dict[str, str] = {}  # user -> the node that mirrors them
+        self.kinds = m.KINDS + (("mirror",) if scenario.mirrors else ())
+        self.extra = {"mirror": self.mirror}
 
     def fs(self, name: str) -> FileSystem:
         return sharing.filesystem(self.sessions[name])
@@ -183,7 +206,7 @@ class _Run:
             users = [u for u in circle.names if u not in circle.doubtful]
             if not users:
                 return
-            op = m.choose(circle.model, users, rng)
+            op = m.choose(circle.model, users, rng, self.kinds)
             if op is None:
                 self.report.counts["skipped"] += 1
                 continue
@@ -191,7 +214,7 @@ class _Run:
                 self.report.counts["skipped"] += 1
                 continue
             try:
-                await m.run(op, self.fs, node_url, self.anyone, circle.model)
+                await m.run(op, self.fs, node_url, self.anyone, circle.model, self.extra)
             except PyrgosError as exc:
                 # Acknowledged or not, it may have happened: its owner waits for the heal.
                 self.report.counts[f"failed {type(exc).__name__}"] += 1
@@ -199,6 +222,18 @@ class _Run:
                 continue
             m.apply(circle.model, op)
             self.report.counts[op.kind] += 1
+
+    async def mirror(self, op: m.Op) -> None:
+        """`op.owner` has a node other than their home mirror them, and lists it in their
+        claim: reads fail over to it while the home is down."""
+        session = self.sessions[op.owner]
+        home = self.node_of(op.owner).node_id
+        taken = self.mirrors.get(op.owner)
+        choices = [n for n in self.net.order if n.node_id not in (home, taken)]
+        node = choices[self.rng.randrange(len(choices))]
+        await self.net.admin(node, "admin.mirror.add", mirror=mirror_token(session))
+        await publish_mirrors(session, [node.node_id])
+        self.mirrors[op.owner] = node.node_id
 
     async def faults(self, start: float) -> None:
         """A partition of one node, a crash of another, a corrupted block; all healed."""
@@ -297,6 +332,7 @@ async def run_scenario(scenario: Scenario, root: Path) -> Report:
         report.mark("operations")
         if scenario.check:
             await _converge(run, circles)
+            await _mirrors_catch_up(run)
             report.mark("check")
         report.virtual = trio.current_time()
         report.traffic = dict(vars(net.traffic))
@@ -341,6 +377,30 @@ async def _converge(run: _Run, circles: list[_Circle]) -> None:
         run.report.converged_after = trio.current_time() - since
 
 
+async def _mirrors_catch_up(run: _Run) -> None:
+    """Wait until every mirror holds its user as the home has them (`admin.mirror.list` says
+    ok, after a round that ended once the views agreed), or CONVERGE_TIMEOUT passes."""
+    run.report.mirrored = len(run.mirrors)
+    if not run.mirrors:
+        return
+    agreed = run.net.clock()
+    start = trio.current_time()
+    pending = dict(run.mirrors)
+    while pending and trio.current_time() - start < CONVERGE_TIMEOUT:
+        for user, node_id in sorted(pending.items()):
+            node = run.net.nodes[node_id]
+            rows = (await run.net.admin(node, "admin.mirror.list"))["mirrors"]
+            row = next((r for r in rows if r["username"] == user), None)
+            if row is not None and row["state"] == "ok" and (row["synced"] or 0) >= agreed:
+                del pending[user]
+        if pending:
+            await trio.sleep(1)
+    for user, node_id in sorted(pending.items()):
+        run.report.mismatches.append(f"the mirror of {user} on {node_id} never caught up")
+    if not pending:
+        run.report.mirrors_caught_up = trio.current_time() - start
+
+
 def simulate(scenario: Scenario, root: Path | None = None) -> Report:
     """Run `scenario` deterministically on virtual time, stores in a fresh directory (under
     `root`, by default on tmpfs where there is one), and report."""
@@ -365,7 +425,7 @@ def simulate(scenario: Scenario, root: Path | None = None) -> Report:
 
 
 DEFAULTS: Final[dict[str, Callable[[int], Scenario]]] = {
-    "faults": lambda seed: Scenario(seed=seed),
+    "faults": lambda seed: Scenario(seed=seed, mirrors=True),
     "lossy": lambda seed: Scenario(
         seed=seed,
         faults=False,

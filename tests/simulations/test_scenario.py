@@ -13,7 +13,9 @@ from simulations.scenario import Scenario, simulate
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "Scenario(seed=5, nodes=3, users=6, ops=20, think=1.0, fault_at=3.0, fault_for=10.0)"
 
-SMALL = Scenario(seed=7, nodes=5, users=9, ops=45, think=2.0, fault_at=6.0, fault_for=20.0)
+SMALL = Scenario(
+    seed=7, nodes=5, users=9, ops=45, think=2.0, fault_at=6.0, fault_for=20.0, mirrors=True
+)
 
 
 def test_the_same_seed_gives_the_same_report() -> None:
@@ -24,6 +26,8 @@ def test_the_same_seed_gives_the_same_report() -> None:
     # Operations the faults made fail were settled after the heal, each to one outcome.
     assert first.counts["failed Unavailable"] == first.counts["settled"] > 0
     assert first.heal_at is not None
+    assert first.mirrored > 0
+    assert first.mirrors_caught_up is not None
     assert first.converged_after is not None
     other = simulate(replace(SMALL, seed=8))
     assert other.ok, other.text()
