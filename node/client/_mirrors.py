@@ -8,7 +8,7 @@ import time
 from node.client import _typed
 from node.client._session import Session
 from protocols import methods
-from protocols.errors import Corrupted, MalformedInput
+from protocols.errors import Conflict, Corrupted, MalformedInput
 from protocols.mirrors import MirrorToken
 from protocols.peerid import check_peer_id
 from protocols.pki import MAX_MIRRORS, Claim, next_expiry
@@ -43,4 +43,29 @@ async def publish_mirrors(session: Session, nodes: list[str]) -> Claim:
         mirrors=nodes,
     )
     await _typed.request(session.api, methods.PkiSubmit(claim), methods.PkiSubmitReply)
+    return claim
+
+
+async def migrate(session: Session, node: str) -> Claim:
+    """Make `node`, a node that mirrors the user and is caught up, their home (protocol.md
+    §14): a claim naming it home, signed by the identity key, which the API node passes to it.
+    The old home becomes the first mirror the claim lists (it keeps a copy); `node` leaves
+    the list."""
+    check_peer_id(node)
+    lookup = methods.PkiLookup(session.username)
+    current = (await _typed.request(session.api, lookup, methods.PkiLookupReply)).claim
+    if current.identity != session.owner:
+        raise Corrupted("the PKI names another identity for this user than their login data")
+    if current.home == node:
+        raise Conflict("that node is the user's home already")
+    mirrors = [current.home, *(m for m in current.mirrors if m != node)][:MAX_MIRRORS]
+    claim = Claim.create(
+        session.identity,
+        session.username,
+        node,
+        next_expiry(current, int(time.time())),
+        mirrors=mirrors,
+    )
+    await _typed.request(session.api, methods.AccountMigrate(claim), methods.Done)
+    session.home_node = node.encode()  # this session's reads now name the new home
     return claim
