@@ -8,7 +8,7 @@ import time
 from node.client import _typed
 from node.client._session import Session
 from protocols import methods
-from protocols.errors import Conflict, Corrupted, MalformedInput
+from protocols.errors import Corrupted, MalformedInput
 from protocols.mirrors import MirrorToken
 from protocols.peerid import check_peer_id
 from protocols.pki import MAX_MIRRORS, Claim, next_expiry
@@ -56,9 +56,9 @@ async def migrate(session: Session, node: str) -> Claim:
     current = (await _typed.request(session.api, lookup, methods.PkiLookupReply)).claim
     if current.identity != session.owner:
         raise Corrupted("the PKI names another identity for this user than their login data")
-    if current.home == node:
-        raise Conflict("that node is the user's home already")
     mirrors = [current.home, *(m for m in current.mirrors if m != node)][:MAX_MIRRORS]
+    if current.home == node:  # the node finishes a move the PKI took, or says it is home
+        mirrors = list(current.mirrors)
     claim = Claim.create(
         session.identity,
         session.username,

@@ -251,6 +251,8 @@ class Migration:
             return await self._pass_on(request, requester)
         current = await self._current(claim)
         state = node.mirrors.state(claim.username)
+        if current.home == me and state is None:
+            raise Conflict(f"this node is {claim.username!r}'s home already")
         if state is None or state.identity != claim.identity:
             raise Denied(
                 f"this node does not mirror {claim.username!r}: a user moves only to a node "

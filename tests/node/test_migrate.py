@@ -170,3 +170,45 @@ async def test_a_handoff_the_pki_never_took_resumes_the_writes(
                 await home.call("mirror.handoff", {"claim": claim}, b"someone")
             assert home.migration.moving(alice.owner) is None
     nursery.cancel_scope.cancel()
+
+
+async def test_a_move_the_pki_took_is_finished_by_running_it_again(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    nodes, urls = await start_swarm(tmp_path, nursery, ["pki", "home", "mirror"])
+    home, mirror = nodes["home"], nodes["mirror"]
+    mirror.settings = dataclasses.replace(mirror.settings, admin_token=ADMIN)
+    target = mirror.settings.node_id
+    with trio.fail_after(60):
+        async with NodeApi(urls["home"]) as at_home:
+            alice = await signup(at_home, "alice", PASSWORD)
+            fs = sharing.filesystem(alice)
+            await fs.write_file("a.txt", io.BytesIO(b"kept"))
+            await mirror.call("admin.mirror.add", {"token": ADMIN, "mirror": mirror_token(alice)})
+            assert await mirror.mirrors.sync_round()
+
+            # The new home stops between the PKI taking the claim and its switch.
+            adopt = mirror.migration.adopt
+
+            async def crash(*args: object) -> None:
+                raise Unavailable("the node stopped")
+
+            mirror.migration.adopt = crash  # type: ignore[method-assign]
+            with pytest.raises(Unavailable):
+                await migrate(alice, target)
+            mirror.migration.adopt = adopt  # type: ignore[method-assign]
+            assert not hosts(mirror, "alice")
+            with pytest.raises(Denied):  # no node takes her writes meanwhile
+                await fs.write_file("b.txt", io.BytesIO(b"lost?"))
+            assert not hosts(home, "alice")  # released: the PKI names the mirror
+
+            # Run again, it finishes the switch; what the handoff carried is lost with the
+            # crash (her sessions among it): she logs in again and writes at her new home.
+            await migrate(alice, target)
+            assert hosts(mirror, "alice")
+            fs = sharing.filesystem(await login(at_home, "alice", PASSWORD))
+            await fs.write_file("b.txt", io.BytesIO(b"written at the new home"))
+            assert await fs.read_bytes("a.txt", 100) == b"kept"
+            with pytest.raises(Conflict, match="home already"):
+                await migrate(alice, target)
+    nursery.cancel_scope.cancel()
