@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 # enough for the new home to catch up and submit the claim, short enough that a move that
 # failed half way leaves the user read-only for two minutes at most.
 HANDOFF_TTL: Final = 120.0
+# Seconds after asking for the handoff within which the new home submits the claim, and the
+# most the submission may take: together well inside HANDOFF_TTL, so the old home never
+# resumes a user's writes while the PKI may yet take the claim that moves them.
+SUBMIT_WITHIN: Final = HANDOFF_TTL / 4
 _MOVING: Final = b"h"
 
 
@@ -129,7 +133,9 @@ class Migration:
             return
         if claim.home != node.settings.node_id:
             await self.release(identity, claim.username)
-        elif node.clock() > found[1]:
+        elif node.clock() > found[1] and (node.pki.role == "root" or not node.pki_health.failures):
+            # Resumed only on a fresh PKI view: a mirror that cannot reach its PKI node might
+            # not see the claim that moved the user, and would take writes the new home lacks.
             async with node.write_lock:
                 self.store.delete(Space.MIRRORS, _MOVING + identity.raw, sync=True)
             log.info("a handoff expired before the PKI took it: the user's writes resume")
@@ -267,6 +273,7 @@ class Migration:
                 f"({state.error or 'behind'}): wait until `pyrgos node mirror list` shows ok"
             )
         assert node.network is not None
+        started = node.clock()
         args = MirrorHandoff(claim).to_cbor()
         assert isinstance(args, dict)
         answer = await node.network.call(current.home, "mirror.handoff", args)
@@ -280,7 +287,13 @@ class Migration:
                 "the copy could not catch up with the old home in one round: try again (the "
                 f"old home takes the user's writes again after {int(HANDOFF_TTL)} s)"
             )
-        await node.pki_calls.submit(claim, me)
+        if node.clock() - started > SUBMIT_WITHIN:
+            raise Conflict(
+                "the last copy took too long: the old home may take the user's writes again "
+                "before the PKI names this node, so the move stops here; try again"
+            )
+        with trio.fail_after(SUBMIT_WITHIN):
+            await node.pki_calls.submit(claim, me)
         await self.adopt(state, handed)
         log.info("a mirrored user moved here: this node is now their home")
         return Done()
