@@ -19,6 +19,7 @@ from node.store import Space
 from protocols.crypto import SigningKey
 from protocols.errors import Conflict, Denied, NotFound, Unavailable
 from protocols.peerid import peer_id_of
+from protocols.pki import Claim
 from tests.node.conftest import PASSWORD, start_swarm
 
 ADMIN = "admin-token-of-the-mirror"
@@ -135,6 +136,7 @@ async def test_a_handoff_the_pki_never_took_resumes_the_writes(
     nodes, urls = await start_swarm(tmp_path, nursery, ["home", "mirror"])
     home, mirror = nodes["home"], nodes["mirror"]
     mirror.settings = dataclasses.replace(mirror.settings, admin_token=ADMIN)
+    target = mirror.settings.node_id
     with trio.fail_after(60):
         async with NodeApi(urls["home"]) as at_home:
             alice = await signup(at_home, "alice", PASSWORD)
@@ -168,6 +170,10 @@ async def test_a_handoff_the_pki_never_took_resumes_the_writes(
                 await home.call("mirror.handoff", {"claim": claim})
             with pytest.raises(Denied, match="other node than the caller"):
                 await home.call("mirror.handoff", {"claim": claim}, b"someone")
+            # A claim naming the caller but no newer than the current one (a replay) too.
+            stale = Claim.create(alice.identity, "alice", target, claim["expiry"])
+            with pytest.raises(Denied, match="not newer"):
+                await home.call("mirror.handoff", {"claim": stale.to_cbor()}, target.encode())
             assert home.migration.moving(alice.owner) is None
     nursery.cancel_scope.cancel()
 
