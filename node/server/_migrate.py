@@ -237,7 +237,7 @@ class Migration:
                 batch.delete(Space.MIRRORS, _MOVING + identity.raw)
                 if secret is not None and account is not None:
                     now = int(node.clock())
-                    state = MirrorState(username, identity, secret, added=now, synced=now)
+                    state = MirrorState(username, identity, secret, added=now)  # counted next round
                     node.mirrors.hold(batch, state, account, owned)
         node.blocks.forget_counts()
         node.mirrors.wake.set()

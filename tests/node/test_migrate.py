@@ -98,6 +98,11 @@ async def test_migrate_moves_alice_and_every_client_keeps_working(
             await afs.write_file("docs/c.txt", io.BytesIO(b"after the move"))
             assert not hosts(home, "alice")
             assert home.mirrors.state("alice") is not None
+            assert await home.mirrors.sync_round()  # it keeps up from the new home
+            kept = home.mirrors.state("alice")
+            assert kept is not None
+            assert kept.blocks > 0
+            assert kept.error is None
             assert home.migration.moving(alice.owner) is None
             assert not home.store.has(Space.WRITERS, alice.owner.raw)
             assert await afs.read_bytes("docs/c.txt", 100) == b"after the move"
