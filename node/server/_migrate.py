@@ -26,6 +26,7 @@ from node.server._gc import mark
 from node.server._mirrors import MirrorState, first_private_ids
 from node.store import Space, Store, owner_prefix
 from protocols import bats, cbor
+from protocols.accounts import MAX_SESSIONS
 from protocols.cid import CID, decode_varint, encode_varint
 from protocols.errors import (
     Conflict,
@@ -188,7 +189,7 @@ class Migration:
             expiry = cbor.decode(raw)
             if isinstance(expiry, int) and expiry > now:
                 sessions.append((key[len(prefix) :], expiry))
-        sessions = sorted(sessions, key=lambda s: s[1])[-64:]
+        sessions = sorted(sessions, key=lambda s: s[1])[-MAX_SESSIONS:]
         return MirrorHandoffReply(tuple(inbox), tuple(links), tuple(sessions))
 
     async def release(self, identity: CID, username: str) -> None:
