@@ -50,7 +50,8 @@ async def _keep_memory_flat(store: Store) -> None:
     for tick in itertools.count():
         await trio.sleep(MAPPED_PAGES_INTERVAL)
         store.release_mapped_pages()
-        heap.release_free_pages()  # blocks are reused from the heap; what a burst left goes back
+        # Blocks are reused from the heap; what a burst left beyond NODE_KEEP_FREE goes back.
+        heap.release_free_pages(heap.NODE_KEEP_FREE)
         if tick % GC_EVERY_TICKS == 0:
             gc.collect()  # request cycles would otherwise hold bodies until a rare full pass
 

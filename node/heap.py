@@ -27,6 +27,8 @@ CLIENT_TRIM_THRESHOLD: Final = 32 * MiB
 # straight back. Mapping each block afresh cost a third of the rate between nodes in faults.
 NODE_MMAP_THRESHOLD: Final = MAX_BLOCK_BYTES + 64 * 1024
 NODE_TRIM_THRESHOLD: Final = 4 * MiB
+# Free heap a node keeps between its page releases: what a stream of blocks reuses.
+NODE_KEEP_FREE: Final = 16 * MiB
 
 
 def _libc() -> Any:
@@ -51,9 +53,43 @@ def tune(mmap_threshold: int, trim_threshold: int) -> None:
         _LIBC.mallopt(M_ARENA_MAX, 2)
 
 
-def release_free_pages() -> None:
-    """Give the system back every free page of the heap, wherever it lies. The trim threshold
-    only reaches the top of the heap; blocks freed below a live object stay resident until
-    this, which a long-running node calls often (it costs tens of microseconds)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+_MALLINFO2_FIELDS: Final = (
+    "arena",
+    "ordblks",
+    "smblks",
+    "hblks",
+    "hblkhd",
+    "usmblks",
+    "fsmblks",
+    "uordblks",
+    "fordblks",
+    "keepcost",
+)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = tuple((name, ctypes.c_size_t) for name in _MALLINFO2_FIELDS)
+
+
+def _free_bytes() -> int | None:
+    """The heap's free bytes (glibc 2.33+ `mallinfo2`), None where it cannot say."""
+    if _LIBC is None or not hasattr(_LIBC, "mallinfo2"):
+        return None
+    _LIBC.mallinfo2.restype = _MallInfo2
+    return int(_LIBC.mallinfo2().fordblks)
+
+
+def release_free_pages(keep: int = 0) -> None:
+    """Give the system back every free page of the heap, wherever it lies, once more than
+    `keep` bytes of it are free. The trim threshold only reaches the top of the heap; blocks
+    freed below a live object stay resident until this, which a long-running node calls often
+    (it costs tens of microseconds). While blocks stream through, the few megabytes freed
+    between two calls are allocated again at once: giving them back would only fault them in
+    again (256 faults a megabyte), so up to `keep` stays."""
+    if _LIBC is None:
+        return
+    if keep:
+        free = _free_bytes()
+        if free is not None and free <= keep:
+            return
+    _LIBC.malloc_trim(0)

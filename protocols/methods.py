@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
 from protocols import bats
-from protocols.accounts import MAX_LOGIN_DATA
+from protocols.accounts import MAX_LOGIN_DATA, MAX_SESSIONS
 from protocols.blocks import MAX_BLOCKS_PER_PUT
 from protocols.cbor import CBORValue
 from protocols.champ import MAX_KEY
@@ -1020,6 +1020,74 @@ class MirrorAccountReply(Message):
 
 
 @dataclass(frozen=True)
+class AccountMigrate(Message):
+    """Make a mirror of the user their home (protocol.md §14): the user's new claim, signed by
+    their identity key, naming that node as home. Any node takes it and passes it to that
+    node, which does the move."""
+
+    claim: Claim
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "account.migrate", {"claim"}, set())
+        return cls(Claim.from_cbor(v.get("claim")))
+
+    def to_cbor(self) -> CBORValue:
+        return {"claim": self.claim.to_cbor()}
+
+
+@dataclass(frozen=True)
+class MirrorHandoff(Message):
+    """The new home asks the old one to stop the user's writes and hand over what is not in
+    their blocks (the node named home by `claim` calls, the user's claim is its authority)."""
+
+    claim: Claim
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _fields(value, "mirror.handoff", {"claim"}, set())
+        return cls(Claim.from_cbor(v.get("claim")))
+
+    def to_cbor(self) -> CBORValue:
+        return {"claim": self.claim.to_cbor()}
+
+
+MAX_LINK_COUNTS: Final = 4096  # link use counts one handoff carries (links revoked included)
+
+
+@dataclass(frozen=True)
+class MirrorHandoffReply(Message):
+    """What the old home keeps of a user beside their blocks, copied opaquely: the sealed
+    follow requests of their inbox, the use counts of their links, their sessions (ids and
+    expiry: hashes of the tokens, so devices stay logged in)."""
+
+    inbox: tuple[tuple[bytes, bytes], ...]  # (id, sealed request)
+    links: tuple[tuple[bytes, int], ...]  # (label, uses so far)
+    sessions: tuple[tuple[bytes, int], ...]  # (session id, expiry)
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        v = _reply(value, "a mirror.handoff reply", {"inbox", "links", "sessions"})
+        inbox = SocialListReply.from_cbor(v.get("inbox")).items
+        links = []
+        for item in _list(v.get("links"), "links", 0, MAX_LINK_COUNTS):
+            pair = _list(item, "a link count", 2, 2)
+            links.append((_bytes(pair[0], "label", size=LABEL_BYTES), _int(pair[1], "uses")))
+        sessions = []
+        for item in _list(v.get("sessions"), "sessions", 0, MAX_SESSIONS):
+            pair = _list(item, "a session", 2, 2)
+            sessions.append((_bytes(pair[0], "session id", size=32), _int(pair[1], "expiry")))
+        return cls(inbox, tuple(links), tuple(sessions))
+
+    def to_cbor(self) -> CBORValue:
+        return {
+            "inbox": SocialListReply(self.inbox).to_cbor(),
+            "links": [[label, uses] for label, uses in self.links],
+            "sessions": [[sid, expiry] for sid, expiry in self.sessions],
+        }
+
+
+@dataclass(frozen=True)
 class AdminMirrorAdd(Message):
     token: str = field(repr=False)  # the node's admin token
     mirror: str = field(repr=False)  # the user's mirror token
@@ -1114,6 +1182,8 @@ METHODS: Final[dict[str, Method]] = {
         Method("admin.mirror.add", AdminMirrorAdd, Report),
         Method("admin.mirror.list", AdminMirrorList, Report),
         Method("admin.mirror.remove", AdminMirrorRemove, Done),
+        Method("account.migrate", AccountMigrate, Done),
+        Method("mirror.handoff", MirrorHandoff, MirrorHandoffReply),
     )
 }
 # Each request type names its method: a typed caller needs no method name of its own.

@@ -407,6 +407,15 @@ def cmd_mirror_publish(args: argparse.Namespace) -> None:
         print("your PKI claim lists no mirror")
 
 
+def cmd_migrate(args: argparse.Namespace) -> None:
+    async def run() -> Any:
+        async with open_session(args) as session:
+            return await client.migrate(session, args.to)
+
+    claim = trio.run(run)
+    print(f"your home is now {claim.home}; your old home {claim.mirrors[0]} mirrors you")
+
+
 # -- account commands ------------------------------------------------------------------------
 
 
@@ -1290,6 +1299,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish_mirrors.add_argument("nodes", metavar="NODE", nargs="*")
     publish_mirrors.set_defaults(run=cmd_mirror_publish)
+    migrate = client_command(
+        "migrate",
+        "make NODE, a node that mirrors you and is caught up, your home; your old home "
+        "becomes a mirror",
+    )
+    migrate.add_argument("--to", required=True, metavar="NODE", help="the new home's node id")
+    migrate.set_defaults(run=cmd_migrate)
 
     def with_password(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument(

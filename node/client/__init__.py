@@ -7,7 +7,7 @@ from node.client import _typed as typed
 from node.client._api import HttpTransport, NodeApi, Route, Transport
 from node.client._blocks import BlockCache
 from node.client._fs import Contents, FileSystem, get_file, get_tree, put_tree, tree_size
-from node.client._mirrors import mirror_token, publish_mirrors
+from node.client._mirrors import migrate, mirror_token, publish_mirrors
 from node.client._profile import Profile, SavedSession, default_profile
 from node.client._resolve import HomeResolver, Listing, Resolved, Resolver, Resolvers
 from node.client._session import (
@@ -52,6 +52,7 @@ __all__ = [
     "login",
     "login_keys",
     "logout",
+    "migrate",
     "mirror_token",
     "publish_mirrors",
     "put_tree",

@@ -42,3 +42,28 @@ async def publish_mirrors(session: Session, nodes: list[str]) -> Claim:
     )
     await _typed.request(session.api, methods.PkiSubmit(claim), methods.PkiSubmitReply)
     return claim
+
+
+async def migrate(session: Session, node: str) -> Claim:
+    """Make `node`, a node that mirrors the user and is caught up, their home (protocol.md
+    §14): a claim naming it home, signed by the identity key, which the API node passes to it.
+    The old home becomes the first mirror the claim lists (it keeps a copy); `node` leaves
+    the list."""
+    check_peer_id(node)
+    lookup = methods.PkiLookup(session.username)
+    current = (await _typed.request(session.api, lookup, methods.PkiLookupReply)).claim
+    if current.identity != session.owner:
+        raise Corrupted("the PKI names another identity for this user than their login data")
+    mirrors = [current.home, *(m for m in current.mirrors if m != node)][:MAX_MIRRORS]
+    if current.home == node:  # the node finishes a move the PKI took, or says it is home
+        mirrors = list(current.mirrors)
+    claim = Claim.create(
+        session.identity,
+        session.username,
+        node,
+        next_expiry(current, int(time.time())),
+        mirrors=mirrors,
+    )
+    await _typed.request(session.api, methods.AccountMigrate(claim), methods.Done)
+    session.home_node = node.encode()  # this session's reads now name the new home
+    return claim

@@ -266,6 +266,7 @@ class Accounts:
             int(node.clock() * 1000),
         )
         async with node.write_lock:
+            node.migration.check_writable(owner)
             target = self.store.get_block(update.new.raw)
             params = WriterData.decode(target).login if target is not None else None
             if params is None:

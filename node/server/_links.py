@@ -75,6 +75,7 @@ class Links:
         is read, checked and written under the node's write lock)."""
         store, owner, label = self.store, request.owner, request.label
         async with self.node.write_lock:
+            self.node.migration.check_writable(owner)
             target = await find_target(store, self.node.blocks.source, owner, label)
             used = uses(store, owner, label)
             check_use(target, request.proof, used, int(self.node.clock() * 1000))

@@ -9,6 +9,7 @@ MIRRORS records (CBOR):
   b"a" ‖ username -> the user's login record, as their home keeps it (Space.ACCOUNTS)
   b"t" ‖ mirror BAT id -> username: whose blocks name that BAT (a read auth made out to the
       user's home is good here too, protocols/bats.py rule 5)
+  (b"h" records are node/server/_migrate.py's: users handed to another home)
 
 Nothing is taken on the home's word: every pointer's signature is checked against the writer
 key, sequences never go back, sub-writers come only from owner proofs the identity WriterData
@@ -328,6 +329,28 @@ class Mirrors:
                 batch.delete(Space.MIRRORS, _ACCOUNT + request.username.encode())
                 batch.delete(Space.MIRRORS, _BAT + bats.hashed_id(state.secret))
         return Done()
+
+    def hold(self, batch: Any, state: MirrorState, account: bytes, writers: list[CID]) -> None:
+        """Keep a user who moved away from this node as a mirrored one (node/server/
+        _migrate.py): their record, login record, BAT and writers, in `batch`."""
+        name = state.username.encode()
+        batch.put(Space.MIRRORS, _USER + name, state.encode())
+        batch.put(Space.MIRRORS, _ACCOUNT + name, account)
+        batch.put(Space.MIRRORS, _BAT + bats.hashed_id(state.secret), name)
+        for writer in writers:
+            batch.put(Space.MIRRORS, _WRITER + writer.raw, name)
+
+    def forget(self, batch: Any, state: MirrorState, writers: list[CID]) -> None:
+        """Stop mirroring a user who moved here (node/server/_migrate.py), in `batch`: their
+        pointers stay, now a hosted user's, and the copy's pin goes."""
+        name = state.username.encode()
+        batch.delete(Space.MIRRORS, _USER + name)
+        batch.delete(Space.MIRRORS, _ACCOUNT + name)
+        batch.delete(Space.MIRRORS, _BAT + bats.hashed_id(state.secret))
+        for writer in writers:
+            batch.delete(Space.MIRRORS, _WRITER + writer.raw)
+        close_uploads(self.store, batch, (pin_of(state.username),))
+        self._retry.pop(state.username, None)
 
     def _drop_writer(self, batch: Any, writer: CID) -> None:
         """Forget a mirrored writer and its pointer: what it reached is GC's to free."""

@@ -64,6 +64,7 @@ class Pointers:
         """
         node, owner = self.node, request.owner
         async with node.write_lock:
+            node.migration.check_writable(owner)
             registered = _writers.check_updates(
                 self.store, owner, list(request.updates), self.check_pointer, self.pointer
             )

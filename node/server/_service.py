@@ -28,12 +28,13 @@ from node.server._accounts import Accounts
 from node.server._blocks import Blocks, StoreBlocks, stored_block
 from node.server._gc import Collection
 from node.server._links import Links
+from node.server._migrate import Migration
 from node.server._mirrors import Mirrors
 from node.server._pki import PkiLog, SyncResult
 from node.server._pki_calls import PkiCalls
 from node.server._pointers import Pointers
 from node.server._social import Inbox
-from node.store import Space, Store
+from node.store import Store
 from protocols import accounts, bats
 from protocols.cid import CID
 from protocols.errors import AuthFailed, Denied, MalformedInput, NotFound, RateLimited, Unavailable
@@ -145,6 +146,7 @@ class NodeService:
         self.inbox = Inbox(self)
         self.links = Links(self)
         self.mirrors = Mirrors(self)
+        self.migration = Migration(self)
 
     @property
     def node_id_bytes(self) -> bytes:
@@ -170,6 +172,8 @@ class NodeService:
             raise MalformedInput("call arguments must be a CBOR map")
         self.stats["calls"] += 1
         request = spec.request.from_cbor(args)
+        if spec.home is not None and not spec.failover:  # a user moving away takes no write
+            await self.migration.before_write(getattr(request, spec.home))
         home = None
         if spec.home is not None and not requester and self.network is not None:
             # Calls that came from another node are never forwarded again, so a stale PKI
@@ -212,7 +216,14 @@ class NodeService:
             self.stats["forwarded"] += 1
             network = self.network
             if not spec.failover:  # a write goes to the home or fails: never split brain
-                return await network.call(home, spec.name, args)
+                try:
+                    return await network.call(home, spec.name, args)
+                except (Denied, NotFound):
+                    # The user may have moved (§14): the PKI names their home now.
+                    moved = await self._moved(getattr(request, spec.home or ""), home)
+                    if moved is None:
+                        raise
+                return await network.call(moved, spec.name, args)
 
             async def local() -> Any:
                 return (await handler(self, request, requester)).to_cbor()
@@ -267,6 +278,21 @@ class NodeService:
             return result
         raise failure
 
+    async def _moved(self, user: object, home: str) -> str | None:
+        """The user's home after a fresh PKI pull, when it is another node than `home`."""
+        if self.pki is None:
+            return None
+        if self.pki.role == "mirror":
+            await self.pki_calls.sync_on_demand()
+        now = (
+            self.home_of_identity(user)
+            if isinstance(user, CID)
+            else self.home_of_username(user)
+            if isinstance(user, str)
+            else None
+        )
+        return None if now in (None, home, self.settings.node_id) else now
+
     def mirrors_of(self, owner: CID) -> tuple[str, ...]:
         """The mirrors `owner`'s claim lists (signed by their identity key)."""
         username = None if self.pki is None else self.pki.owner(owner)
@@ -277,11 +303,12 @@ class NodeService:
         """The home of a user (owner key hash or username) when it is not this node; a mirror
         that does not know the user yet pulls new PKI entries once before answering."""
         if isinstance(user, CID) and user.is_identity:
-            if self.store.has(Space.WRITERS, user.raw):
+            if await self.migration.hosts(user):
                 return None
             home = self.home_of_identity(user)
         elif isinstance(user, str) and len(user) <= 64:
-            if self.store.has(Space.ACCOUNTS, user.encode()):
+            identity = self.migration.identity_of(user)
+            if identity is not None and await self.migration.hosts(identity):
                 return None
             home = self.home_of_username(user)
         else:
@@ -423,4 +450,6 @@ METHODS: Final[dict[str, Handler]] = {
     "admin.mirror.add": lambda s, r, q: s.mirrors.admin_add(r, q),
     "admin.mirror.list": lambda s, r, q: s.mirrors.admin_list(r, q),
     "admin.mirror.remove": lambda s, r, q: s.mirrors.admin_remove(r, q),
+    "account.migrate": lambda s, r, q: s.migration.migrate(r, q),
+    "mirror.handoff": lambda s, r, q: s.migration.handoff(r, q),
 }

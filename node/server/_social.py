@@ -70,6 +70,7 @@ class Inbox:
         prefix = owner_prefix(target.raw)
         key = prefix + request_id(request.request)
         async with self.node.write_lock:
+            self.node.migration.check_writable(target)
             if self.store.has(Space.INBOX, key):
                 return Done()
             pending = sum(1 for _ in self.store.keys(Space.INBOX, prefix))
@@ -108,6 +109,7 @@ class Inbox:
         self._local_user(owner)
         prefix = owner_prefix(owner.raw)
         async with self.node.write_lock:
+            self.node.migration.check_writable(owner)
             present = [k for k in {prefix + i for i in ids} if self.store.has(Space.INBOX, k)]
             if present:
                 with self.store.batch(sync=True) as batch:

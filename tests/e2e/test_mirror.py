@@ -1,7 +1,8 @@
 """Mirroring end to end: alice is homed on node 2, node 3 mirrors her (real processes, real
 libp2p); the copy catches up, keeps up, survives a restart of the mirror; when alice's home
 dies, bob still reads what she shared through the mirror and her writes fail cleanly; the home
-back, the mirror catches up; removed, the copy is freed."""
+back, the mirror catches up; `migrate` moves alice to the mirror and every client keeps
+working, her old home now mirroring her; removed there, its copy is freed."""
 
 from __future__ import annotations
 
@@ -126,8 +127,30 @@ def test_a_node_mirrors_a_user(cluster: Cluster, tmp_path: Path) -> None:
     wrote = int(time.time())
     wait_until(lambda: synced_after(node3, wrote), MIRROR_TIMEOUT, lambda: str(mirrors(node3)))
 
-    # removed, the copy is freed by the next collection
-    cluster.ok(alice, "node", "mirror", "remove", "alice", *admin)
+    # `migrate` moves alice to node 3 and every client keeps working; node 2 mirrors her
+    nobody = cluster.device(node1, "nobody-on-1")
+    assert "log" in nobody.fails("migrate", "--to", node3_id)  # not logged in: nothing moves
+    node2_id = node_info(node2)["node_id"]
+    alice2 = cluster.device(node2, "alice-on-2-again")  # node 2 listens on a new port
+    cluster.ok(alice2, "login", "alice")
+    moved = cluster.ok(alice2, "migrate", "--to", node3_id).out
+    assert node3_id in moved
+    claim = cluster.ask(node1, "pki", "lookup", "alice")
+    assert (claim["home"], claim["mirrors"]) == (node3_id, [node2_id])
+    (tmp_path / "after.txt").write_bytes(b"written after the move")
+    cluster.ok(alice2, "put", tmp_path / "after.txt", "after.txt")  # through the old home
+    alice1 = cluster.device(node1, "alice-on-1")
+    cluster.ok(alice1, "login", "alice")
+    for device, name in ((alice1, "after-1"), (alice3, "after-3")):
+        cluster.ok(device, "get", "after.txt", tmp_path / name)
+        assert (tmp_path / name).read_bytes() == b"written after the move"
+    cluster.ok(bob, "get", "/alice/big.bin", tmp_path / "after-move")
+    assert (tmp_path / "after-move").read_bytes() == data
+    assert [row["username"] for row in mirrors(node2)] == ["alice"]
     assert mirrors(node3) == []
-    freed = cluster.ok(alice, "node", "gc", *admin).out
+
+    # removed at the old home, the copy is freed by its next collection
+    old = ["--home", str(node2.home)]
+    cluster.ok(alice, "node", "mirror", "remove", "alice", *old)
+    freed = cluster.ok(alice, "node", "gc", *old).out
     assert int(freed.split()[4]) >= len(data), freed

@@ -258,6 +258,8 @@ ARGUMENTS: dict[str, list[str]] = {
     "admin.mirror.add": ["token", "mirror"],
     "admin.mirror.list": ["token"],
     "admin.mirror.remove": ["token", "username"],
+    "account.migrate": ["claim"],
+    "mirror.handoff": ["claim"],
 }
 MISSING = object()
 

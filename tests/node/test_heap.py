@@ -44,3 +44,44 @@ def test_freed_blocks_below_live_objects_stay_until_the_free_pages_are_released(
     kept_after_free, released = map(int, done.stdout.split())
     assert kept_after_free < 8  # MiB: the trim threshold alone gives back nothing below the top
     assert released >= 56  # of the 64 MiB freed
+
+
+KEEP_CHILD = textwrap.dedent(
+    """
+    from node import heap
+
+    def resident():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+    heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD)
+
+    def burst(count):
+        blocks, pins = [], []
+        for _ in range(count):
+            block = bytearray(1 << 20)
+            block[::4096] = b"x" * 256
+            blocks.append(block)
+            pins.append(bytearray(2000))
+        del blocks
+        before = resident()
+        heap.release_free_pages(heap.NODE_KEEP_FREE)
+        return pins, (before - resident()) >> 20
+
+    small_pins, small = burst(8)  # 8 MiB free: kept for the next blocks
+    large_pins, large = burst(64)  # past NODE_KEEP_FREE: all of it goes back
+    print(small, large)
+    """
+)
+
+
+@pytest.mark.skipif(
+    heap._free_bytes() is None or not sys.platform.startswith("linux"),
+    reason="glibc's mallinfo2 on Linux",
+)
+def test_a_node_keeps_a_little_free_heap_for_the_next_blocks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", KEEP_CHILD], capture_output=True, text=True, timeout=60, check=True
+    )
+    small, large = map(int, done.stdout.split())
+    assert small == 0  # MiB released: 8 MiB free is under NODE_KEEP_FREE
+    assert large >= 56  # of the 64 MiB freed

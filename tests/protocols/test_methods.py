@@ -95,6 +95,8 @@ def _requests() -> dict[str, list[Message]]:
         "admin.mirror.add": [methods.AdminMirrorAdd("secret", "pyrgos-mirror-1:x")],
         "admin.mirror.list": [methods.AdminMirrorList("secret")],
         "admin.mirror.remove": [methods.AdminMirrorRemove("secret", "alice")],
+        "account.migrate": [methods.AccountMigrate(CLAIM)],
+        "mirror.handoff": [methods.MirrorHandoff(CLAIM)],
     }
 
 
@@ -130,6 +132,11 @@ def _replies() -> dict[str, list[Message]]:
         "social.remove": [methods.Count(0), methods.Count(3)],
         "link.get": [methods.LinkGetReply(bytes(41), False), methods.LinkGetReply(b"c", True)],
         "mirror.account": [methods.MirrorAccountReply(b"record")],
+        "account.migrate": [methods.Done()],
+        "mirror.handoff": [
+            methods.MirrorHandoffReply((), (), ()),
+            methods.MirrorHandoffReply(((INBOX_ID, SEALED),), ((LABEL, 3),), ((bytes(32), 9),)),
+        ],
         "admin.mirror.add": [methods.Report({"username": "alice"})],
         "admin.mirror.list": [methods.Report({"mirrors": []})],
         "admin.mirror.remove": [methods.Done()],
@@ -221,6 +228,8 @@ def _wrong_types() -> list[tuple[str, dict[str, Any], type[PyrgosError], str]]:
         ("pointer.cas", {"uploads": [bytes(16)] * 17}, TooLarge, "'uploads'"),
         ("pointer.cas", {"uploads": [b"short"]}, MalformedInput, "'uploads'"),
         ("account.signup", {"claim": 1}, MalformedInput, "claim"),
+        ("account.migrate", {"claim": 1}, MalformedInput, "claim"),
+        ("mirror.handoff", {"claim": "alice"}, MalformedInput, "claim"),
         ("account.signup", {"login_key": [9, b"x"]}, MalformedInput, ""),
         ("account.signup", {"login_data": bytes(17 * 1024)}, MalformedInput, "16 KiB"),
         ("account.signup", {"mirror_bat": b"short"}, MalformedInput, "'mirror_bat'"),
