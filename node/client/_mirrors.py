@@ -18,6 +18,15 @@ def mirror_token(session: Session) -> str:
     return MirrorToken(session.username, session.data.mirror_bat).to_text()
 
 
+async def _current_claim(session: Session) -> Claim:
+    """The user's claim as the PKI holds it, checked against their login data."""
+    lookup = methods.PkiLookup(session.username)
+    current = (await _typed.request(session.api, lookup, methods.PkiLookupReply)).claim
+    if current.identity != session.owner:
+        raise Corrupted("the PKI names another identity for this user than their login data")
+    return current
+
+
 async def publish_mirrors(session: Session, nodes: list[str]) -> Claim:
     """Replace the mirrors the user's PKI claim lists by `nodes` (node ids; none clears the
     list): a claim update signed by the identity key, through the PKI submission path."""
@@ -27,10 +36,7 @@ async def publish_mirrors(session: Session, nodes: list[str]) -> Claim:
         raise MalformedInput("a node is listed twice")
     if len(nodes) > MAX_MIRRORS:
         raise MalformedInput(f"a claim lists at most {MAX_MIRRORS} mirrors")
-    lookup = methods.PkiLookup(session.username)
-    current = (await _typed.request(session.api, lookup, methods.PkiLookupReply)).claim
-    if current.identity != session.owner:
-        raise Corrupted("the PKI names another identity for this user than their login data")
+    current = await _current_claim(session)
     if current.home in nodes:
         raise MalformedInput("the home node is not a mirror of itself")
     claim = Claim.create(
@@ -50,10 +56,7 @@ async def migrate(session: Session, node: str) -> Claim:
     The old home becomes the first mirror the claim lists (it keeps a copy); `node` leaves
     the list."""
     check_peer_id(node)
-    lookup = methods.PkiLookup(session.username)
-    current = (await _typed.request(session.api, lookup, methods.PkiLookupReply)).claim
-    if current.identity != session.owner:
-        raise Corrupted("the PKI names another identity for this user than their login data")
+    current = await _current_claim(session)
     mirrors = [current.home, *(m for m in current.mirrors if m != node)][:MAX_MIRRORS]
     if current.home == node:  # the node finishes a move the PKI took, or says it is home
         mirrors = list(current.mirrors)
@@ -61,7 +64,7 @@ async def migrate(session: Session, node: str) -> Claim:
         session.identity,
         session.username,
         node,
-        next_expiry(current, int(time.time())),
+        next_expiry(current, int(session.api.clock())),
         mirrors=mirrors,
     )
     await _typed.request(session.api, methods.AccountMigrate(claim), methods.Done)
