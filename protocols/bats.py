@@ -120,20 +120,18 @@ class ReadAuth:
         return cls(_check_ids([bat_id])[0], expiry, mac)
 
 
+def bound_mac(secret: bytes, context: bytes, fields: Sequence[bytes], expiry: int) -> bytes:
+    """HMAC-SHA-256 under `secret` of `context`, each field length-prefixed (so no two field
+    lists give one message), and the expiry: a proof bound to what it names."""
+    parts = [context]
+    for value in fields:
+        parts += (encode_varint(len(value)), value)
+    parts.append(struct.pack(">Q", expiry))
+    return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()
+
+
 def _mac(secret: bytes, cid: CID, requester: bytes, server: bytes, expiry: int) -> bytes:
-    message = b"".join(
-        (
-            READ_CONTEXT,
-            encode_varint(len(cid.raw)),
-            cid.raw,
-            encode_varint(len(requester)),
-            requester,
-            encode_varint(len(server)),
-            server,
-            struct.pack(">Q", expiry),
-        )
-    )
-    return hmac.new(secret, message, hashlib.sha256).digest()
+    return bound_mac(secret, READ_CONTEXT, (cid.raw, requester, server), expiry)
 
 
 def make_read_auth(

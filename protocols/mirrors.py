@@ -8,14 +8,11 @@ the user names, so the token reads every block of the user and nothing else.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import struct
 from dataclasses import dataclass, field
 from typing import Final
 
 from protocols import bats, cbor
-from protocols.cid import encode_varint
 from protocols.errors import Denied, MalformedInput, TooLarge
 from protocols.names import check_username
 
@@ -70,20 +67,7 @@ class MirrorToken:
 def _account_mac(
     secret: bytes, username: str, requester: bytes, server: bytes, expiry: int
 ) -> bytes:
-    name = username.encode()
-    message = b"".join(
-        (
-            ACCOUNT_CONTEXT,
-            encode_varint(len(name)),
-            name,
-            encode_varint(len(requester)),
-            requester,
-            encode_varint(len(server)),
-            server,
-            struct.pack(">Q", expiry),
-        )
-    )
-    return hmac.new(secret, message, hashlib.sha256).digest()
+    return bats.bound_mac(secret, ACCOUNT_CONTEXT, (username.encode(), requester, server), expiry)
 
 
 def account_auth(

@@ -1162,8 +1162,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="node_command", metavar="NODE-COMMAND", required=True
     )
 
-    def node_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = node.add_parser(name, help=help_text, description=help_text)
+    def home_command(
+        group: argparse._SubParsersAction[Parser], name: str, help_text: str
+    ) -> argparse.ArgumentParser:
+        """A command run on this machine's node, found by its home directory."""
+        sub = group.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
             "--home",
             type=Path,
@@ -1171,6 +1174,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="node home directory (default: $PYRGOS_HOME or ~/.pyrgos)",
         )
         return sub
+
+    def node_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return home_command(node, name, help_text)
 
     init = node_command("init", "create a node: its key, its settings, its database")
     init.add_argument(
@@ -1251,14 +1257,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_subparsers(dest="mirror_command", metavar="MIRROR-COMMAND", required=True)
 
     def mirror_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = node_mirror.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--home",
-            type=Path,
-            default=default_home(),
-            help="node home directory (default: $PYRGOS_HOME or ~/.pyrgos)",
-        )
-        return sub
+        return home_command(node_mirror, name, help_text)
 
     mirror_add = mirror_command("add", "mirror USER, with the token `pyrgos mirror token` gives")
     mirror_add.add_argument("user", metavar="USER")
