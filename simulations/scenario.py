@@ -343,7 +343,8 @@ async def run_scenario(scenario: Scenario, root: Path) -> Report:
 
 
 async def _befriend(run: _Run, circle: _Circle) -> None:
-    await m.befriend(run.fs, circle.names)
+    if len(circle.names) > 1:  # one who acts alone has no one to follow, nothing to answer
+        await m.befriend(run.fs, circle.names)
     await m.make_tops(run.fs, circle.names)
     run.report.counts["follow"] += len(circle.names) * (len(circle.names) - 1)
 
