@@ -133,6 +133,11 @@ class Claim:
                 raise MalformedInput("a key change needs the old key's handover signature")
             VerifyKey.from_key_hash(self.previous).verify(body, self.handover, KEY_CHANGE_CONTEXT)
 
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical CBOR of `to_cbor()`."""
+        return cbor.encode(self.to_cbor())
+
     def to_cbor(self) -> dict[str, object]:
         value: dict[str, object] = {
             "username": self.username,
@@ -226,6 +231,11 @@ class NodeRecord:
     def verify(self) -> None:
         """Raise unless signed by the key the node id carries."""
         peer_key(self.node).verify(self.signed_part, self.signature, NODE_CONTEXT)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical CBOR of `to_cbor()`."""
+        return cbor.encode(self.to_cbor())
 
     def to_cbor(self) -> dict[str, object]:
         return {
