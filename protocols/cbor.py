@@ -115,8 +115,44 @@ def _head(major: int, argument: int) -> bytes:
     raise ValueError("CBOR argument over 64 bits")
 
 
+_PLAIN: Final = frozenset({str, bool, type(None), CID})  # allowed as they are, nothing inside
+
+
 def _check_types(value: CBORValue, depth: int = 0) -> bool:
-    """Refuse what DAG-CBOR does not allow here; whether a bulk byte string is inside."""
+    """Refuse what DAG-CBOR does not allow here; whether a bulk byte string is inside.
+
+    A walk without recursion over the exact types cbor2 returns; anything else (a subclass,
+    a map with a key that is not text) takes `_check_types_of`, which raises the same errors
+    in the same order."""
+    bulky = False
+    stack: list[tuple[CBORValue, int]] = [(value, depth)]
+    pop = stack.pop
+    while stack:
+        item, level = pop()
+        if level > MAX_DEPTH:
+            raise MalformedInput("CBOR nested too deeply")
+        kind = type(item)
+        if kind in _PLAIN:
+            continue
+        if kind is bytes:
+            if len(item) >= BULK_BYTES:
+                bulky = True
+        elif kind is int:
+            if not -(2**64) <= item < 2**64:
+                raise MalformedInput("CBOR integer out of range")
+        elif kind is list:
+            level += 1
+            stack += [(x, level) for x in reversed(item)]
+        elif kind is dict and all(type(key) is str for key in item):
+            level += 1
+            stack += [(x, level) for x in reversed(item.values())]
+        else:
+            bulky |= _check_types_of(item, level)
+    return bulky
+
+
+def _check_types_of(value: CBORValue, depth: int = 0) -> bool:
+    """`_check_types`, item by item."""
     if depth > MAX_DEPTH:
         raise MalformedInput("CBOR nested too deeply")
     if isinstance(value, bytes):
@@ -130,14 +166,14 @@ def _check_types(value: CBORValue, depth: int = 0) -> bool:
     if isinstance(value, list):
         bulky = False
         for item in value:
-            bulky |= _check_types(item, depth + 1)
+            bulky |= _check_types_of(item, depth + 1)
         return bulky
     if isinstance(value, dict):
         bulky = False
         for key, item in value.items():
             if not isinstance(key, str):
                 raise MalformedInput("CBOR map keys must be text")
-            bulky |= _check_types(item, depth + 1)
+            bulky |= _check_types_of(item, depth + 1)
         return bulky
     raise MalformedInput(f"CBOR value of type {type(value).__name__} is not allowed")
 

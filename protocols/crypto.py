@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterator
@@ -141,12 +142,81 @@ def deterministic_randomness(seed: bytes) -> Iterator[None]:
 
 
 def require_system_randomness() -> None:
-    """Raise unless `random_bytes` draws from the operating system: a node, or a user's
-    command, never runs on a seeded generator."""
+    """Raise unless `random_bytes` draws from the operating system and no results are shared
+    (`shared_results`): a node, or a user's command, never runs on a seeded generator or on
+    verdicts another party reached."""
     if _DETERMINISTIC.get() is not None:
         raise RuntimeError(
             "deterministic randomness is on: pyrgos runs no node or client command with it"
         )
+    if _SHARED.get() is not None:
+        raise RuntimeError("shared results are on: pyrgos runs no node or client command with it")
+
+
+class Memo:
+    """Results of pure functions of bytes (a verdict, a parsed immutable value), kept by kind
+    and input bytes, the least recently used dropped once the inputs kept pass `max_bytes`.
+    Only `shared_results` makes one that anything reads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0  # bytes of the inputs kept
+        self.hits = 0
+        self.misses = 0
+        self._items: dict[tuple[str, bytes], object] = {}
+
+    def get(self, kind: str, key: bytes) -> object | None:
+        """The result kept for `key`, or None (no function kept here returns None)."""
+        found = self._items.pop((kind, key), None)
+        if found is None:
+            self.misses += 1
+            return None
+        self._items[kind, key] = found  # the most recently used goes last
+        self.hits += 1
+        return found
+
+    def put(self, kind: str, key: bytes, value: object) -> None:
+        if (kind, key) in self._items or len(key) > self.max_bytes:
+            return
+        self._items[kind, key] = value
+        self.size += len(key)
+        while self.size > self.max_bytes:
+            oldest = next(iter(self._items))
+            del self._items[oldest]
+            self.size -= len(oldest[1])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+MEMO_BYTES: Final = 64 * 1024 * 1024  # of inputs kept: a few hundred thousand signatures
+
+# Set only by `shared_results`, as `_DETERMINISTIC` by `deterministic_randomness`.
+_SHARED: contextvars.ContextVar[Memo | None] = contextvars.ContextVar(
+    "pyrgos_shared_results", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_results(max_bytes: int = MEMO_BYTES) -> Iterator[Memo]:
+    """FOR SIMULATIONS ONLY: within this block, Ed25519 verification (`VerifyKey.verify`) and
+    the decoding of PKI entries (`pki.Entry.decode`) remember their results by input bytes,
+    so that the many nodes of one process do not repeat the same work on the same bytes. A
+    kept result is the one the function returned (or, for a signature, the failure it
+    raised), so a node accepts and refuses exactly what it would without; but a node must
+    reach its verdicts itself, so a node or CLI process refuses to start inside this block
+    (`require_system_randomness`)."""
+    memo = Memo(max_bytes)
+    token = _SHARED.set(memo)
+    try:
+        yield memo
+    finally:
+        _SHARED.reset(token)
+
+
+def shared_memo() -> Memo | None:
+    """The memo of the `shared_results` block this runs in, if any."""
+    return _SHARED.get()
 
 
 def sha256(data: Data) -> bytes:
@@ -313,10 +383,21 @@ class VerifyKey:
         # non-canonical encodings, so no key verifies signatures it did not make. PyNaCl exposes
         # only the attached form, which takes signature ‖ message.
         signed = b"".join([signature, *_signed_bytes(message, context)])
+        memo = _SHARED.get()
+        if memo is not None:
+            known = memo.get("ed25519", self.raw + signed)
+            if known is not None:
+                if known is False:
+                    raise InvalidSignature("signature does not verify")
+                return
         try:
             sodium.crypto_sign_open(signed, self.raw)
         except nacl.exceptions.BadSignatureError:
+            if memo is not None:
+                memo.put("ed25519", self.raw + signed, False)
             raise InvalidSignature("signature does not verify") from None
+        if memo is not None:
+            memo.put("ed25519", self.raw + signed, True)
 
     def to_cbor(self) -> list[object]:
         return [KEY_TYPE_ED25519, self.raw]
@@ -338,7 +419,7 @@ class VerifyKey:
         """Recover the key inlined in an identity key hash."""
         if cid.codec != CODEC_DAG_CBOR or cid.mh_code != MH_IDENTITY:
             raise MalformedInput("key hash does not inline its key")
-        return cls.from_cbor(cbor.decode(cid.digest))
+        return _key_of_hash(cid.digest)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, VerifyKey) and other.raw == self.raw
@@ -348,6 +429,11 @@ class VerifyKey:
 
     def __repr__(self) -> str:
         return f"VerifyKey({self.raw.hex()})"
+
+
+@functools.lru_cache(maxsize=4096)  # a PKI sync checks the same keys' claims on every node
+def _key_of_hash(digest: bytes) -> VerifyKey:
+    return VerifyKey.from_cbor(cbor.decode(digest))
 
 
 class SigningKey:

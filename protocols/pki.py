@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Final, Protocol, TypeAlias
 
-from protocols import cbor
+from protocols import cbor, crypto
 from protocols.cid import CID, CODEC_DAG_CBOR, MH_SHA2_256
 from protocols.crypto import SIGNATURE_BYTES, SigningKey, VerifyKey
 from protocols.errors import (
@@ -98,7 +98,7 @@ class Claim:
     previous: CID | None = None
     handover: bytes | None = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def signed_part(self) -> bytes:
         return _claim_body(
             self.username, self.identity, self.home, self.expiry, self.mirrors, self.previous
@@ -132,6 +132,11 @@ class Claim:
             if self.handover is None:
                 raise MalformedInput("a key change needs the old key's handover signature")
             VerifyKey.from_key_hash(self.previous).verify(body, self.handover, KEY_CHANGE_CONTEXT)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical CBOR of `to_cbor()`."""
+        return cbor.encode(self.to_cbor())
 
     def to_cbor(self) -> dict[str, object]:
         value: dict[str, object] = {
@@ -213,7 +218,7 @@ class NodeRecord:
     seq: int
     signature: bytes
 
-    @property
+    @cached_property
     def signed_part(self) -> bytes:
         return cbor.encode([self.node, list(self.addrs), self.seq])
 
@@ -226,6 +231,11 @@ class NodeRecord:
     def verify(self) -> None:
         """Raise unless signed by the key the node id carries."""
         peer_key(self.node).verify(self.signed_part, self.signature, NODE_CONTEXT)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical CBOR of `to_cbor()`."""
+        return cbor.encode(self.to_cbor())
 
     def to_cbor(self) -> dict[str, object]:
         return {
@@ -322,9 +332,18 @@ class Entry:
 
     @classmethod
     def decode(cls, data: bytes) -> Entry:
+        # In a simulation, the many nodes of one process parse each entry once between them
+        # (crypto.shared_results): an Entry is immutable, and a function of these bytes alone.
+        memo = crypto.shared_memo()
+        if memo is not None:
+            known = memo.get("pki-entry", bytes(data))
+            if isinstance(known, Entry):
+                return known
         entry = cls.from_cbor(cbor.decode(data, limit=MAX_ENTRY_BYTES))
         # cbor.decode accepted only canonical bytes, so these are the bytes `encoded` would make.
         entry.__dict__["encoded"] = bytes(data)
+        if memo is not None:
+            memo.put("pki-entry", entry.encoded, entry)
         return entry
 
 

@@ -19,13 +19,18 @@ def deterministic(seed: int) -> Iterator[None]:
     trio runs each batch of ready tasks in an order given by the seed, not by chance;
     `crypto.random_bytes` draws from the seed; blocking work runs inline instead of in
     worker threads that finish in any order. With a MockClock, virtual time then depends on
-    nothing but the seed."""
+    nothing but the seed. Signature verdicts and parsed PKI entries are shared between the
+    nodes of the process (`crypto.shared_results`), which changes no outcome, only the cost."""
     saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING, trio_run._r.getstate()
     setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: B010 (a Final)
     trio_run._r.seed(seed)
     material = hashlib.sha256(f"pyrgos-sim randomness {seed}".encode()).digest()
     try:
-        with crypto.deterministic_randomness(material), threads.inline_threads():
+        with (
+            crypto.deterministic_randomness(material),
+            crypto.shared_results(),
+            threads.inline_threads(),
+        ):
             yield
     finally:
         setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", saved[0])  # noqa: B010

@@ -70,6 +70,12 @@ def _seq_key(prefix: bytes, seq: int) -> bytes:
     return prefix + seq.to_bytes(8, "big")
 
 
+def _with_seq(record: bytes, seq: int) -> bytes:
+    """`cbor.encode([record's value, seq])` from the record's canonical CBOR: an array of two
+    (0x82), then its items as they encode alone."""
+    return b"\x82" + record + cbor.encode(seq)
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Something the PKI node served that this node refused (`count` times in a row)."""
@@ -422,12 +428,12 @@ class PkiLog:
             for seq, entry in pending.entries.items():
                 batch.put(Space.PKI, _seq_key(_ENTRY, seq), entry.encoded)
             for username, (claim, seq) in pending.claims.items():
-                value = cbor.encode([claim.to_cbor(), seq])
+                value = _with_seq(claim.encoded, seq)
                 batch.put(Space.PKI, _NAME + username.encode(), value)
             for identity, use in pending.keys.items():
                 batch.put(Space.PKI, _KEY + identity.raw, cbor.encode([use.username, use.retired]))
             for node_id, (record, seq) in pending.nodes.items():
-                batch.put(Space.PKI, _NODE + node_id.encode(), cbor.encode([record.to_cbor(), seq]))
+                batch.put(Space.PKI, _NODE + node_id.encode(), _with_seq(record.encoded, seq))
             tip = pending.tip()
             if pending.entries and tip is not None:
                 batch.put(Space.PKI, _TIP, cbor.encode([tip.seq, tip.hash, tip.time]))

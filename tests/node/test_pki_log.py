@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from node.server._pki import MAX_PAGE_ENTRIES, MAX_REFUSALS, PkiLog
+from node.server._pki import MAX_PAGE_ENTRIES, MAX_REFUSALS, PkiLog, _with_seq
 from node.store import Space, Store
+from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR
 from protocols.crypto import SigningKey
 from protocols.errors import Conflict, Denied, InvalidName, InvalidSignature, MalformedInput
@@ -489,3 +490,16 @@ def test_the_pure_rules_and_the_store_agree(root: PkiLog) -> None:
     assert root.append(claim("zed", 999), now=T0) == following
     assert index.tip() is not None
     assert CID.of(CODEC_DAG_CBOR, following.encoded) == following.hash
+
+
+def test_the_index_stores_each_record_with_its_seq_as_cbor_of_the_pair(root: PkiLog) -> None:
+    mirrored = Claim.create(key(7), "mirrored", HOME, T0 + CLAIM_LIFETIME, mirrors=[ROOT_ID])
+    for record in (claim("alice", 1), mirrored, node_record(3)):
+        entry = root.append(record, T0)
+        found = (
+            root.index.claim_and_seq(record.username)  # type: ignore[attr-defined]
+            if isinstance(record, Claim)
+            else root.index.node_and_seq(record.node)  # type: ignore[attr-defined]
+        )
+        assert found == (record, entry.seq)
+        assert _with_seq(record.encoded, entry.seq) == cbor.encode([record.to_cbor(), entry.seq])

@@ -610,3 +610,36 @@ def test_fuzz_cid_bytes(raw: bytes) -> None:
 def test_cid_text_of_raw_bytes_matches_multibase() -> None:
     expected = "b" + base64.b32encode(GOOD.raw).decode().rstrip("=").lower()
     assert GOOD.text == expected
+
+
+def type_verdict(check: Any, value: Any) -> str:
+    try:
+        return f"bulky {check(value)}"
+    except MalformedInput as exc:
+        return f"refused: {exc}"
+
+
+ANY_LEAVES = st.one_of(
+    LEAVES,
+    st.integers(),  # out of range too
+    st.floats(allow_nan=False),
+    st.just(b"x" * cbor.BULK_BYTES),
+    st.builds(cbor2.CBORTag, st.integers(0, 100), st.none()),
+    st.builds(cbor2.CBORSimpleValue, st.integers(32, 255)),
+)
+ANY_VALUES = st.recursive(
+    ANY_LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.dictionaries(st.one_of(st.text(max_size=4), st.integers(0, 3)), inner, max_size=5),
+    ),
+    max_leaves=30,
+)
+
+
+@FUZZ
+@given(value=ANY_VALUES, nest=st.integers(0, 3))
+def test_the_type_walk_gives_the_verdict_of_the_item_by_item_check(value: Any, nest: int) -> None:
+    for _ in range(nest * 22):  # past MAX_DEPTH at the deepest
+        value = [value]
+    assert type_verdict(cbor._check_types, value) == type_verdict(cbor._check_types_of, value)
