@@ -33,7 +33,7 @@ PASSWORD = "measured with care 42"
 USER = "runner"
 BIN = Path(sys.executable).parent / "pyrgos"
 RUNS = 3  # each transfer; the table shows medians
-PEERGOS_UP = 8.0  # MiB/s, Peergos measured on this kind of machine (the figures)
+PEERGOS_UP = 8.0  # MiB/s, Peergos measured on this kind of machine
 PEERGOS_DOWN = 35.0
 
 

@@ -434,25 +434,40 @@ def _clear(directory: Path) -> None:
 _OWN: Final = {"nodes", "logs", "users", PASSWORDS_FILE, SWARM_FILE, f".{SWARM_FILE}.tmp", ".lock"}
 
 
+def processes_under(directory: Path) -> list[tuple[int, list[bytes]]]:
+    """(pid, command line) of the live processes (not zombies) whose command line names a
+    path inside `directory`; none where there is no procfs."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    inside = os.fsencode(directory).rstrip(b"/") + b"/"
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[:1]
+        except OSError:
+            continue
+        if state not in (["Z"], ["X"]) and any(arg.startswith(inside) for arg in argv):
+            found.append((int(entry.name), argv))
+    return sorted(found)
+
+
 def _node_pids(nodes: Path) -> list[int]:
     """Live `node run` processes of a home inside `nodes` (an `up` killed outright started
     them and recorded none)."""
-    proc = Path("/proc")
-    if not nodes.is_dir() or not proc.is_dir():
+    if not nodes.is_dir():
         return []
-    inside = os.fsencode(nodes) + b"/"
+    inside = os.fsencode(nodes).rstrip(b"/") + b"/"
     found = []
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"run" in argv and any(arg.startswith(inside) for arg in argv):
-                home = Path(os.fsdecode(next(a for a in argv if a.startswith(inside))))
-                if _alive(int(entry.name), home):
-                    found.append(int(entry.name))
-    return sorted(found)
+    for pid, argv in processes_under(nodes):
+        if b"run" in argv:
+            home = Path(os.fsdecode(next(a for a in argv if a.startswith(inside))))
+            if _alive(pid, home):
+                found.append(pid)
+    return found
 
 
 def _remove(directory: Path, *keep: str) -> None:

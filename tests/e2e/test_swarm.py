@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import pytest
 
+from node import swarm
 from tests.e2e.conftest import (
     PYRGOS,
     STOP_TIMEOUT,
@@ -35,20 +36,7 @@ UP_TIMEOUT: Final = 90.0  # seconds for `swarm up` of three nodes and four users
 
 
 def node_processes(directory: Path) -> list[int]:
-    """Live processes (not zombies) whose command line names a path inside `directory`."""
-    found = []
-    mark = os.fsencode(directory)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X") and any(arg.startswith(mark) for arg in argv):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, _ in swarm.processes_under(directory)]
 
 
 def listening(url_or_addr: str) -> bool:
