@@ -83,5 +83,7 @@ def test_a_node_keeps_a_little_free_heap_for_the_next_blocks() -> None:
         [sys.executable, "-c", KEEP_CHILD], capture_output=True, text=True, timeout=60, check=True
     )
     small, large = map(int, done.stdout.split())
-    assert small == 0  # MiB released: 8 MiB free is under NODE_KEEP_FREE
+    # MiB released: none, 8 MiB free being under NODE_KEEP_FREE (-1 when the process grew
+    # by a few pages meanwhile)
+    assert small <= 0
     assert large >= 56  # of the 64 MiB freed
