@@ -20,16 +20,18 @@ from node.store import Batch, Space, Store, owner_prefix
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR, encode_varint
 from protocols.errors import MalformedInput, TooLarge
+from protocols.methods import UPLOAD_ID_BYTES
 from protocols.pointers import PointerUpdate
 from protocols.structured import structured_links
 
 log = logging.getLogger(__name__)
-_UPLOAD_ID = 16
+_UPLOAD_ID = UPLOAD_ID_BYTES
 _SWEEP_BATCH = 1000  # blocks deleted per locked step: a writer waits for one step at most
 _NO_OWNER = b""  # pointers of writers no local user owns (mirrored users)
 
 
-def _links(store: Store, cid: CID) -> list[CID]:
+def stored_links(store: Store, cid: CID) -> list[CID]:
+    """The links of the stored block `cid` (none for raw, missing or unknown blocks)."""
     if cid.codec != CODEC_DAG_CBOR:
         return []
     data = store.get_block(cid.raw)
@@ -55,7 +57,7 @@ def mark(store: Store, roots: Iterable[CID], seen: set[bytes] | None = None) -> 
             continue
         seen.add(cid.raw)
         found.add(cid.raw)
-        stack.extend(link for link in _links(store, cid) if not link.is_identity)
+        stack.extend(link for link in stored_links(store, cid) if not link.is_identity)
     return found
 
 

@@ -28,7 +28,7 @@ import trio
 
 from node import threads
 from node.server._blocks import UPLOAD_TTL, close_uploads
-from node.server._gc import mark
+from node.server._gc import mark, stored_links
 from node.store import Space, Store
 from protocols import bats, cbor
 from protocols.cid import CID, CODEC_DAG_CBOR
@@ -45,6 +45,7 @@ from protocols.errors import (
     Unavailable,
 )
 from protocols.methods import (
+    UPLOAD_ID_BYTES,
     AdminMirrorAdd,
     AdminMirrorList,
     AdminMirrorRemove,
@@ -86,7 +87,6 @@ _USER: Final = b"u"
 _WRITER: Final = b"w"
 _ACCOUNT: Final = b"a"
 _BAT: Final = b"t"
-_UPLOAD_ID: Final = 16
 
 GetBlock = Callable[[CID], Awaitable[bytes]]
 
@@ -616,13 +616,8 @@ class Mirrors:
             seen.add(cid.raw)
             if not self.store.has_block(cid.raw):
                 missing.append(cid)
-            elif cid.codec == CODEC_DAG_CBOR:
-                data = self.store.get_block(cid.raw)
-                if data is not None:
-                    try:
-                        below.extend(structured_links(data))
-                    except (MalformedInput, TooLarge):
-                        log.warning("a stored block %s is not a known structured block", cid)
+            else:
+                below.extend(stored_links(self.store, cid))
         return missing, below
 
     def store_blocks(self, state: MirrorState, blocks: list[tuple[CID, bytes]]) -> None:
@@ -642,7 +637,7 @@ class Mirrors:
 def pin_of(username: str) -> bytes:
     """The upload id that pins what is copied of `username` until they are caught up: one per
     user, the same after a restart."""
-    return hashlib.sha256(b"pyrgos/mirror-pin/1" + username.encode()).digest()[:_UPLOAD_ID]
+    return hashlib.sha256(b"pyrgos/mirror-pin/1" + username.encode()).digest()[:UPLOAD_ID_BYTES]
 
 
 class _Level:
