@@ -19,6 +19,7 @@ table. Every wait is bounded.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -236,8 +237,6 @@ def main() -> None:
     try:
         print_table(run_mirror(work))
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
 
 
