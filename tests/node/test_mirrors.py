@@ -62,6 +62,14 @@ async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
     nursery.cancel_scope.cancel()
 
 
+def mirror_error(setup: Setup) -> str:
+    """The error alice's mirror state records (there must be one)."""
+    state = setup.mirror.mirrors.state("alice")
+    assert state is not None
+    assert state.error
+    return state.error
+
+
 async def test_a_mirror_catches_up_and_keeps_up(setup: Setup) -> None:
     fs = FileSystem(setup.alice)
     with trio.fail_after(60):
@@ -177,10 +185,7 @@ async def test_a_mirror_refuses_what_the_home_forges(
         monkeypatch.setattr(setup.home, "get_block", lying_get)
         await setup.mirror.mirrors.sync_round()
         assert setup.mirror.pointers.pointer(owner) == old
-        state = setup.mirror.mirrors.state("alice")
-        assert state is not None
-        assert state.error
-        assert "does not match" in state.error
+        assert "does not match" in mirror_error(setup)
         monkeypatch.setattr(setup.home, "get_block", real_get)
 
         # A pointer whose signature is not the writer's.
@@ -190,10 +195,7 @@ async def test_a_mirror_refuses_what_the_home_forges(
         setup.home.store.put(Space.POINTERS, owner.raw, forged.encode())
         await setup.mirror.mirrors.sync_round()
         assert setup.mirror.pointers.pointer(owner) == old
-        state = setup.mirror.mirrors.state("alice")
-        assert state is not None
-        assert state.error
-        assert "signed" in state.error
+        assert "signed" in mirror_error(setup)
 
         # The real one goes through; then an older one (a home rolled back) is refused.
         setup.home.store.put(Space.POINTERS, owner.raw, new.encode())
@@ -202,10 +204,7 @@ async def test_a_mirror_refuses_what_the_home_forges(
         setup.home.store.put(Space.POINTERS, owner.raw, old.encode())
         await setup.mirror.mirrors.sync_round()
         assert setup.mirror.pointers.pointer(owner) == new
-        state = setup.mirror.mirrors.state("alice")
-        assert state is not None
-        assert state.error
-        assert "not after" in state.error
+        assert "not after" in mirror_error(setup)
 
 
 async def test_a_home_that_is_down_is_tried_with_a_backoff(
