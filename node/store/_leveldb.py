@@ -126,7 +126,13 @@ class Store:
                 create_if_missing=True,
                 compression=None,
                 write_buffer_size=8 * MiB,  # two memtables at most: bounds the node's memory
-                max_file_size=32 * MiB,
+                # Every flushed memtable spans the key space (blocks under new sequence numbers,
+                # their index entries under random CIDs), so each compaction out of level 0 also
+                # rewrites the level-1 table holding the newest blocks and the index, and pushes
+                # such a table on down: up to a whole table more each time. Tables of 8 MiB
+                # instead of 32 rewrite about 30 % less in compactions; storing costs a fifth
+                # less CPU (docs/benchmarks.md, Mirroring).
+                max_file_size=8 * MiB,
                 lru_cache_size=8 * MiB,
                 paranoid_checks=True,
             )
