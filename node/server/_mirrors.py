@@ -76,8 +76,9 @@ POLL_INTERVAL: Final = 2.0
 # Block bytes one user may take in one round: a user uploading gigabytes holds the others up
 # for a few seconds at most; what a round copied stays pinned (survives GC and restarts).
 ROUND_BYTES: Final = 256 * MiB
-# Fetched blocks written per LevelDB batch. One batch is written while the next arrives, so
-# at most two are held: the fetch does not wait for the disk, nor memory grow with the tree.
+# Fetched blocks handed to the storing thread at a time. One batch is written while the next
+# arrives, so at most two are held: the fetch does not wait for the disk, nor memory grow with
+# the tree.
 STORE_BATCH_BYTES: Final = 4 * MiB
 PROBE_BLOCKS: Final = 64  # structured blocks looked at to find one that names a BAT
 MAX_MIRRORED: Final = 1000  # users one node mirrors: bounds a round's pointer reads
@@ -625,10 +626,13 @@ class Mirrors:
         a collection between rounds, or after a restart, keeps the work done."""
         pin = pin_of(state.username)
         expiry = int(self.node.clock()) + UPLOAD_TTL
-        with self.store.batch() as batch:
-            # Pinned for the mirrored user, who has no USAGE record: counted against nobody.
-            batch.put(Space.UPLOADS, pin, cbor.encode([state.identity, expiry]))
-            for cid, data in blocks:
+        # One LevelDB write per block (the block, its index entry and its pin): a batch of many
+        # 1 MiB blocks makes LevelDB grow its buffer by doubling, each step a fresh mapping to
+        # fault in and copy into, which cost more than the writes' own overhead saves.
+        for index, (cid, data) in enumerate(blocks):
+            with self.store.batch() as batch:
+                if index == 0:  # pinned for the mirrored user, who has no USAGE record
+                    batch.put(Space.UPLOADS, pin, cbor.encode([state.identity, expiry]))
                 if not self.store.has_block(cid.raw):
                     self.store.put_block(batch, cid.raw, data)
                 batch.put(Space.UPLOADS, pin + cid.raw, b"")
