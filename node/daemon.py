@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # Seconds: bounds what LevelDB's read mmaps add to the node's RSS. Compactions read table files
 # fast while a big upload runs, so a longer interval lets more pages pile up in between.
 MAPPED_PAGES_INTERVAL = 0.05
+# Table pages left resident between two page-outs: the scan is skipped until reads have
+# touched more than this, so an idle node does not read its mappings 20 times a second.
+MAPPED_KEEP = 4 * 1024 * 1024
 GC_EVERY_TICKS = 50  # a full collection every 2.5 s
 FIRST_PUBLISH_TIMEOUT = 5.0  # seconds a starting node waits for its node record to be taken
 
@@ -49,7 +52,7 @@ async def _keep_memory_flat(store: Store) -> None:
     cyclic garbage, continually."""
     for tick in itertools.count():
         await trio.sleep(MAPPED_PAGES_INTERVAL)
-        store.release_mapped_pages()
+        store.release_mapped_pages(MAPPED_KEEP)
         # Blocks are reused from the heap; what a burst left beyond NODE_KEEP_FREE goes back.
         heap.release_free_pages(heap.NODE_KEEP_FREE)
         if tick % GC_EVERY_TICKS == 0:

@@ -350,6 +350,26 @@ def test_the_mapped_table_files_of_this_store_are_paged_out(tmp_path: Path) -> N
         other.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_PAGEOUT is Linux's")
+def test_with_keep_table_pages_are_paged_out_only_once_reads_touched_more(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    try:
+        with store.batch() as batch:
+            for i in range(32):
+                store.put_block(batch, b"cid-%d" % i, os.urandom(256 * 1024))
+        store.compact()
+        store.get_block(b"cid-0")
+        assert store.release_mapped_pages(keep=4 * MiB) > 0  # the first call always scans
+        store.get_block(b"cid-1")  # 256 KiB touched: within what is kept
+        assert store.release_mapped_pages(keep=4 * MiB) == 0
+        for i in range(32):  # 8 MiB touched
+            assert store.get_block(b"cid-%d" % i)
+        assert store.release_mapped_pages(keep=4 * MiB) > 0
+        assert store.release_mapped_pages(keep=4 * MiB) == 0  # nothing touched since
+    finally:
+        store.close()
+
+
 def test_opening_creates_missing_directories(tmp_path: Path) -> None:
     store = Store(tmp_path / "a" / "b" / "db")
     try:
