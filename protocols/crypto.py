@@ -385,7 +385,8 @@ class VerifyKey:
         signed = b"".join([signature, *_signed_bytes(message, context)])
         memo = _SHARED.get()
         if memo is not None:
-            known = memo.get("ed25519", self.raw + signed)
+            known_as = self.raw + signed
+            known = memo.get("ed25519", known_as)
             if known is not None:
                 if known is False:
                     raise InvalidSignature("signature does not verify")
@@ -394,10 +395,10 @@ class VerifyKey:
             sodium.crypto_sign_open(signed, self.raw)
         except nacl.exceptions.BadSignatureError:
             if memo is not None:
-                memo.put("ed25519", self.raw + signed, False)
+                memo.put("ed25519", known_as, False)
             raise InvalidSignature("signature does not verify") from None
         if memo is not None:
-            memo.put("ed25519", self.raw + signed, True)
+            memo.put("ed25519", known_as, True)
 
     def to_cbor(self) -> list[object]:
         return [KEY_TYPE_ED25519, self.raw]
@@ -431,8 +432,18 @@ class VerifyKey:
         return f"VerifyKey({self.raw.hex()})"
 
 
+# The canonical CBOR of an Ed25519 key, [1, 32-byte string], up to the key's own bytes.
+_ED25519_KEY_HEAD: Final = b"\x82\x01\x58\x20"
+
+
 @functools.lru_cache(maxsize=4096)  # a PKI sync checks the same keys' claims on every node
 def _key_of_hash(digest: bytes) -> VerifyKey:
+    # The one form `key_hash` makes is that head and 32 bytes, which are the key, as decoding
+    # would find: a sync of a log longer than the cache recovers each key without decoding.
+    if len(digest) == len(_ED25519_KEY_HEAD) + SIGN_PUBLIC_BYTES and digest.startswith(
+        _ED25519_KEY_HEAD
+    ):
+        return VerifyKey(digest[len(_ED25519_KEY_HEAD) :])
     return VerifyKey.from_cbor(cbor.decode(digest))
 
 
