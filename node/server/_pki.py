@@ -285,12 +285,14 @@ class PkiLog:
         limit = max(1, min(limit, MAX_PAGE_ENTRIES))
         raw: list[bytes] = []
         size = 0
-        for seq in range(start, min(tip_seq, start + limit - 1) + 1):
-            data = self._index.entry_bytes(seq)
-            if data is None or (raw and size + len(data) > max_bytes):
+        stop = min(tip_seq, start + limit - 1) + 1
+        # One pass over the stored entries (a page holds up to a thousand), to the first gap.
+        held = self._store.items_between(Space.PKI, _seq_key(_ENTRY, start), _seq_key(_ENTRY, stop))
+        for seq, (key, stored) in enumerate(held, start):
+            if key != _seq_key(_ENTRY, seq) or (raw and size + len(stored) > max_bytes):
                 break
-            raw.append(data)
-            size += len(data)
+            raw.append(stored)
+            size += len(stored)
         if not raw:
             return Page([], self.head())
         # The PKI node signs every head; a mirror holds one where each of its syncs ended. End

@@ -325,6 +325,16 @@ class Store:
             for key, value in it:
                 yield key[start:], value
 
+    def items_between(
+        self, space: Space, start: bytes, stop: bytes
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs of a keyspace from key `start` up to, not including, `stop`, in
+        order; keys come without the space."""
+        skip = len(space.value)
+        with self._db.iterator(start=space.value + start, stop=space.value + stop) as it:
+            for key, value in it:
+                yield key[skip:], value
+
     def keys(self, space: Space, prefix: bytes = b"") -> Iterator[bytes]:
         start = len(space.value)
         with self._db.iterator(prefix=space.value + prefix, include_value=False) as it:
