@@ -10,6 +10,7 @@ import contextvars
 import functools
 import hashlib
 import hmac
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
@@ -155,38 +156,49 @@ def require_system_randomness() -> None:
 
 class Memo:
     """Results of pure functions of bytes (a verdict, a parsed immutable value), kept by kind
-    and input bytes, the least recently used dropped once the inputs kept pass `max_bytes`.
-    Only `shared_results` makes one that anything reads."""
+    and input bytes. Once the inputs kept pass `max_bytes`, the oldest go first, but one used
+    since it was kept or last passed over gets a second chance (an approximation of least
+    recently used whose hits cost a lookup alone). Only `shared_results` makes one that
+    anything reads."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0  # bytes of the inputs kept
         self.hits = 0
         self.misses = 0
-        self._items: dict[tuple[str, bytes], object] = {}
+        self._kinds: dict[str, dict[bytes, list[object]]] = {}  # kind -> input -> [result, used]
+        self._order: deque[tuple[str, bytes]] = deque()  # as kept, or given a second chance
 
     def get(self, kind: str, key: bytes) -> object | None:
         """The result kept for `key`, or None (no function kept here returns None)."""
-        found = self._items.pop((kind, key), None)
-        if found is None:
+        kept = self._kinds.get(kind)
+        slot = None if kept is None else kept.get(key)
+        if slot is None:
             self.misses += 1
             return None
-        self._items[kind, key] = found  # the most recently used goes last
+        slot[1] = True
         self.hits += 1
-        return found
+        return slot[0]
 
     def put(self, kind: str, key: bytes, value: object) -> None:
-        if (kind, key) in self._items or len(key) > self.max_bytes:
+        kept = self._kinds.setdefault(kind, {})
+        if key in kept or len(key) > self.max_bytes:
             return
-        self._items[kind, key] = value
         self.size += len(key)
-        while self.size > self.max_bytes:
-            oldest = next(iter(self._items))
-            del self._items[oldest]
-            self.size -= len(oldest[1])
+        while self.size > self.max_bytes:  # room first: the new input is not passed over
+            old_kind, old = self._order.popleft()
+            slot = self._kinds[old_kind][old]
+            if slot[1]:
+                slot[1] = False
+                self._order.append((old_kind, old))
+                continue
+            del self._kinds[old_kind][old]
+            self.size -= len(old)
+        kept[key] = [value, False]
+        self._order.append((kind, key))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._order)
 
 
 MEMO_BYTES: Final = 64 * 1024 * 1024  # of inputs kept: a few hundred thousand signatures
