@@ -441,6 +441,6 @@ DEFAULTS: Final[dict[str, Callable[[int], Scenario]]] = {
         client_link=LinkSpec(latency=0.02, jitter=0.01, bandwidth=1.25e6, loss=0.01),
     ),
     "scale": lambda seed: Scenario(seed=seed, nodes=100, users=1000, social=60, ops=300),
-    # Not in `make sim`'s set: over ten minutes and about 16 GB (docs/benchmarks.md).
+    # About 8 minutes of wall time and 18 GB of memory and tmpfs (docs/benchmarks.md).
     "large": lambda seed: Scenario(seed=seed, nodes=1000, users=10000, social=60, ops=300),
 }
