@@ -50,7 +50,7 @@ def encode(value: CBORValue) -> bytes:
 
 def _tag_hook(*args: Any) -> CID:
     # cbor2 5.x passes (decoder, tag); 6.x passes (tag, immutable): take the tag either way.
-    tag = next(arg for arg in args if isinstance(arg, cbor2.CBORTag))
+    tag = args[0] if isinstance(args[0], cbor2.CBORTag) else args[1]
     if tag.tag != TAG_CID:
         raise MalformedInput(f"CBOR tag {tag.tag} is not allowed")
     payload = tag.value
@@ -102,6 +102,12 @@ def _encode_into(value: CBORValue, parts: list[bytes], pending: list[bytes], bul
         for encoded, key in keys:
             pending.append(encoded)
             _encode_into(value[key], parts, pending, bulk)
+
+
+def encode_uint(value: int) -> bytes:
+    """`encode(value)` of an int from 0 to 2**64 - 1, without the encoder (a PKI mirror
+    writes a few per entry)."""
+    return _head(0, value)
 
 
 def _head(major: int, argument: int) -> bytes:

@@ -20,6 +20,7 @@ MH_SHA2_256: Final = 0x12
 MAX_IDENTITY_DIGEST: Final = 36  # longer keys are hashed; see DESIGN §1
 _CODECS: Final = frozenset({CODEC_RAW, CODEC_DAG_CBOR})
 _SHA256_PREFIXES: Final = frozenset(bytes([1, codec, MH_SHA2_256, 32]) for codec in _CODECS)
+_KEY_HASH_PREFIX: Final = bytes([1, CODEC_DAG_CBOR, MH_IDENTITY, MAX_IDENTITY_DIGEST])
 
 
 def encode_varint(value: int) -> bytes:
@@ -90,6 +91,11 @@ class CID:
         if len(raw) == 36 and raw[:4] in _SHA256_PREFIXES:  # the common case, parsed at a glance
             cid = cls.__new__(cls)
             cid.codec, cid.mh_code, cid.digest = raw[1], MH_SHA2_256, raw[4:]
+            cid.raw, cid._hash = raw, hash(raw)
+            return cid
+        if len(raw) == 40 and raw[:4] == _KEY_HASH_PREFIX:  # an inlined key (key hashes)
+            cid = cls.__new__(cls)
+            cid.codec, cid.mh_code, cid.digest = CODEC_DAG_CBOR, MH_IDENTITY, raw[4:]
             cid.raw, cid._hash = raw, hash(raw)
             return cid
         version, pos = decode_varint(raw)

@@ -10,6 +10,7 @@ import contextvars
 import functools
 import hashlib
 import hmac
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
@@ -155,38 +156,49 @@ def require_system_randomness() -> None:
 
 class Memo:
     """Results of pure functions of bytes (a verdict, a parsed immutable value), kept by kind
-    and input bytes, the least recently used dropped once the inputs kept pass `max_bytes`.
-    Only `shared_results` makes one that anything reads."""
+    and input bytes. Once the inputs kept pass `max_bytes`, the oldest go first, but one used
+    since it was kept or last passed over gets a second chance (an approximation of least
+    recently used whose hits cost a lookup alone). Only `shared_results` makes one that
+    anything reads."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0  # bytes of the inputs kept
         self.hits = 0
         self.misses = 0
-        self._items: dict[tuple[str, bytes], object] = {}
+        self._kinds: dict[str, dict[bytes, list[object]]] = {}  # kind -> input -> [result, used]
+        self._order: deque[tuple[str, bytes]] = deque()  # as kept, or given a second chance
 
     def get(self, kind: str, key: bytes) -> object | None:
         """The result kept for `key`, or None (no function kept here returns None)."""
-        found = self._items.pop((kind, key), None)
-        if found is None:
+        kept = self._kinds.get(kind)
+        slot = None if kept is None else kept.get(key)
+        if slot is None:
             self.misses += 1
             return None
-        self._items[kind, key] = found  # the most recently used goes last
+        slot[1] = True
         self.hits += 1
-        return found
+        return slot[0]
 
     def put(self, kind: str, key: bytes, value: object) -> None:
-        if (kind, key) in self._items or len(key) > self.max_bytes:
+        kept = self._kinds.setdefault(kind, {})
+        if key in kept or len(key) > self.max_bytes:
             return
-        self._items[kind, key] = value
         self.size += len(key)
-        while self.size > self.max_bytes:
-            oldest = next(iter(self._items))
-            del self._items[oldest]
-            self.size -= len(oldest[1])
+        while self.size > self.max_bytes:  # room first: the new input is not passed over
+            old_kind, old = self._order.popleft()
+            slot = self._kinds[old_kind][old]
+            if slot[1]:
+                slot[1] = False
+                self._order.append((old_kind, old))
+                continue
+            del self._kinds[old_kind][old]
+            self.size -= len(old)
+        kept[key] = [value, False]
+        self._order.append((kind, key))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._order)
 
 
 MEMO_BYTES: Final = 64 * 1024 * 1024  # of inputs kept: a few hundred thousand signatures
@@ -385,7 +397,8 @@ class VerifyKey:
         signed = b"".join([signature, *_signed_bytes(message, context)])
         memo = _SHARED.get()
         if memo is not None:
-            known = memo.get("ed25519", self.raw + signed)
+            known_as = self.raw + signed
+            known = memo.get("ed25519", known_as)
             if known is not None:
                 if known is False:
                     raise InvalidSignature("signature does not verify")
@@ -394,10 +407,10 @@ class VerifyKey:
             sodium.crypto_sign_open(signed, self.raw)
         except nacl.exceptions.BadSignatureError:
             if memo is not None:
-                memo.put("ed25519", self.raw + signed, False)
+                memo.put("ed25519", known_as, False)
             raise InvalidSignature("signature does not verify") from None
         if memo is not None:
-            memo.put("ed25519", self.raw + signed, True)
+            memo.put("ed25519", known_as, True)
 
     def to_cbor(self) -> list[object]:
         return [KEY_TYPE_ED25519, self.raw]
@@ -431,8 +444,18 @@ class VerifyKey:
         return f"VerifyKey({self.raw.hex()})"
 
 
+# The canonical CBOR of an Ed25519 key, [1, 32-byte string], up to the key's own bytes.
+_ED25519_KEY_HEAD: Final = b"\x82\x01\x58\x20"
+
+
 @functools.lru_cache(maxsize=4096)  # a PKI sync checks the same keys' claims on every node
 def _key_of_hash(digest: bytes) -> VerifyKey:
+    # The one form `key_hash` makes is that head and 32 bytes, which are the key, as decoding
+    # would find: a sync of a log longer than the cache recovers each key without decoding.
+    if len(digest) == len(_ED25519_KEY_HEAD) + SIGN_PUBLIC_BYTES and digest.startswith(
+        _ED25519_KEY_HEAD
+    ):
+        return VerifyKey(digest[len(_ED25519_KEY_HEAD) :])
     return VerifyKey.from_cbor(cbor.decode(digest))
 
 

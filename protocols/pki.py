@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Final, Protocol, TypeAlias
+from typing import Final, NamedTuple, Protocol, TypeAlias
 
 from protocols import cbor, crypto
 from protocols.cid import CID, CODEC_DAG_CBOR, MH_SHA2_256
@@ -386,8 +386,11 @@ def verify_head(head: SignedHead, pki_node: str) -> None:
 # the index the rules read, and what an entry changes in it
 
 
-@dataclass(frozen=True)
-class Tip:
+# Immutable values the rules make for every entry a mirror checks: named tuples, which cost
+# half of what a frozen dataclass does to make.
+
+
+class Tip(NamedTuple):
     """The last entry of a log: where the next one must link."""
 
     seq: int
@@ -395,16 +398,14 @@ class Tip:
     time: int
 
 
-@dataclass(frozen=True)
-class KeyUse:
+class KeyUse(NamedTuple):
     """The one username an identity key ever served; `retired` once replaced or expired away."""
 
     username: str
     retired: bool
 
 
-@dataclass(frozen=True)
-class Changes:
+class Changes(NamedTuple):
     """What one accepted entry does to the index."""
 
     tip: Tip

@@ -155,7 +155,8 @@ class SimNetwork:
     # -- building ------------------------------------------------------------------------------
 
     async def add_nodes(self, count: int) -> list[SimNode]:
-        """Start `count` nodes; the first node of the swarm is its PKI node."""
+        """Start `count` nodes at once, as a swarm's processes start; the first node of the
+        swarm is its PKI node, which starts before the others."""
         added = []
         for _ in range(count):
             index = len(self.order)
@@ -164,8 +165,14 @@ class SimNetwork:
             node = SimNode(index, key, self.root / f"node{index}", pki_node)
             self.nodes[node.node_id] = node
             self.order.append(node)
-            await self._start(node)
             added.append(node)
+        rest = added
+        if added and added[0].pki_node == added[0].node_id:
+            await self._start(added[0])
+            rest = added[1:]
+        async with trio.open_nursery() as nursery:
+            for node in rest:
+                nursery.start_soon(self._start, node)
         return added
 
     async def _start(self, node: SimNode) -> None:

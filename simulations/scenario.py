@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
 import random
 import tempfile
@@ -47,6 +48,7 @@ from simulations.network import SimNetwork, SimNode, open_network
 PASSWORD: Final = "correct horse battery"
 SHM: Final = Path("/dev/shm")  # stores on tmpfs: a simulation is no test of fsync
 CONVERGE_TIMEOUT: Final = 600.0  # virtual seconds the views may take to agree after a heal
+GC_THRESHOLDS: Final = (10_000, 20, 50)  # the collector's, inside `simulate` (700, 10, 10 outside)
 
 
 @dataclass(frozen=True)
@@ -409,6 +411,10 @@ def simulate(scenario: Scenario, root: Path | None = None) -> Report:
     started = time.perf_counter()
     before = os.environ.get(TEST_KDF_ENV)
     os.environ[TEST_KDF_ENV] = "1"  # simulated users are test users on test-mode nodes
+    thresholds = gc.get_threshold()
+    # Every node's objects share one heap here, where each real node has its own: collect
+    # young objects as usual, the whole heap seldom (each full pass walks every node's).
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         with (
             tempfile.TemporaryDirectory(dir=base, prefix="pyrgos-sim-") as where,
@@ -417,6 +423,7 @@ def simulate(scenario: Scenario, root: Path | None = None) -> Report:
             clock = trio.testing.MockClock(autojump_threshold=0)
             report = trio.run(run_scenario, scenario, Path(where), clock=clock)
     finally:
+        gc.set_threshold(*thresholds)
         if before is None:
             del os.environ[TEST_KDF_ENV]
         else:
@@ -434,6 +441,6 @@ DEFAULTS: Final[dict[str, Callable[[int], Scenario]]] = {
         client_link=LinkSpec(latency=0.02, jitter=0.01, bandwidth=1.25e6, loss=0.01),
     ),
     "scale": lambda seed: Scenario(seed=seed, nodes=100, users=1000, social=60, ops=300),
-    # Not in `make sim`'s set: over ten minutes and about 16 GB (docs/benchmarks.md).
+    # About 8 minutes of wall time and 18 GB of memory and tmpfs (docs/benchmarks.md).
     "large": lambda seed: Scenario(seed=seed, nodes=1000, users=10000, social=60, ops=300),
 }

@@ -73,7 +73,13 @@ def _seq_key(prefix: bytes, seq: int) -> bytes:
 def _with_seq(record: bytes, seq: int) -> bytes:
     """`cbor.encode([record's value, seq])` from the record's canonical CBOR: an array of two
     (0x82), then its items as they encode alone."""
-    return b"\x82" + record + cbor.encode(seq)
+    return b"\x82" + record + cbor.encode_uint(seq)
+
+
+def _key_use(use: KeyUse) -> bytes:
+    """`cbor.encode([use.username, use.retired])`: an array of two, the name's text, and
+    true (0xf5) or false (0xf4)."""
+    return b"\x82" + cbor.encode(use.username) + (b"\xf5" if use.retired else b"\xf4")
 
 
 @dataclass(frozen=True)
@@ -146,13 +152,21 @@ class _StoreIndex:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        # The tip last read, with its stored bytes: read again, the same bytes are not decoded
+        # again (every pull and page reads the tip a few times). One tuple, swapped whole.
+        self._last_tip: tuple[bytes, Tip] | None = None
 
     def tip(self) -> Tip | None:
         raw = self._store.get(Space.PKI, _TIP)
         if raw is None:
             return None
+        last = self._last_tip
+        if last is not None and last[0] == raw:
+            return last[1]
         seq, entry_hash, moment = cbor.decode(raw)
-        return Tip(seq, entry_hash, moment)
+        tip = Tip(seq, entry_hash, moment)
+        self._last_tip = (raw, tip)
+        return tip
 
     def entry_bytes(self, seq: int) -> bytes | None:
         return self._store.get(Space.PKI, _seq_key(_ENTRY, seq))
@@ -271,12 +285,14 @@ class PkiLog:
         limit = max(1, min(limit, MAX_PAGE_ENTRIES))
         raw: list[bytes] = []
         size = 0
-        for seq in range(start, min(tip_seq, start + limit - 1) + 1):
-            data = self._index.entry_bytes(seq)
-            if data is None or (raw and size + len(data) > max_bytes):
+        stop = min(tip_seq, start + limit - 1) + 1
+        # One pass over the stored entries (a page holds up to a thousand), to the first gap.
+        held = self._store.items_between(Space.PKI, _seq_key(_ENTRY, start), _seq_key(_ENTRY, stop))
+        for seq, (key, stored) in enumerate(held, start):
+            if key != _seq_key(_ENTRY, seq) or (raw and size + len(stored) > max_bytes):
                 break
-            raw.append(data)
-            size += len(data)
+            raw.append(stored)
+            size += len(stored)
         if not raw:
             return Page([], self.head())
         # The PKI node signs every head; a mirror holds one where each of its syncs ended. End
@@ -425,15 +441,15 @@ class PkiLog:
     def _write(self, pending: IndexOverlay, head: SignedHead | None, synced: int | None) -> None:
         """Everything verified in `pending`, in one durable batch."""
         with self._store.batch(sync=True) as batch:
+            put, space = batch.put, Space.PKI  # a mirror's sync writes three keys an entry
             for seq, entry in pending.entries.items():
-                batch.put(Space.PKI, _seq_key(_ENTRY, seq), entry.encoded)
+                put(space, _ENTRY + seq.to_bytes(8, "big"), entry.encoded)
             for username, (claim, seq) in pending.claims.items():
-                value = _with_seq(claim.encoded, seq)
-                batch.put(Space.PKI, _NAME + username.encode(), value)
+                put(space, _NAME + username.encode(), _with_seq(claim.encoded, seq))
             for identity, use in pending.keys.items():
-                batch.put(Space.PKI, _KEY + identity.raw, cbor.encode([use.username, use.retired]))
+                put(space, _KEY + identity.raw, _key_use(use))
             for node_id, (record, seq) in pending.nodes.items():
-                batch.put(Space.PKI, _NODE + node_id.encode(), _with_seq(record.encoded, seq))
+                put(space, _NODE + node_id.encode(), _with_seq(record.encoded, seq))
             tip = pending.tip()
             if pending.entries and tip is not None:
                 batch.put(Space.PKI, _TIP, cbor.encode([tip.seq, tip.hash, tip.time]))

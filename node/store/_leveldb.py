@@ -48,7 +48,9 @@ def owner_prefix(owner_raw: bytes) -> bytes:
 
 
 class Space(enum.Enum):
-    """The keyspaces of DESIGN §9, one byte prefix each."""
+    """The keyspaces of DESIGN §9, one byte prefix each. Every read and write reads its
+    prefix as `_value_`, the plain attribute behind the `value` property (a fraction of its
+    cost, which every key pays)."""
 
     BLOCKS = b"b"  # 8-byte sequence number -> block bytes
     BLOCK_INDEX = b"z"  # CID bytes -> sequence number ‖ varint size
@@ -75,10 +77,10 @@ class Batch:
         self._batch = db.write_batch(transaction=True, sync=sync)
 
     def put(self, space: Space, key: bytes, value: bytes) -> None:
-        self._batch.put(space.value + key, value)
+        self._batch.put(space._value_ + key, value)
 
     def delete(self, space: Space, key: bytes) -> None:
-        self._batch.delete(space.value + key)
+        self._batch.delete(space._value_ + key)
 
     def __enter__(self) -> Batch:
         self._batch.__enter__()
@@ -228,7 +230,7 @@ class Store:
             self._db.close()
 
     def get(self, space: Space, key: bytes) -> bytes | None:
-        value: bytes | None = self._db.get(space.value + key)
+        value: bytes | None = self._db.get(space._value_ + key)
         return value
 
     def has(self, space: Space, key: bytes) -> bool:
@@ -236,11 +238,11 @@ class Store:
 
     def put(self, space: Space, key: bytes, value: bytes, *, sync: bool = False) -> None:
         with self.writing():
-            self._db.put(space.value + key, value, sync=sync)
+            self._db.put(space._value_ + key, value, sync=sync)
 
     def delete(self, space: Space, key: bytes, *, sync: bool = False) -> None:
         with self.writing():
-            self._db.delete(space.value + key, sync=sync)
+            self._db.delete(space._value_ + key, sync=sync)
 
     def batch(self, *, sync: bool = False) -> Batch:
         return Batch(self, self._db, sync)
@@ -329,6 +331,16 @@ class Store:
         with self._db.iterator(prefix=space.value + prefix) as it:
             for key, value in it:
                 yield key[start:], value
+
+    def items_between(
+        self, space: Space, start: bytes, stop: bytes
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs of a keyspace from key `start` up to, not including, `stop`, in
+        order; keys come without the space."""
+        skip = len(space.value)
+        with self._db.iterator(start=space.value + start, stop=space.value + stop) as it:
+            for key, value in it:
+                yield key[skip:], value
 
     def keys(self, space: Space, prefix: bytes = b"") -> Iterator[bytes]:
         start = len(space.value)

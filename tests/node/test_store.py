@@ -167,6 +167,17 @@ def test_get_has_and_delete_of_missing_keys(store: Store) -> None:
 # -- durability ---------------------------------------------------------------------------------
 
 
+def test_items_between_two_keys(store: Store) -> None:
+    for key in [b"a", b"ab", b"b", b"c", b"\xff"]:
+        store.put(Space.UPLOADS, key, key.upper())
+    store.put(Space.USAGE, b"b", b"elsewhere")  # a neighbouring space: never seen
+    assert list(store.items_between(Space.UPLOADS, b"ab", b"c")) == [(b"ab", b"AB"), (b"b", b"B")]
+    assert list(store.items_between(Space.UPLOADS, b"", b"\xff\xff")) == [
+        (k, k.upper()) for k in [b"a", b"ab", b"b", b"c", b"\xff"]
+    ]
+    assert list(store.items_between(Space.UPLOADS, b"c", b"c")) == []
+
+
 def test_synced_writes_are_there_after_reopening(tmp_path: Path) -> None:
     path = tmp_path / "db"
     store = Store(path)

@@ -123,6 +123,9 @@ def test_cid_text_and_bytes_round_trip(cid: CID) -> None:
 @given(data=st.binary(max_size=MAX_IDENTITY_DIGEST))
 def test_identity_cid_carries_its_data(data: bytes) -> None:
     cid = CID(CODEC_DAG_CBOR, MH_IDENTITY, data)
+    parsed = CID.from_bytes(cid.raw)  # 36 bytes, a key hash's size, is parsed at a glance
+    assert (parsed.codec, parsed.mh_code, parsed.digest) == (CODEC_DAG_CBOR, MH_IDENTITY, data)
+    assert (parsed.raw, hash(parsed)) == (cid.raw, hash(cid))
     assert cid.is_identity
     assert cid.digest == data
     assert cid.matches(data)
@@ -643,3 +646,8 @@ def test_the_type_walk_gives_the_verdict_of_the_item_by_item_check(value: Any, n
     for _ in range(nest * 22):  # past MAX_DEPTH at the deepest
         value = [value]
     assert type_verdict(cbor._check_types, value) == type_verdict(cbor._check_types_of, value)
+
+
+@given(value=st.integers(min_value=0, max_value=2**64 - 1))
+def test_encode_uint_is_encode(value: int) -> None:
+    assert cbor.encode_uint(value) == cbor.encode(value)

@@ -103,8 +103,8 @@ def test_the_memo_keeps_the_recently_used_within_its_bound() -> None:
     memo = crypto.Memo(max_bytes=30)
     for n in range(3):
         memo.put("k", bytes([n]) * 10, n)
-    assert memo.get("k", bytes([0]) * 10) == 0  # now the most recently used
-    memo.put("k", bytes([3]) * 10, 3)  # over the bound: the least recently used goes
+    assert memo.get("k", bytes([0]) * 10) == 0  # used: it gets a second chance
+    memo.put("k", bytes([3]) * 10, 3)  # over the bound: the oldest not used since goes
     assert memo.size == 30
     assert len(memo) == 3
     assert memo.get("k", bytes([1]) * 10) is None
@@ -112,6 +112,10 @@ def test_the_memo_keeps_the_recently_used_within_its_bound() -> None:
     memo.put("k", bytes(31), 4)  # larger than the whole bound: not kept
     assert memo.size == 30
     assert memo.get("k", bytes(31)) is None
+    memo.put("other", bytes([9]) * 10, 9)  # kinds share the bound; all used: the oldest goes
+    assert [memo.get("k", bytes([n]) * 10) for n in (0, 2, 3)] == [0, None, 3]
+    assert (memo.get("other", bytes([9]) * 10), memo.get("other", bytes([0]) * 10)) == (9, None)
+    assert (memo.size, len(memo)) == (30, 3)
 
 
 def test_nothing_outside_simulations_turns_it_on() -> None:
