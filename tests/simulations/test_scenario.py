@@ -8,7 +8,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from simulations.scenario import Scenario, simulate
+import pytest
+
+from simulations.scenario import DEFAULTS, Scenario, simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "Scenario(seed=5, nodes=3, users=6, ops=20, think=1.0, fault_at=3.0, fault_for=10.0)"
@@ -61,3 +63,21 @@ def test_a_hundred_nodes_and_a_thousand_users_agree_with_the_model() -> None:
     assert sum(n for kind, n in report.counts.items() if kind in ("write", "mkdir")) > 100
     assert report.node_stats["forwarded"] > 0
     assert report.converged_after is not None
+
+
+def test_a_scenario_too_large_for_the_memory_is_refused_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulations import __main__ as cli
+
+    ran: list[Scenario] = []
+    monkeypatch.setattr(cli, "simulate", ran.append)
+    large = DEFAULTS["large"](1).memory_needed()
+    assert large > 15 * 1024**3 > DEFAULTS["scale"](1).memory_needed() * 10
+    monkeypatch.setattr(cli, "available_memory", lambda: large - 1)
+    assert cli.main(["faults", "large"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "large needs about" in err
+    assert "SIM=" in err
+    assert ran == []  # not even the small one first
