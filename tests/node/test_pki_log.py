@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node.server._pki import MAX_PAGE_ENTRIES, MAX_REFUSALS, PkiLog, _with_seq
+from node.server._pki import MAX_PAGE_ENTRIES, MAX_REFUSALS, PkiLog, _key_use, _with_seq
 from node.store import Space, Store
 from protocols import cbor
 from protocols.cid import CID, CODEC_DAG_CBOR
@@ -24,6 +24,7 @@ from protocols.pki import (
     Claim,
     Entry,
     IndexOverlay,
+    KeyUse,
     NodeRecord,
     Record,
     SignedHead,
@@ -503,3 +504,9 @@ def test_the_index_stores_each_record_with_its_seq_as_cbor_of_the_pair(root: Pki
         )
         assert found == (record, entry.seq)
         assert _with_seq(record.encoded, entry.seq) == cbor.encode([record.to_cbor(), entry.seq])
+
+
+@pytest.mark.parametrize("username", ["a", "alice", "x" * 32])
+@pytest.mark.parametrize("retired", [False, True])
+def test_a_key_use_is_stored_as_cbor_of_its_pair(username: str, retired: bool) -> None:
+    assert _key_use(KeyUse(username, retired)) == cbor.encode([username, retired])
