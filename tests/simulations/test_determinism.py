@@ -119,8 +119,9 @@ def test_the_memo_keeps_the_recently_used_within_its_bound() -> None:
 
 
 def test_nothing_outside_simulations_turns_it_on() -> None:
+    sim_only = "deterministic_randomness\\|shared_results\\|inline_threads"
     found = subprocess.run(
-        ["grep", "-rln", "deterministic_randomness\\|shared_results\\|inline_threads", "node"],
+        ["grep", "-rln", "--include=*.py", sim_only, "node"],
         cwd=ROOT,
         capture_output=True,
         text=True,
