@@ -39,7 +39,20 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
-from run import BIN, PASSWORD, USER, GiB, MiB, Node, Row, print_table, write_random
+from run import (
+    BIN,
+    CLI_LIMIT,
+    PASSWORD,
+    USER,
+    GiB,
+    MiB,
+    Node,
+    Row,
+    cpu_seconds,
+    machine_busy,
+    print_table,
+    write_random,
+)
 
 LOCALHOST: Final = "127.0.0.1"
 BULK: Final = GiB  # each bulk transfer
@@ -58,7 +71,6 @@ STORED: Final = "/pyrgos-bench/stored/1.0.0"  # the server sends the stored bloc
 TRANSFER_LIMIT: Final = 300.0  # seconds any one transfer may take
 STEP_LIMIT: Final = 120.0  # seconds any smaller step may take
 SERVER_LIFETIME: Final = 3600.0  # the serving process exits after this, whatever happens
-CLI_LIMIT: Final = 300.0
 
 
 # -- the serving process ----------------------------------------------------------------------
@@ -310,21 +322,6 @@ def _read_line(process: subprocess.Popen[bytes], limit: float) -> str:
     return buffered.split(b"\n", 1)[0].decode()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU seconds a process has used so far (user + system, all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> tuple[float, float]:
-    """CPU seconds all cores have spent so far (in processes, in interrupts: loopback traffic
-    is mostly softirq work, which no process is charged for)."""
-    line = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line[1:9])
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + steal) / tick, (irq + softirq) / tick
-
-
 @dataclass
 class Cpu:
     """Where the CPU went while a block ran, in cores (1.0 = one core busy throughout; this
@@ -350,13 +347,13 @@ def cpu_meter(pids: dict[str, int | None]) -> Iterator[Cpu]:
         own = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         here = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-        return {name: here if pid is None else _cpu_seconds(pid) for name, pid in pids.items()}
+        return {name: here if pid is None else cpu_seconds(pid) for name, pid in pids.items()}
 
     cpu = Cpu()
-    before, (busy, irq), start = now(), _machine_busy(), time.perf_counter()
+    before, (busy, irq), start = now(), machine_busy(), time.perf_counter()
     yield cpu
     after, cpu.wall = now(), time.perf_counter() - start
-    busy_after, irq_after = _machine_busy()
+    busy_after, irq_after = machine_busy()
     cpu.ours = {name: (after[name] - before[name]) / cpu.wall for name in pids}
     cpu.others = max(0.0, (busy_after - busy) / cpu.wall - sum(cpu.ours.values()))
     cpu.interrupts = (irq_after - irq) / cpu.wall

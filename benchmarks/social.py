@@ -9,25 +9,17 @@ every figure a whole CLI command as a user types it. Run by `make bench` (or alo
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from network import cli
-from run import PASSWORD, RUNS, Node, Row
+from run import PASSWORD, RUNS, Node, Row, small_files
 
 SHARED_FILES = 1000  # the folder shared and revoked
 OTHER_FILES = 2000  # the rest of the owner's space: a revocation must not touch it
 LISTED = 10_000  # entries of the folder listed through another node
-SMALL = 4096  # bytes of each small file
-
-
-def small_files(folder: Path, count: int) -> None:
-    folder.mkdir(parents=True)
-    for i in range(count):
-        (folder / f"f{i:05}.txt").write_text(os.urandom(SMALL // 2).hex())
 
 
 def timed(run: Callable[[], object]) -> float:
