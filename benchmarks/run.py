@@ -43,7 +43,7 @@ CLI_LIMIT = 600.0  # seconds any one CLI command may take
 # MiB/s (up, down) of Tahoe-LAFS measured on this kind of machine, by file size; a row names the
 # nearest size's.
 TAHOE = {100 * MiB: (54.0, 48.0), GiB: (56.0, 96.0)}
-# MiB/s (up, down) through the CLI that issue 10 asks for; 1 GiB is the next goal.
+# MiB/s (up, down) through the CLI: the targets (at 1 GiB, the next goal).
 TARGETS = {200 * MiB: (120.0, 200.0), GiB: (160.0, 350.0)}
 AGAIN = 0.95  # a second download is "no slower" at this share of the first's rate or more
 PEAK = {"client": 100 * MiB, "node": 160 * MiB}  # peak RSS bounds, flat (10 %) in file size
@@ -301,7 +301,7 @@ class References:
 
 
 def targets(size: int, upload: bool) -> tuple[str, float | None]:
-    """The target text of a transfer of `size` (the issue's rate, if any, and Tahoe-LAFS's at
+    """The target text of a transfer of `size` (the target rate, if any, and Tahoe-LAFS's at
     the nearest size measured) and the rate it asks for."""
     nearest = min(TAHOE, key=lambda measured_size: abs(measured_size - size))
     tahoe = TAHOE[nearest][0 if upload else 1]
