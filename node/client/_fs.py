@@ -8,6 +8,7 @@ loses a race re-reads the root and redoes its change; uploaded file data is neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import itertools
@@ -84,6 +85,7 @@ from protocols.writerdata import MAX_OWNED, WriterData
 
 MAX_COMMIT_ATTEMPTS: Final = 8
 FRAGMENTS_IN_FLIGHT: Final = 4  # fragment reads kept in flight while downloading
+FILES_AT_ONCE: Final = 8  # files of a folder downloaded at a time (each a few round trips)
 GC_EVERY_CHUNKS: Final = 16  # collect young cyclic garbage this often in long transfers
 CHUNKS_AHEAD: Final = 2  # decrypted chunks held ahead of the reader: bounds memory
 FILES_PER_COMMIT: Final = 2000  # bounds a folder upload's staged state
@@ -195,6 +197,32 @@ class _Found:
     base: Capability
     names: list[str]
     rest: list[str]  # names not found (a partial walk only)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A directory read once (`FileSystem.open_folder`), through the writer trees read
+    for it, which its entries are then reached through."""
+
+    found: _Found
+    directory: Directory
+
+    def entries(self) -> list[Entry]:
+        """Every readable entry, hidden ones too, by name."""
+        return sorted(self.directory.entries(), key=lambda entry: entry.name)
+
+    def child(self, entry: Entry) -> _Found:
+        """Where `entry` of this directory leads, as a walk to it would find."""
+        here, directory = self.found, self.directory
+        cap = entry.capability(directory.cap)
+        if cap.writer != directory.cap.writer:  # the entry has a writer of its own
+            base, names = cap, []
+        else:
+            base, names = here.base, [*here.names, entry.name]
+        # The walked directories end with the one holding the item (for the start itself,
+        # `dirs` is that directory already).
+        dirs = here.dirs if here.entry is None else [*here.dirs, directory]
+        return _Found(here.blocks, here.trees, cap, entry.is_dir, dirs, entry, base, names, [])
 
 
 def _same_writer(entry: Entry, parent: Directory) -> Capability:
@@ -426,16 +454,40 @@ class FileSystem:
         A short listing reads only the directory, so it skips the entries that fail to decode;
         a long one reads every child's first node and also skips those it cannot read.
         """
+        top = await self.top_listing(path)
+        if top is not None:
+            items = sorted((i for i in top if all or not hidden(i.name)), key=lambda i: i.name)
+            if not long:  # a short listing is names and kinds, wherever it comes from
+                items = [Listing(i.name, i.is_dir) for i in items]
+            return Contents(items, 0)
+        return await self._contents(await self._find(path), long=long, all=all)
+
+    async def top_listing(self, path: str) -> list[Listing] | None:
+        """When `path` is `/username` and that is no one directory (another user's shares),
+        what `ls` shows there; None when `path` names one item."""
         username, names = self._split(path)
-        if not names:
-            top = await self.resolver.list_top(username)
-            if top is not None:
-                items = sorted((i for i in top if all or not hidden(i.name)), key=lambda i: i.name)
-                if not long:  # a short listing is names and kinds, wherever it comes from
-                    items = [Listing(i.name, i.is_dir) for i in items]
-                return Contents(items, 0)
-        found = await self._walk_from(await self.resolver.resolve(username, names))
-        return await self._contents(found, long=long, all=all)
+        return None if names else await self.resolver.list_top(username)
+
+    async def open_folder(self, path: str) -> Folder:
+        """The directory at `path`, read once: its entries are then opened from it
+        (`open_subfolder`, `read_entry`) without walking from the root again."""
+        found = await self._find(path)
+        return Folder(found, await self._item_dir(found, path))
+
+    async def open_subfolder(self, parent: Folder, entry: Entry) -> Folder:
+        found = parent.child(entry)
+        return Folder(found, await self._item_dir(found, entry.name))
+
+    @contextlib.asynccontextmanager
+    async def read_entry(
+        self, parent: Folder, entry: Entry
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
+        """`read` of a file in a folder already open."""
+        found = parent.child(entry)
+        if found.is_dir:
+            raise Conflict(f"{entry.name} is a directory")
+        async with self._read_found(found, 0, None) as pieces:
+            yield pieces
 
     async def contents_of(
         self, cap: Capability, route: Route, *, long: bool = False, all: bool = False
@@ -1560,16 +1612,18 @@ def _umask() -> int:
     return mask
 
 
+OpenPieces = Callable[[], contextlib.AbstractAsyncContextManager[trio.MemoryReceiveChannel[bytes]]]
+
+
 async def _download(
-    fs: FileSystem,
-    remote: str,
+    open_pieces: OpenPieces,
     folder: int,
     name: str,
     shown: Path,
     progress: Progress | None,
     size: int | None,
 ) -> None:
-    """Write `remote` to `name` in `folder`: into a new file of a random name, created
+    """Write a file's pieces to `name` in `folder`: into a new file of a random name, created
     exclusively and mode 0600, then renamed over `name` once complete. The rename replaces a
     link found at `name` rather than writing through it; a failure or Ctrl-C removes the
     temporary file."""
@@ -1581,7 +1635,7 @@ async def _download(
             if size:
                 with contextlib.suppress(OSError):  # not every filesystem can
                     os.posix_fallocate(out.fileno(), 0, size)
-            async with fs.read(remote) as pieces:
+            async with open_pieces() as pieces:
                 async for piece in pieces:
                     await threads.run_sync(out.write, piece)
                     if progress is not None:
@@ -1607,44 +1661,88 @@ async def get_file(
     """
     name = _local_name(local)
     with _parent_folder(local) as folder:
-        await _download(fs, remote, folder, name, local, progress, size)
+        await _download(lambda: fs.read(remote), folder, name, local, progress, size)
 
 
 async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress | None) -> int:
     """Download the directory `remote` into the folder `local` (created if missing); return
     how many entries were skipped as unreadable (the rest is downloaded all the same).
 
+    Each directory is read once, and up to FILES_AT_ONCE files are downloaded at a time, each
+    reached from its directory rather than walked to from the root.
     Every folder below `local` is made and opened without following links, so a link planted
     inside the download (as a sub-folder or a file name) cannot send a write elsewhere.
     """
     name = _local_name(local)
     with _parent_folder(local) as parent:
         folder = _open_folder(parent, name, local)
+    files = trio.Semaphore(FILES_AT_ONCE)
     try:
-        return await _get_tree_at(fs, remote, folder, local, progress)
+        top = await fs.top_listing(remote)
+        if top is None:
+            return await _get_folder(
+                fs, await fs.open_folder(remote), folder, local, progress, files
+            )
+        skipped = 0  # another user's top level: the items they share, each reached by its path
+        for item in sorted(top, key=lambda item: item.name):
+            name = check_file_name(item.name)
+            path = _child_path(remote, name)
+            try:
+                if not item.is_dir:
+                    opener = functools.partial(fs.read, path)
+                    await _download(opener, folder, name, local / name, progress, None)
+                    continue
+                at = await fs.open_folder(path)
+                sub = _open_folder(folder, name, local / name)
+                try:
+                    skipped += await _get_folder(fs, at, sub, local / name, progress, files)
+                finally:
+                    os.close(sub)
+            except UNREADABLE_ENTRY:
+                skipped += 1
+        return skipped
     finally:
         os.close(folder)
 
 
-async def _get_tree_at(
-    fs: FileSystem, remote: str, folder: int, shown: Path, progress: Progress | None
+async def _get_folder(
+    fs: FileSystem,
+    at: Folder,
+    folder: int,
+    shown: Path,
+    progress: Progress | None,
+    files: trio.Semaphore,
 ) -> int:
-    contents = await fs.contents(remote, all=True)  # a download keeps hidden names
-    skipped = contents.unreadable
-    for item in contents.items:
-        name = check_file_name(item.name)  # a hostile writer cannot plant '..' or '/'
-        path = _child_path(remote, name)
+    skipped = at.directory.unreadable()
+
+    async def download(entry: Entry, name: str) -> None:
+        nonlocal skipped
         try:
-            if item.is_dir:
-                sub = _open_folder(folder, name, shown / name)
-                try:
-                    skipped += await _get_tree_at(fs, path, sub, shown / name, progress)
-                finally:
-                    os.close(sub)
-            else:
-                await _download(fs, path, folder, name, shown / name, progress, None)
+            await _download(
+                lambda: fs.read_entry(at, entry), folder, name, shown / name, progress, None
+            )
         except UNREADABLE_ENTRY:
             skipped += 1
+        finally:
+            files.release()
+
+    async with open_tasks() as nursery:
+        for entry in at.entries():
+            name = check_file_name(entry.name)  # a hostile writer cannot plant '..' or '/'
+            if not entry.is_dir:
+                await files.acquire()
+                nursery.start_soon(download, entry, name)
+                continue
+            try:
+                below = await fs.open_subfolder(at, entry)
+            except UNREADABLE_ENTRY:
+                skipped += 1
+                continue
+            sub = _open_folder(folder, name, shown / name)
+            try:
+                skipped += await _get_folder(fs, below, sub, shown / name, progress, files)
+            finally:
+                os.close(sub)
     return skipped
 
 

@@ -4,6 +4,7 @@ space accounting and large directories."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 from collections import Counter
@@ -501,3 +502,25 @@ async def test_a_put_reads_each_block_once(api: NodeApi, alice: Session) -> None
     # the first), the nodes of /alice, a and b, the upload's put, the commit's put, pointer.cas
     assert count == 9
     assert count < 20
+
+
+async def test_a_folder_download_reads_its_directory_once_not_once_a_file(
+    fs: FileSystem, tmp_path: Path
+) -> None:
+    """Each file of a folder is reached from the directory already read: walking to it from
+    the root again (a pointer read and the directory's decryption each time) made a folder of
+    n files cost n times its directory."""
+    trips = []
+    with trio.fail_after(60):
+        for count in (12, 24):
+            await fs.mkdir(f"f{count}")
+            files = [(f"x{i:02d}", functools.partial(io.BytesIO, b"%d" % i)) for i in range(count)]
+            await fs.write_files(f"f{count}", files)
+            before = fs.api.round_trips
+            assert await get_tree(fs, f"f{count}", tmp_path / f"out{count}", None) == 0
+            trips.append(fs.api.round_trips - before)
+            for i in range(count):
+                assert (tmp_path / f"out{count}" / f"x{i:02d}").read_bytes() == b"%d" % i
+    # A small file is one node (its data inline): about one call each, and nothing more per
+    # file for the directory (the walk from the root cost two calls a file).
+    assert trips[1] - trips[0] <= 12 * 3 // 2
