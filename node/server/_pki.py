@@ -443,7 +443,7 @@ class PkiLog:
         with self._store.batch(sync=True) as batch:
             put, space = batch.put, Space.PKI  # a mirror's sync writes three keys an entry
             for seq, entry in pending.entries.items():
-                put(space, _ENTRY + seq.to_bytes(8, "big"), entry.encoded)
+                put(space, _seq_key(_ENTRY, seq), entry.encoded)
             for username, (claim, seq) in pending.claims.items():
                 put(space, _NAME + username.encode(), _with_seq(claim.encoded, seq))
             for identity, use in pending.keys.items():
