@@ -1661,7 +1661,7 @@ async def get_file(
     """
     name = _local_name(local)
     with _parent_folder(local) as folder:
-        await _download(lambda: fs.read(remote), folder, name, local, progress, size)
+        await _download(functools.partial(fs.read, remote), folder, name, local, progress, size)
 
 
 async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress | None) -> int:
@@ -1693,11 +1693,7 @@ async def get_tree(fs: FileSystem, remote: str, local: Path, progress: Progress 
                     await _download(opener, folder, name, local / name, progress, None)
                     continue
                 at = await fs.open_folder(path)
-                sub = _open_folder(folder, name, local / name)
-                try:
-                    skipped += await _get_folder(fs, at, sub, local / name, progress, files)
-                finally:
-                    os.close(sub)
+                skipped += await _get_subfolder(fs, at, folder, name, local, progress, files)
             except UNREADABLE_ENTRY:
                 skipped += 1
         return skipped
@@ -1718,9 +1714,8 @@ async def _get_folder(
     async def download(entry: Entry, name: str) -> None:
         nonlocal skipped
         try:
-            await _download(
-                lambda: fs.read_entry(at, entry), folder, name, shown / name, progress, None
-            )
+            opener = functools.partial(fs.read_entry, at, entry)
+            await _download(opener, folder, name, shown / name, progress, None)
         except UNREADABLE_ENTRY:
             skipped += 1
         finally:
@@ -1738,12 +1733,25 @@ async def _get_folder(
             except UNREADABLE_ENTRY:
                 skipped += 1
                 continue
-            sub = _open_folder(folder, name, shown / name)
-            try:
-                skipped += await _get_folder(fs, below, sub, shown / name, progress, files)
-            finally:
-                os.close(sub)
+            skipped += await _get_subfolder(fs, below, folder, name, shown, progress, files)
     return skipped
+
+
+async def _get_subfolder(
+    fs: FileSystem,
+    at: Folder,
+    parent: int,
+    name: str,
+    shown: Path,
+    progress: Progress | None,
+    files: trio.Semaphore,
+) -> int:
+    """`_get_folder` of `at` into the folder `name` of `parent` (made, never through a link)."""
+    sub = _open_folder(parent, name, shown / name)
+    try:
+        return await _get_folder(fs, at, sub, shown / name, progress, files)
+    finally:
+        os.close(sub)
 
 
 def _child_path(remote: str, name: str) -> str:
