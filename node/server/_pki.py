@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -171,6 +171,15 @@ class _StoreIndex:
     def entry_bytes(self, seq: int) -> bytes | None:
         return self._store.get(Space.PKI, _seq_key(_ENTRY, seq))
 
+    def entries_between(self, start: int, stop: int) -> Iterator[bytes]:
+        """The stored entries from seq `start` up to `stop`, in order, in one pass of the
+        store, ending at the first missing one."""
+        held = self._store.items_between(Space.PKI, _seq_key(_ENTRY, start), _seq_key(_ENTRY, stop))
+        for seq, (key, stored) in enumerate(held, start):
+            if key != _seq_key(_ENTRY, seq):
+                return
+            yield stored
+
     def entry_hash(self, seq: int) -> CID | None:
         raw = self.entry_bytes(seq)
         return None if raw is None else CID.of(CODEC_DAG_CBOR, raw)
@@ -286,10 +295,8 @@ class PkiLog:
         raw: list[bytes] = []
         size = 0
         stop = min(tip_seq, start + limit - 1) + 1
-        # One pass over the stored entries (a page holds up to a thousand), to the first gap.
-        held = self._store.items_between(Space.PKI, _seq_key(_ENTRY, start), _seq_key(_ENTRY, stop))
-        for seq, (key, stored) in enumerate(held, start):
-            if key != _seq_key(_ENTRY, seq) or (raw and size + len(stored) > max_bytes):
+        for stored in self._index.entries_between(start, stop):  # a page: up to a thousand
+            if raw and size + len(stored) > max_bytes:
                 break
             raw.append(stored)
             size += len(stored)
