@@ -412,10 +412,16 @@ def fragment_context(label: bytes, index: int) -> bytes:
 
 @dataclass(frozen=True)
 class SealedPayload:
-    """A chunk's encrypted payload: inline in the node, or raw fragment blocks."""
+    """A chunk's encrypted payload: inline in the node, or raw fragment blocks and their CIDs
+    (hashed once, where they are sealed)."""
 
     inline: bytes | None
     fragments: list[bytes]
+    links: list[CID]
+
+    @classmethod
+    def of_fragments(cls, fragments: list[bytes]) -> SealedPayload:
+        return cls(None, fragments, [CID.of(CODEC_RAW, fragment) for fragment in fragments])
 
 
 def seal_payload(
@@ -426,7 +432,7 @@ def seal_payload(
     padded_size = crypto.padded_length(size, crypto.PAD_CONTENT)
     if padded_size <= INLINE_BYTES:
         padded = crypto.pad(plaintext, crypto.PAD_CONTENT)
-        return SealedPayload(crypto.seal(key, padded, _CTX_INLINE + label), [])
+        return SealedPayload(crypto.seal(key, padded, _CTX_INLINE + label), [], [])
     # Only the last fragment holds padding: pad just that piece instead of copying the chunk.
     prefix = bats.raw_prefix(bat_ids)
     view = memoryview(plaintext)
@@ -438,7 +444,7 @@ def seal_payload(
         else:
             piece = crypto.pad_to(view[start:], end - start)
         blocks.append(crypto.seal(key, piece, fragment_context(label, index), prefix=prefix))
-    return SealedPayload(None, blocks)
+    return SealedPayload.of_fragments(blocks)
 
 
 def open_inline(key: bytes, label: bytes, sealed: bytes) -> bytes:
@@ -486,7 +492,7 @@ def payload_data(payload: SealedPayload) -> bytes | list[CID]:
     """What a node's `data` field holds for a payload: the inline bytes or fragment links."""
     if payload.inline is not None:
         return payload.inline
-    return [CID.of(CODEC_RAW, fragment) for fragment in payload.fragments]
+    return list(payload.links)
 
 
 def build_node(

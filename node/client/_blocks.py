@@ -15,13 +15,14 @@ from node.client import _typed
 from node.client._api import NodeApi, Route
 from protocols import cbor, champ, crypto, methods
 from protocols.blocks import MAX_BLOCKS_PER_PUT, sign_put
-from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
+from protocols.cid import CID, CODEC_DAG_CBOR
 from protocols.crypto import SigningKey
 from protocols.cryptree import (
     Capability,
     Entry,
     KeyBlock,
     Properties,
+    SealedPayload,
     build_node,
     encode_dir_chunk,
     payload_data,
@@ -139,10 +140,8 @@ class Blocks:
         self.staged[cid] = data
         return cid
 
-    def stage_raw(self, data: bytes) -> CID:
-        cid = CID.of(CODEC_RAW, data)
-        self.staged[cid] = data
-        return cid
+    def stage_fragments(self, payload: SealedPayload) -> None:
+        self.staged.update(zip(payload.links, payload.fragments, strict=True))
 
     async def fetch(self, cid: CID, bat: bytes, *, verify: bool = True) -> bytes:
         """A private block, proving knowledge of its BAT to the node (see NodeApi.get_block).
@@ -260,8 +259,7 @@ async def stage_dir_chunk(
     held, carried over unchanged); return the tree pointing at it."""
     plain = encode_dir_chunk(entries, unreadable)
     payload = seal_data(cap, index, keys, True, plain, mirror_id)
-    for fragment in payload.fragments:
-        blocks.stage_raw(fragment)
+    blocks.stage_fragments(payload)
     node = build_node(cap, index, keys, True, props, payload_data(payload), mirror_id)
     return await champ.put(blocks, tree, cap.chunk(index)[0], old, await blocks.put(node))
 

@@ -45,7 +45,7 @@ from node.client._trees import (
     commit_trees,
 )
 from protocols import accounts, champ, crypto, methods
-from protocols.cid import CID, CODEC_DAG_CBOR, CODEC_RAW
+from protocols.cid import CID, CODEC_DAG_CBOR
 from protocols.cryptree import (
     CHUNK_BYTES,
     FRAGMENT_BYTES,
@@ -1290,8 +1290,7 @@ class FileSystem:
                                 encode_dir_chunk([e for e in entries if e is not None],
                                                  dir_chunk.unreadable),
                                 job.mirror_id)  # fmt: skip
-            for fragment in payload.fragments:
-                job.blocks.stage_raw(fragment)
+            job.blocks.stage_fragments(payload)
             node = build_node(new, dir_chunk.index, keys, True, props,
                               payload_data(payload), job.mirror_id)  # fmt: skip
             new_nodes[new.chunk(dir_chunk.index)[0]] = await job.blocks.put(node)
@@ -1532,7 +1531,7 @@ def _seal_file_chunk(
     cap: Capability, index: int, keys: KeyBlock, data: bytes, mirror_id: bytes
 ) -> tuple[SealedPayload, list[tuple[CID, bytes]]]:
     payload = seal_data(cap, index, keys, False, data, mirror_id)
-    return payload, [(CID.of(CODEC_RAW, fragment), fragment) for fragment in payload.fragments]
+    return payload, list(zip(payload.links, payload.fragments, strict=True))
 
 
 async def put_tree(fs: FileSystem, local: Path, remote: str, progress: Progress | None) -> None:

@@ -371,8 +371,7 @@ async def rewrite_dir(fs: FileSystem, path: str, edit: Callable[[list[Any]], obj
         chunk = directory.chunks[0]
         plain = cbor.encode(edit([entry.to_cbor() for entry in chunk.entries]))
         payload = seal_data(directory.cap, 0, chunk.keys, True, plain, mirror_id)
-        for fragment in payload.fragments:
-            blocks.stage_raw(fragment)
+        blocks.stage_fragments(payload)
         node = build_node(
             directory.cap, 0, chunk.keys, True, chunk.props, payload_data(payload), mirror_id
         )

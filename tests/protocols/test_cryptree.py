@@ -847,7 +847,7 @@ def read_chunk(
     if isinstance(opened.data, bytes):
         return opened.keys, opened.props, open_inline(payload_key, label, opened.data)
     assert opened.data == [CID.of(CODEC_RAW, block) for block in chunk.fragments]
-    payload = SealedPayload(None, chunk.fragments)
+    payload = SealedPayload.of_fragments(chunk.fragments)
     return opened.keys, opened.props, open_payload(payload_key, label, payload)
 
 
