@@ -171,6 +171,8 @@ async def run_node(home: NodeHome, on_ready: Callable[[str, str], None]) -> None
                 written.write_text(url + "\n")
                 written.replace(home.api_file)
                 try:
+                    # The store is closed below, in this thread, only once this task has
+                    # ended: a table mapping it advises cannot be unmapped by closing.
                     nursery.start_soon(_keep_memory_flat, store)
                     await nursery.start(_publish_addresses, service, key, p2p.addrs)
                     if config.pki:

@@ -8,6 +8,7 @@ reads go on, and writes resume once space is back.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import enum
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +37,22 @@ _LOG_FILE = re.compile(r"^([0-9]+)\.log$")
 _PROBE_FILE = "pyrgos-room-probe"  # a name LevelDB does not parse, so leaves alone
 _TABLE_OVERHEAD = 64 * 1024  # index and block trailers of a table, beyond its log's bytes
 MADV_PAGEOUT = 21  # Linux ≥ 5.4: reclaim these pages now (clean file pages just drop)
+MADV_DONTNEED = 4  # unmap these pages; a shared file's stay in the page cache
+# LevelDB's default, set explicitly: the table cache that keeps table files mapped holds
+# MAX_OPEN_FILES - 10 tables in 16 shards, and which mappings may be dropped with
+# MADV_DONTNEED rests on that (Store.release_mapped_pages).
+MAX_OPEN_FILES = 1000
+_CACHE_SHARDS = 16
+_SHARD_CAPACITY = -(-(MAX_OPEN_FILES - 10) // _CACHE_SHARDS)  # 62 tables
+# A shard holding at most this many table files cannot evict (LRU) for the next half of its
+# capacity of new tables, far more than compactions finish during one pass over the mappings.
+_SHARD_BOUND = _SHARD_CAPACITY // 2
+# The LevelDB releases whose table cache, file mapping and sharding the argument was checked
+# against; under any other, every table mapping is paged out.
+_CHECKED_LEVELDB = frozenset({"1.22"})
+_TABLE_FILE = re.compile(r"^([0-9]+)\.(?:ldb|sst)$")
+_SSTABLE = re.compile(rb"^ ([0-9]+):[0-9]+\[", re.MULTILINE)  # a file in leveldb.sstables
+_MAPPED_TABLE = re.compile(r"/([0-9]+)\.ldb$")
 
 
 class DiskFull(Unavailable):
@@ -135,6 +153,7 @@ class Store:
                 # instead of 32 rewrite about 30 % less in compactions; storing costs a fifth
                 # less CPU (docs/benchmarks.md, Mirroring).
                 max_file_size=8 * MiB,
+                max_open_files=MAX_OPEN_FILES,
                 lru_cache_size=8 * MiB,
                 paranoid_checks=True,
             )
@@ -148,6 +167,11 @@ class Store:
 
         self._table_prefix = " " + os.path.realpath(self.path) + os.sep  # as /proc/self/maps
         self._paged_out_at: int | None = None  # file-backed resident bytes after a page-out
+        # Per table-cache shard, the newest table file that may have left the cache (or never
+        # entered it) while this store was open: every table existing at opening, and those
+        # existing when the shard was seen holding more than _SHARD_BOUND files.
+        self._shard_floor = [max(_table_numbers(path), default=0)] * _CACHE_SHARDS
+        self._tables_seen_at: int | None = None  # the directory's mtime when last counted
         self._sequence_lock = threading.Lock()
         # One write at a time, so that no write can follow a failed one into the same log
         # before `_torn_log` is set (LevelDB would otherwise queue it right behind).
@@ -361,37 +385,131 @@ class Store:
 
         LevelDB maps table files to read them, so every page a read touched would count in the
         node's resident size for as long as the table stays open: serving a 1 GiB file would
-        show as 1 GiB. Paging them out keeps them in the page cache's care instead. MADV_PAGEOUT
-        cannot lose data (clean file pages are re-read; anonymous pages are left alone or
-        swapped), so a mapping that changed since /proc/self/maps was read is no hazard.
+        show as 1 GiB. A mapping is dropped with MADV_DONTNEED where that is proven safe (below):
+        its pages leave this process but stay in the page cache, so reading them again costs a
+        minor fault, not a disk read. Every other table mapping gets MADV_PAGEOUT, which also
+        evicts the pages from the page cache but cannot lose data (clean file pages are re-read;
+        anonymous pages are left alone or swapped), so a mapping that changed since
+        /proc/self/maps was read is no hazard for it.
+
+        MADV_DONTNEED would zero an anonymous mapping that took over the range of a table
+        unmapped in between. LevelDB (1.22: util/env_posix.cc, db/table_cache.cc) unmaps a
+        table only when its entry leaves the table cache and no one holds it: (a) Evict of a
+        file in no live version (DeleteObsoleteFiles), (b) LRU eviction within one of the
+        cache's 16 shards once that shard holds more than its capacity, (c) closing. So a
+        mapping is dropped only when its table (a) is in the version pinned by an iterator held
+        across the madvise (listed live before and after the iterator was made: a file number
+        enters the live set once and leaves it once); (b) sits in a shard holding at most half
+        its capacity of table files (new tables only come from compactions, each several MiB
+        written), has one mapping only, and was made after this store opened and since the
+        shard last held more: LevelDB opens every new table into the cache as it verifies it,
+        so no reader can have opened it a second time, a duplicate entry whose mapping goes
+        when its reader is done; (c) the caller never closes the store while this runs (the
+        node calls both from its one trio thread).
+
         With `keep`, nothing is done until the process's file-backed resident memory has grown
         by more than `keep` bytes since the last page-out: reading the mappings and advising
         each costs about 5 µs a table (up to LevelDB's 1000 mapped ones), which a node calling
         this many times a second would otherwise pay idle too.
         Returns the bytes advised; 0 where this is not Linux or nothing was done.
         """
-        if _madvise is None:
+        if _madvise is None or self._db.closed:
             return 0
+        self._count_tables()  # every call, so that no shard holds more unseen
         if keep:
             resident = _file_resident()
             if resident is not None and self._paged_out_at is not None:
                 self._paged_out_at = min(self._paged_out_at, resident)  # tables were closed
                 if resident - self._paged_out_at <= keep:
                     return 0
+        pin = None
+        pinned: set[int] = set()
+        if plyvel.__leveldb_version__ in _CHECKED_LEVELDB:
+            live = self._live_tables()
+            pin = self._db.raw_iterator()  # holds the current version until closed
+            pinned = live & self._live_tables()
         try:
-            with open("/proc/self/maps") as maps:
-                text = maps.read()
-        except OSError:
-            return 0
-        advised = 0
-        for line in text.splitlines():  # "start-end perms offset dev inode path"
-            if not line.endswith(".ldb") or self._table_prefix not in line:
-                continue
-            start, end = (int(bound, 16) for bound in line.split(" ", 1)[0].split("-"))
-            if _madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT) == 0:
-                advised += end - start
+            try:
+                with open("/proc/self/maps") as maps:
+                    text = maps.read()
+            except OSError:
+                return 0
+            tables: list[tuple[int, int, int]] = []  # start, end, file number
+            for line in text.splitlines():  # "start-end perms offset dev inode path"
+                if not line.endswith(".ldb") or self._table_prefix not in line:
+                    continue
+                start, end = (int(bound, 16) for bound in line.split(" ", 1)[0].split("-"))
+                match = _MAPPED_TABLE.search(line)
+                tables.append((start, end, int(match.group(1)) if match else 0))
+            shards = self._count_tables(again=True)
+            mappings = collections.Counter(number for _, _, number in tables)
+            advised = 0
+            for start, end, number in tables:
+                shard = _cache_shard(number)
+                drop = (
+                    number in pinned
+                    and mappings[number] == 1
+                    and number > self._shard_floor[shard]
+                    and shards is not None
+                    and shards[shard] <= _SHARD_BOUND
+                )
+                advice = MADV_DONTNEED if drop else MADV_PAGEOUT
+                if _madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), advice) == 0:
+                    advised += end - start
+        finally:
+            if pin is not None:
+                pin.close()
         self._paged_out_at = _file_resident()
         return advised
+
+    def _live_tables(self) -> set[int]:
+        """The file numbers of the tables in LevelDB's current version."""
+        listing = self._db.get_property(b"leveldb.sstables") or b""
+        return {int(number) for number in _SSTABLE.findall(listing)}
+
+    def _count_tables(self, *, again: bool = False) -> list[int] | None:
+        """The table files per table-cache shard, when the directory changed since the last
+        count (or `again`); None when it did not, or cannot be read. A shard seen holding more
+        than _SHARD_BOUND files may have evicted any table that exists now."""
+        try:
+            changed = os.stat(self.path).st_mtime_ns
+            if changed == self._tables_seen_at and not again:
+                return None
+            numbers = _table_numbers(self.path)
+        except OSError:
+            return None
+        # A change within the timestamps' granularity would leave the mtime as it is: a
+        # directory changed in the last 0.1 s is counted again next time.
+        self._tables_seen_at = changed if time.time_ns() - changed > 100_000_000 else None
+        counts = [0] * _CACHE_SHARDS
+        for number in numbers:
+            counts[_cache_shard(number)] += 1
+        newest = max(numbers, default=0)
+        for shard, count in enumerate(counts):
+            if count > _SHARD_BOUND:
+                self._shard_floor[shard] = max(self._shard_floor[shard], newest)
+        return counts
+
+
+def _table_numbers(path: Path) -> list[int]:
+    """The file numbers of the table files in a LevelDB directory."""
+    numbers = []
+    for entry in os.scandir(path):
+        match = _TABLE_FILE.match(entry.name)
+        if match:
+            numbers.append(int(match.group(1)))
+    return numbers
+
+
+def _cache_shard(number: int) -> int:
+    """The shard of LevelDB's table cache that holds a table: the top 4 bits of LevelDB's Hash
+    (util/hash.cc, seed 0) of the file number's 8 little-endian bytes."""
+    m = 0xC6A4A793
+    h = (8 * m) & 0xFFFFFFFF
+    for word in (number & 0xFFFFFFFF, number >> 32 & 0xFFFFFFFF):
+        h = (h + word) * m & 0xFFFFFFFF
+        h ^= h >> 16
+    return h >> 28
 
 
 def _file_resident() -> int | None:

@@ -3,7 +3,10 @@ compaction and the one-process lock."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import resource
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from node.store import Space, Store
+from node.store._leveldb import _cache_shard
 from protocols.errors import Corrupted, Unavailable
 
 MiB = 1024 * 1024
@@ -379,6 +383,104 @@ def test_with_keep_table_pages_are_paged_out_only_once_reads_touched_more(tmp_pa
         assert store.release_mapped_pages(keep=4 * MiB) == 0  # nothing touched since
     finally:
         store.close()
+
+
+def _table_resident(db: Path) -> int:
+    """Resident bytes of this process's mappings of a store's table files (/proc/self/smaps)."""
+    prefix = str(db.resolve()) + os.sep
+    resident, counting = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's first line: "start-end perms … path"
+            counting = len(fields) == 6 and fields[5].startswith(prefix) and line.endswith(".ldb")
+        elif counting and fields[0] == "Rss:":
+            resident += int(fields[1]) * 1024
+    return resident
+
+
+def _cached_pages(db: Path) -> tuple[int, int]:
+    """(pages of a store's table files in the page cache, pages of those files), by mincore on
+    a fresh mapping of each: what reading them again would find without a disk read."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    cached = total = 0
+    for table in db.glob("*.ldb"):
+        size = table.stat().st_size
+        pages = -(-size // mmap.PAGESIZE)
+        fd = os.open(table, os.O_RDONLY)
+        try:
+            address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            assert address not in (None, ctypes.c_void_p(-1).value)
+            vector = ctypes.create_string_buffer(pages)
+            try:
+                assert libc.mincore(address, size, vector) == 0
+            finally:
+                libc.munmap(address, size)
+        finally:
+            os.close(fd)
+        cached += sum(byte & 1 for byte in vector.raw)
+        total += pages
+    return cached, total
+
+
+def _major_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise is Linux's")
+def test_released_table_pages_stay_in_the_page_cache(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    try:
+        with store.batch() as batch:
+            for i in range(24):
+                store.put_block(batch, b"cid-%d" % i, os.urandom(256 * 1024))
+        store.compact()  # tables made while the store is open: their mappings may be dropped
+        for i in range(24):
+            assert store.get_block(b"cid-%d" % i)
+        assert _table_resident(tmp_path / "db") >= 24 * 256 * 1024
+        assert store.release_mapped_pages() > 0
+        assert _table_resident(tmp_path / "db") == 0  # the node's RSS does not keep them
+        cached, _ = _cached_pages(tmp_path / "db")
+        assert cached >= 24 * 256 * 1024 // mmap.PAGESIZE  # ... but the page cache does
+        faults = _major_faults()
+        for i in range(24):
+            assert store.get_block(b"cid-%d" % i)
+        assert _major_faults() == faults  # reading them again reads no disk
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise is Linux's")
+def test_tables_from_before_the_store_opened_are_paged_out(tmp_path: Path) -> None:
+    # Another thread may have opened such a table twice; it is never dropped, only paged out.
+    store = Store(tmp_path / "db")
+    with store.batch() as batch:
+        for i in range(24):
+            store.put_block(batch, b"cid-%d" % i, os.urandom(256 * 1024))
+    store.compact()
+    store.close()
+    store = Store(tmp_path / "db")
+    try:
+        for i in range(24):
+            assert store.get_block(b"cid-%d" % i)
+        cached, _ = _cached_pages(tmp_path / "db")
+        assert cached >= 24 * 256 * 1024 // mmap.PAGESIZE
+        assert store.release_mapped_pages() > 0
+        assert _table_resident(tmp_path / "db") == 0
+        cached, total = _cached_pages(tmp_path / "db")
+        assert cached < total // 4  # MADV_PAGEOUT took them out of the page cache too
+    finally:
+        store.close()
+
+
+def test_table_cache_shards_are_leveldbs() -> None:
+    # LevelDB 1.22 util/hash.cc Hash(EncodeFixed64(number), 8, 0) >> 28, computed in C.
+    vectors = {1: 12, 5: 13, 7: 13, 12: 12, 100: 4, 12345: 11, 1 << 40: 12}
+    assert {number: _cache_shard(number) for number in vectors} == vectors
 
 
 def test_opening_creates_missing_directories(tmp_path: Path) -> None:
