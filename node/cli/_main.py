@@ -45,7 +45,7 @@ from protocols.names import check_file_name
 # A command imports what it uses when it runs (trio, the client's modules, the node side):
 # `pyrgos --help` and `whoami` need none of it, and it is most of a command's start.
 if TYPE_CHECKING:
-    from node.client import FileSystem, NodeApi, Session
+    from node.client import FileSystem, NodeApi, SavedSession, Session
     from protocols.links import LinkUrl
 
 EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
@@ -133,8 +133,11 @@ def node_url() -> str:
 
 
 @asynccontextmanager
-async def open_session(args: argparse.Namespace) -> AsyncIterator[Session]:
-    saved = client.Profile(args.profile).load()
+async def open_session(
+    args: argparse.Namespace, saved: SavedSession | None = None
+) -> AsyncIterator[Session]:
+    """The session this device saved (`saved`, when already read), checked with its node."""
+    saved = saved or client.Profile(args.profile).load()
     if saved.expiry <= time.time():
         raise AuthFailed(
             f"this device's session for {saved.username} has expired:"
@@ -566,14 +569,14 @@ def run_read(
 
     async def run() -> Any:
         try:
-            client.Profile(args.profile).load()
+            saved = client.Profile(args.profile).load()
         except NotFound:  # not logged in: published items only
             if not path.startswith("/"):
                 raise
             async with client.NodeApi(node_url()) as api:
                 fs = client.FileSystem(api, client.links.PublicResolver(api))
                 return await _act(action, fs)
-        async with open_session(args) as session:
+        async with open_session(args, saved) as session:
             return await _act(action, client.sharing.filesystem(session))
 
     return trio_run(run)
