@@ -9,7 +9,6 @@ page-faulted (256 faults a megabyte). Elsewhere than glibc all of this does noth
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from typing import Any, Final
 
 from protocols.cryptree import MAX_BLOCK_BYTES
@@ -33,7 +32,8 @@ NODE_KEEP_FREE: Final = 16 * MiB
 
 def _libc() -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # glibc by its soname: finding it by name (ctypes.util) runs ldconfig in a subprocess
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return None
     if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):

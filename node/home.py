@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -218,6 +217,8 @@ class NodeHome:
             raise NotFound(f"no node in {self.path}: run `pyrgos node init` first")
 
     def config(self) -> NodeConfig:
+        import tomllib  # only here: a command that reads no settings does without it
+
         self.require()
         try:
             raw = tomllib.loads(self.config_file.read_text())

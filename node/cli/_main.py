@@ -8,21 +8,15 @@ from __future__ import annotations
 import argparse
 import gc
 import getpass
-import json
-import logging
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
-import trio
-
-from node import client, heap, swarm
-from node.client import TEST_KDF_ENV, FileSystem, NodeApi, Profile, SavedSession, Session
+from node import client
 from node.home import (
     DEFAULT_API,
     DEFAULT_LISTEN,
@@ -33,8 +27,6 @@ from node.home import (
     default_home,
     parse_size,
 )
-from protocols import crypto, methods
-from protocols.cid import CID
 from protocols.errors import (
     AuthFailed,
     Conflict,
@@ -48,9 +40,13 @@ from protocols.errors import (
     Unavailable,
     WeakPassword,
 )
-from protocols.links import MAX_USES, LinkUrl, parse_duration, parse_url
-from protocols.mirrors import MirrorToken
 from protocols.names import check_file_name
+
+# A command imports what it uses when it runs (trio, the client's modules, the node side):
+# `pyrgos --help` and `whoami` need none of it, and it is most of a command's start.
+if TYPE_CHECKING:
+    from node.client import FileSystem, NodeApi, SavedSession, Session
+    from protocols.links import LinkUrl
 
 EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
     AuthFailed: 3,
@@ -64,6 +60,7 @@ EXIT_CODES: Final[dict[type[PyrgosError], int]] = {
     RateLimited: 10,
 }
 DEFAULT_NODE: Final = f"http://{DEFAULT_API}"
+T = TypeVar("T")
 EXIT_INCOMPLETE: Final = 11  # a folder download finished without the entries it could not read
 
 
@@ -123,27 +120,38 @@ class Passwords:
         return first
 
 
+def trio_run(main: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run a command's async part on trio."""
+    import trio
+
+    return trio.run(main, *args)
+
+
 def node_url() -> str:
     """PYRGOS_NODE, else the URL the local node ($PYRGOS_HOME) wrote, else the default."""
     return os.environ.get("PYRGOS_NODE") or NodeHome(default_home()).running_api() or DEFAULT_NODE
 
 
 @asynccontextmanager
-async def open_session(args: argparse.Namespace) -> AsyncIterator[Session]:
-    saved = Profile(args.profile).load()
+async def open_session(
+    args: argparse.Namespace, saved: SavedSession | None = None
+) -> AsyncIterator[Session]:
+    """The session this device saved (`saved`, when already read), checked with its node."""
+    saved = saved or client.Profile(args.profile).load()
     if saved.expiry <= time.time():
         raise AuthFailed(
             f"this device's session for {saved.username} has expired:"
             f" run `pyrgos login {saved.username}`"
         )
-    async with NodeApi(node_url()) as api:
+    async with client.NodeApi(node_url()) as api:
         yield await client.reopen(api, saved.username, saved.data, saved.token, saved.expiry)
 
 
 def remember(args: argparse.Namespace, session: Session) -> None:
-    Profile(args.profile).save(
-        SavedSession(session.api.url, session.username, session.data, session.token, session.expiry)
+    saved = client.SavedSession(
+        session.api.url, session.username, session.data, session.token, session.expiry
     )
+    client.Profile(args.profile).save(saved)
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -211,6 +219,9 @@ def cmd_node_init(args: argparse.Namespace) -> None:
 
 
 def cmd_node_run(args: argparse.Namespace) -> None:
+    import logging
+
+    from node import heap
     from node.daemon import run_node
 
     heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD)
@@ -223,7 +234,7 @@ def cmd_node_run(args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trio.run(run_node, home, ready)
+    trio_run(run_node, home, ready)
 
 
 def cmd_node_info(args: argparse.Namespace) -> None:
@@ -251,6 +262,8 @@ def cmd_node_info(args: argparse.Namespace) -> None:
         except Unavailable:
             info["api"] = None
     if args.json:
+        import json
+
         print(json.dumps(info, indent=2, default=_json_value))
         return
     for key, value in info.items():
@@ -259,6 +272,8 @@ def cmd_node_info(args: argparse.Namespace) -> None:
 
 def _json_value(value: object) -> object:
     """CIDs as their text, bytes as hex: what JSON cannot hold itself."""
+    from protocols.cid import CID
+
     if isinstance(value, CID):
         return value.text
     if isinstance(value, bytes):
@@ -272,13 +287,17 @@ def _ask_node(
     """One call to a node (default: the one clients use) from a command without a session."""
 
     async def ask() -> Any:
-        async with NodeApi(url or node_url(), timeout=timeout) as api:
+        async with client.NodeApi(url or node_url(), timeout=timeout) as api:
             return await api.call(method, args)
 
-    return trio.run(ask)
+    return trio_run(ask)
 
 
 def _print_record(record: dict[str, Any], as_json: bool) -> None:
+    import json
+
+    from protocols.cid import CID
+
     shown = {key: value.text if isinstance(value, CID) else value for key, value in record.items()}
     if as_json:
         print(json.dumps(shown, indent=2, default=_json_value))
@@ -355,6 +374,8 @@ def cmd_node_mirror_add(args: argparse.Namespace) -> None:
     token = args.token or os.environ.get("PYRGOS_MIRROR_TOKEN") or ""
     if not token:
         raise UsageError("give the user's mirror token: --token TOKEN or $PYRGOS_MIRROR_TOKEN")
+    from protocols.mirrors import MirrorToken
+
     named = MirrorToken.from_text(token).username
     if named != args.user:
         raise UsageError(f"this token is {named}'s, not {args.user}'s")
@@ -365,6 +386,8 @@ def cmd_node_mirror_add(args: argparse.Namespace) -> None:
 def cmd_node_mirror_list(args: argparse.Namespace) -> None:
     rows = _admin_call(NodeHome(args.home), "admin.mirror.list", {})["mirrors"]
     if args.json:
+        import json
+
         print(json.dumps(rows, indent=2, default=_json_value))
         return
     print(f"{'USER':20} {'STATE':7} {'LAST SYNC':19} {'BLOCKS':>8} {'SIZE':>10} {'LAG':>6}")
@@ -389,7 +412,7 @@ def cmd_mirror_token(args: argparse.Namespace) -> None:
         async with open_session(args) as session:
             return client.mirror_token(session)
 
-    token = trio.run(run)
+    token = trio_run(run)
     warn("this token lets a node copy (not decrypt) all your blocks: give it only to the "
          "operator of the node that is to mirror you")  # fmt: skip
     print(token)
@@ -400,7 +423,7 @@ def cmd_mirror_publish(args: argparse.Namespace) -> None:
         async with open_session(args) as session:
             return await client.publish_mirrors(session, args.nodes)
 
-    claim = trio.run(run)
+    claim = trio_run(run)
     if claim.mirrors:
         print(f"your PKI claim lists {len(claim.mirrors)} mirror(s): {' '.join(claim.mirrors)}")
     else:
@@ -412,7 +435,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         async with open_session(args) as session:
             return await client.migrate(session, args.to)
 
-    claim = trio.run(run)
+    claim = trio_run(run)
     print(f"your home is now {claim.home}; your old home {claim.mirrors[0]} mirrors you")
 
 
@@ -430,16 +453,16 @@ def _enter_account(
     password = Passwords(args.password_stdin).get("PYRGOS_PASSWORD", prompt, confirm=confirm)
 
     async def run() -> Session:
-        async with NodeApi(node_url()) as api:
+        async with client.NodeApi(node_url()) as api:
             return await action(api, args.user, password)
 
-    session = trio.run(run)
+    session = trio_run(run)
     remember(args, session)
     if session.weak_kdf:
         print(
-            f"WARNING: {session.username} uses the small test KDF profile ({TEST_KDF_ENV}=1 on"
-            " a node in test mode): its password can be guessed thousands of times faster"
-            " than a real account's. Use it for tests only.",
+            f"WARNING: {session.username} uses the small test KDF profile"
+            f" ({client.TEST_KDF_ENV}=1 on a node in test mode): its password can be guessed"
+            " thousands of times faster than a real account's. Use it for tests only.",
             file=sys.stderr,
         )
     return session
@@ -463,7 +486,7 @@ def cmd_login(args: argparse.Namespace) -> None:
 def cmd_logout(args: argparse.Namespace) -> None:
     """End the session at the home node, then forget it here. A node that cannot be reached
     leaves a plain logout local (with a warning); `--all` then fails and keeps the file."""
-    profile = Profile(args.profile)
+    profile = client.Profile(args.profile)
     try:
         saved = profile.load()
     except NotFound:
@@ -479,13 +502,15 @@ def cmd_logout(args: argparse.Namespace) -> None:
         return
 
     async def run() -> bool:
-        async with NodeApi(node_url()) as api:
+        from protocols import methods
+
+        async with client.NodeApi(node_url()) as api:
             api.session = saved.token
             call = methods.SessionEnd(saved.data.home.owner, all=args.all)
             return (await client.typed.request(api, call, methods.Done)).done
 
     try:
-        trio.run(run)
+        trio_run(run)
     except (Unavailable, Denied) as exc:
         if args.all:
             raise
@@ -500,7 +525,7 @@ def cmd_logout(args: argparse.Namespace) -> None:
 
 
 def cmd_whoami(args: argparse.Namespace) -> None:
-    saved = Profile(args.profile).load()
+    saved = client.Profile(args.profile).load()
     print(f"{saved.username} at {node_url()}")
 
 
@@ -513,19 +538,26 @@ def cmd_passwd(args: argparse.Namespace) -> None:
         async with open_session(args) as session:
             return await client.change_password(session, current, new)
 
-    remember(args, trio.run(run))
+    remember(args, trio_run(run))
     print("password changed; every other session of this user has ended")
 
 
 # -- file commands ---------------------------------------------------------------------------
 
 
+async def _act(action: Callable[[FileSystem], Awaitable[Any]], fs: FileSystem) -> Any:
+    """Run `action` on `fs`. What the imports and the session made lives for the whole run: it
+    is frozen, so that the collections long transfers make (node/client/_fs.py) stay cheap."""
+    gc.freeze()
+    return await action(fs)
+
+
 def run_fs(args: argparse.Namespace, action: Callable[[FileSystem], Awaitable[Any]]) -> Any:
     async def run() -> Any:
         async with open_session(args) as session:
-            return await action(client.sharing.filesystem(session))
+            return await _act(action, client.sharing.filesystem(session))
 
-    return trio.run(run)
+    return trio_run(run)
 
 
 def run_read(
@@ -537,16 +569,17 @@ def run_read(
 
     async def run() -> Any:
         try:
-            Profile(args.profile).load()
+            saved = client.Profile(args.profile).load()
         except NotFound:  # not logged in: published items only
             if not path.startswith("/"):
                 raise
-            async with NodeApi(node_url()) as api:
-                return await action(FileSystem(api, client.links.PublicResolver(api)))
-        async with open_session(args) as session:
-            return await action(client.sharing.filesystem(session))
+            async with client.NodeApi(node_url()) as api:
+                fs = client.FileSystem(api, client.links.PublicResolver(api))
+                return await _act(action, fs)
+        async with open_session(args, saved) as session:
+            return await _act(action, client.sharing.filesystem(session))
 
-    return trio.run(run)
+    return trio_run(run)
 
 
 async def _is_dir(fs: FileSystem, path: str) -> bool | None:
@@ -800,6 +833,8 @@ LINK_PASSWORD_ENV: Final = "PYRGOS_LINK_PASSWORD"
 
 
 def _duration(text: str) -> int:
+    from protocols.links import parse_duration
+
     try:
         return parse_duration(text)
     except MalformedInput as exc:
@@ -807,6 +842,8 @@ def _duration(text: str) -> int:
 
 
 def _uses(text: str) -> int:
+    from protocols.links import MAX_USES
+
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_USES:
         raise argparse.ArgumentTypeError(f"not a number of uses from 1 to {MAX_USES}: {text!r}")
     return int(text)
@@ -869,19 +906,23 @@ async def _open_link(api: NodeApi, url: LinkUrl) -> FileSystem:
         if password is not None or not sys.stdin.isatty():
             hint = "" if password is not None else f": set {LINK_PASSWORD_ENV}"
             raise AuthFailed(exc.message + hint) from None
+    import trio
+
     password = await trio.to_thread.run_sync(getpass.getpass, "Link password: ")
     return await client.links.link_filesystem(api, url, password)
 
 
 def run_link(url: str, action: Callable[[FileSystem], Awaitable[Any]]) -> Any:
     """Run `action` on a link's item, through the node the link names; no login needed."""
+    from protocols.links import parse_url
+
     parsed = parse_url(url)
 
     async def run() -> Any:
-        async with NodeApi(parsed.node) as api:
-            return await action(await _open_link(api, parsed))
+        async with client.NodeApi(parsed.node) as api:
+            return await _act(action, await _open_link(api, parsed))
 
-    return trio.run(run)
+    return trio_run(run)
 
 
 def cmd_get_link(args: argparse.Namespace) -> None:
@@ -978,6 +1019,10 @@ def cmd_shared(args: argparse.Namespace) -> None:
 
 
 def _join_config(args: argparse.Namespace) -> NodeConfig:
+    from dataclasses import replace
+
+    from node import swarm
+
     config = swarm.join_config(args.join)
     return replace(
         config,
@@ -987,15 +1032,22 @@ def _join_config(args: argparse.Namespace) -> NodeConfig:
     )
 
 
-def _count(what: str, least: int, most: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.isascii() or not text.isdigit() or not least <= int(text) <= most:
-            raise argparse.ArgumentTypeError(
-                f"not a number of {what} from {least} to {most}: {text!r}"
-            )
-        return int(text)
+def _count(text: str, what: str, least: int, most: int) -> int:
+    if not text.isascii() or not text.isdigit() or not least <= int(text) <= most:
+        raise argparse.ArgumentTypeError(f"not a number of {what} from {least} to {most}: {text!r}")
+    return int(text)
 
-    return parse
+
+def _nodes(text: str) -> int:
+    from node.swarm import MAX_NODES  # the node side: imported by `swarm` commands only
+
+    return _count(text, "nodes", 1, MAX_NODES)
+
+
+def _users(text: str) -> int:
+    from node.swarm import MAX_USERS
+
+    return _count(text, "users", 0, MAX_USERS)
 
 
 @contextmanager
@@ -1029,14 +1081,17 @@ def _users_cell(users: list[str]) -> str:
 
 
 def cmd_swarm_up(args: argparse.Namespace) -> None:
+    from node import swarm
+
     swarm.check_counts(args.nodes, args.users)
+    directory = args.dir or swarm.default_dir()
     with swarm_progress() as progress:
-        started = trio.run(swarm.up, args.dir, args.nodes, args.users, progress)
+        started = trio_run(swarm.up, directory, args.nodes, args.users, progress)
     print(f"{'name':6} {'peer id':52} {'API URL':24} users")
     for node in started.nodes:
         users = _users_cell(started.users_of(node))
         print(f"{node.name:6} {node.peer_id:52} {node.api:24} {users}")
-    where = args.dir.resolve()
+    where = directory.resolve()
     print(f"swarm file: {where / swarm.SWARM_FILE}")
     if started.users:
         print(f"passwords: {where / swarm.PASSWORDS_FILE} (mode 0600)")
@@ -1045,7 +1100,12 @@ def cmd_swarm_up(args: argparse.Namespace) -> None:
 
 
 def cmd_swarm_status(args: argparse.Namespace) -> None:
-    current, nodes = trio.run(swarm.status, args.dir)
+    import json
+
+    from node import swarm
+
+    directory = args.dir or swarm.default_dir()
+    current, nodes = trio_run(swarm.status, directory)
     if args.json:
         shown = [
             {
@@ -1064,7 +1124,7 @@ def cmd_swarm_status(args: argparse.Namespace) -> None:
             f"{n.node.name:6} {n.state:13} {n.node.peer_id:52} {n.node.api:24} {head:>8}"
             f" {_users_cell(n.users)}"
         )
-    where = args.dir.resolve()
+    where = directory.resolve()
     if current.state == "down":
         print(f"the swarm was stopped: `pyrgos swarm up --dir {where}` starts a new one")
     else:
@@ -1075,7 +1135,9 @@ def cmd_swarm_status(args: argparse.Namespace) -> None:
 
 
 def cmd_swarm_down(args: argparse.Namespace) -> None:
-    result = trio.run(swarm.down, args.dir)
+    from node import swarm
+
+    result = trio_run(swarm.down, args.dir or swarm.default_dir())
     if result.stopped == 0:
         print("no node of the swarm was running; it is marked down")
         return
@@ -1087,7 +1149,10 @@ def cmd_swarm_down(args: argparse.Namespace) -> None:
 def cmd_swarm_env(args: argparse.Namespace) -> None:
     import shlex
 
-    for key, value in swarm.user_env(swarm.load(args.dir), args.user).items():
+    from node import swarm
+
+    current = swarm.load(args.dir or swarm.default_dir())
+    for key, value in swarm.user_env(current, args.user).items():
         print(f"export {key}={shlex.quote(value)}")
 
 
@@ -1104,7 +1169,7 @@ def add_swarm_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         sub.add_argument(
             "--dir",
             type=Path,
-            default=swarm.default_dir(),
+            default=None,  # node/swarm.py's default_dir(), found by the command
             help="the swarm's directory (default: $PYRGOS_SWARM or ~/.pyrgos-swarm)",
         )
         return sub
@@ -1114,10 +1179,10 @@ def add_swarm_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         "start a PKI node and NODES-1 nodes that follow it, sign up USERS users round-robin "
         "across them, and print who is where",
     )
-    up.add_argument("--nodes", type=_count("nodes", 1, swarm.MAX_NODES), required=True, metavar="N")
+    up.add_argument("--nodes", type=_nodes, required=True, metavar="N")
     up.add_argument(
         "--users",
-        type=_count("users", 0, swarm.MAX_USERS),
+        type=_users,
         default=0,
         metavar="U",
         help="users user1…userU, with random passwords kept in DIR/passwords.json (0600)",
@@ -1550,11 +1615,12 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, cheaply
+    from node import heap
+    from protocols import crypto
+
     crypto.require_system_randomness()  # never a user's keys from a simulation's seed
     heap.tune(heap.CLIENT_MMAP_THRESHOLD, heap.CLIENT_TRIM_THRESHOLD)
-    gc.freeze()  # what the imports made lives for the whole run: keep collections cheap
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         try:
             args.run(args)

@@ -9,14 +9,14 @@ the password, and once the node has ended its session it cannot write.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from protocols import cbor
-from protocols.accounts import LoginData
 from protocols.errors import Corrupted, MalformedInput, NotFound
+
+if TYPE_CHECKING:  # the methods import what they use: `pyrgos --help` needs default_profile only
+    from protocols.accounts import LoginData
 
 SESSION_FILE: Final = "session.cbor"
 SESSION_VERSION: Final = 2  # 1 held the password-derived login keys: such a file is refused
@@ -45,6 +45,10 @@ class Profile:
         return self.path / SESSION_FILE
 
     def save(self, saved: SavedSession) -> None:
+        import tempfile
+
+        from protocols import cbor
+
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         body = cbor.encode(
             {
@@ -70,6 +74,9 @@ class Profile:
             raise
 
     def load(self) -> SavedSession:
+        from protocols import cbor
+        from protocols.accounts import LoginData
+
         try:
             value = cbor.decode(self.session_file.read_bytes(), limit=MAX_SESSION_FILE)
         except FileNotFoundError:
