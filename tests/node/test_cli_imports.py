@@ -101,5 +101,5 @@ def test_a_session_command_imports_no_node_side(tmp_path: Path) -> None:
     env = {"PYRGOS_PROFILE": str(tmp_path / "profile"), "PYRGOS_NODE": "http://127.0.0.1:9"}
     modules, output = loaded(tmp_path, "ls", "/alice", env=env)
     assert "cannot reach the node at http://127.0.0.1:9" in output
-    assert {"trio", "httpx", "protocols.methods"} <= modules
+    assert {"trio", "httpcore", "protocols.methods"} <= modules
     assert among(modules, NODE_SIDE) == []
