@@ -1,7 +1,7 @@
 """A user's session with a node: accounts and the encrypted filesystem (all crypto is here).
 
 Each name is imported from its module when first used: a `pyrgos` command loads only what it
-needs (the whole package, with trio and httpcore, is a tenth of a second of every start).
+needs (the whole package, with trio and h11, is a tenth of a second of every start).
 """
 
 from __future__ import annotations

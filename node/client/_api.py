@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Protocol
-from urllib.parse import urlencode, urlsplit
-
-import httpcore
+from urllib.parse import urlencode
 
 from node.client import _typed
+from node.client._http import HttpClient
 from protocols import bats, cbor, methods
 from protocols.cid import CID
-from protocols.errors import Corrupted, PyrgosError, Unavailable, error_from_code
+from protocols.errors import Corrupted, PyrgosError, error_from_code
 
 API_PREFIX: Final = "/api/v1"
 CBOR_TYPE: Final = "application/cbor"
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
 MAX_CONNECTIONS: Final = 16
-CONNECT_TIMEOUT: Final = 10.0  # seconds
-# Bytes a connection reads at once. httpcore asks for 64 KiB, and each read is a trip through
-# h11 and httpcore's layers: a megabyte block took 16, a sixth of the client's CPU per byte.
-READ_BYTES: Final = 1024 * 1024
-# What a connection failing, timing out or speaking bad HTTP raises: the node is unreachable.
-_HTTP_ERRORS: Final = (
-    httpcore.NetworkError,
-    httpcore.TimeoutException,
-    httpcore.ProtocolError,
-    httpcore.UnsupportedProtocol,
-)
 
 
 @dataclass(frozen=True)
@@ -69,131 +56,26 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-# The two classes below implement httpcore's interfaces, `timeout` parameters included.
-class _LargeReads(httpcore.AsyncNetworkStream):
-    """A connection whose reads take up to READ_BYTES, whatever httpcore asks for: it hands
-    every read to h11, which takes data of any length."""
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self._stream = stream
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._stream.read(max(max_bytes, READ_BYTES), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> httpcore.AsyncNetworkStream:
-        return _LargeReads(await self._stream.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _LargeReadsBackend(httpcore.AsyncNetworkBackend):
-    """trio's sockets, read by `_LargeReads`."""
-
-    def __init__(self) -> None:
-        self._backend = httpcore.TrioBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _LargeReads(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
 class HttpTransport:
-    """The API over HTTP: `POST /api/v1/call/<method>`, `GET /api/v1/block/<cid>`, on up to
-    MAX_CONNECTIONS kept-alive connections (httpcore: HTTP/1.1 and its connection pool, with
-    none of the layers above it that a client of one API does not use)."""
+    """The API over HTTP: `POST /api/v1/call/<method>`, `GET /api/v1/block/<cid>`."""
 
     def __init__(self, url: str, *, timeout: float = 120.0) -> None:
         self.url = url
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http or https URL: {url!r}")
-        self._scheme, self._host = parts.scheme.encode(), parts.hostname.encode("idna")
-        self._port = parts.port
-        self._base = parts.path.rstrip("/") + API_PREFIX
-        self._timeouts = {
-            "timeout": {
-                "connect": CONNECT_TIMEOUT,
-                "read": timeout,
-                "write": timeout,
-                "pool": timeout,
-            }
-        }
-        self._pool = httpcore.AsyncConnectionPool(
-            # Plain HTTP needs no CA bundle, and loading one costs a tenth of a second.
-            ssl_context=ssl.create_default_context() if parts.scheme == "https" else None,
-            max_connections=MAX_CONNECTIONS,
-            max_keepalive_connections=MAX_CONNECTIONS,
-            network_backend=_LargeReadsBackend(),
-        )
-
-    def _url(self, path: str, params: dict[str, str] | None = None) -> httpcore.URL:
-        target = self._base + path + ("?" + urlencode(params) if params else "")
-        return httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target)
-
-    def _unreachable(self, exc: Exception) -> Unavailable:
-        return Unavailable(f"cannot reach the node at {self.url} ({type(exc).__name__})")
-
-    async def _request(
-        self,
-        method: bytes,
-        url: httpcore.URL,
-        limit: int,
-        headers: list[tuple[bytes, bytes]] | None = None,
-        content: AsyncIterator[bytes] | None = None,
-    ) -> tuple[int, bytes]:
-        """One request; the answer's body, read into our own list of parts (an answer over
-        `limit` bytes is refused as it arrives)."""
-        try:
-            async with self._pool.stream(
-                method, url, headers=headers, content=content, extensions=self._timeouts
-            ) as response:
-                parts, size = [], 0
-                async for part in response.aiter_stream():
-                    size += len(part)
-                    if size > limit:
-                        raise Corrupted(f"the node's answer is over {limit} bytes")
-                    parts.append(part)
-                return response.status, parts[0] if len(parts) == 1 else b"".join(parts)
-        except _HTTP_ERRORS as exc:
-            raise self._unreachable(exc) from exc
+        self._http = HttpClient(url, timeout=timeout, max_connections=MAX_CONNECTIONS)
 
     async def post_call(self, method: str, body: list[bytes]) -> tuple[int, bytes]:
-        headers = [
-            (b"content-type", CBOR_TYPE.encode()),
-            (b"content-length", str(sum(map(len, body))).encode()),
-        ]
+        headers = [("content-type", CBOR_TYPE), ("content-length", str(sum(map(len, body))))]
         # The body goes through a one-shot generator, so that nothing holds its parts once
         # they are sent.
-        url = self._url(f"/call/{method}")
-        return await self._request(b"POST", url, MAX_REPLY_BYTES, headers, _once(body))
+        target = f"{API_PREFIX}/call/{method}"
+        return await self._http.request("POST", target, MAX_REPLY_BYTES, headers, _once(body))
 
     async def get_block(self, cid: str, params: dict[str, str]) -> tuple[int, bytes]:
-        return await self._request(b"GET", self._url(f"/block/{cid}", params), MAX_REPLY_BYTES)
+        target = f"{API_PREFIX}/block/{cid}" + ("?" + urlencode(params) if params else "")
+        return await self._http.request("GET", target, MAX_REPLY_BYTES)
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self._http.aclose()
 
 
 class NodeApi:

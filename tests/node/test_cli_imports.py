@@ -28,7 +28,7 @@ NODE_SIDE: Final = (
     "node.swarm",
 )
 # What a session's requests need: commands that make none do without it.
-CLIENT_SIDE: Final = ("trio", "httpx", "httpcore", "node.client._api", "protocols.methods")
+CLIENT_SIDE: Final = ("trio", "h11", "node.client._api", "protocols.methods")
 # Keys and codecs: what reading a session file needs.
 CRYPTO: Final = ("nacl", "cryptography", "cbor2", "protocols.crypto")
 # Runs one command in a fresh interpreter and writes the names of its loaded modules.
@@ -101,5 +101,6 @@ def test_a_session_command_imports_no_node_side(tmp_path: Path) -> None:
     env = {"PYRGOS_PROFILE": str(tmp_path / "profile"), "PYRGOS_NODE": "http://127.0.0.1:9"}
     modules, output = loaded(tmp_path, "ls", "/alice", env=env)
     assert "cannot reach the node at http://127.0.0.1:9" in output
-    assert {"trio", "httpcore", "protocols.methods"} <= modules
+    assert {"trio", "h11", "protocols.methods"} <= modules
+    assert among(modules, ("httpx", "httpcore")) == []  # h11 alone carries the API
     assert among(modules, NODE_SIDE) == []
