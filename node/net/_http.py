@@ -40,6 +40,11 @@ API_PREFIX: Final = "/api/v1"
 MAX_BODY_BYTES: Final = rpc.MAX_CALL_BYTES  # the largest body of any method (a block put)
 CBOR_TYPE: Final = "application/cbor"
 MiB: Final = 1024 * 1024
+# A connection reads up to RECEIVE_BYTES at once, and hypercorn queues up to its
+# max_app_queue_size (10) reads for the app: what one connection can hold of a body the app
+# does not read (2.5 MiB), for as long as the answer takes; a request whose body is not read
+# is answered with the connection's close.
+RECEIVE_BYTES: Final = 256 * 1024
 CLOSE_GRACE: Final = 1.0  # seconds a connection's task may take to wind up once its socket closed
 
 
@@ -58,8 +63,16 @@ def _error_body(exc: PyrgosError) -> bytes:
     return cbor.encode({"error": exc.code, "message": exc.message})
 
 
-def _error(exc: PyrgosError, status: int | None = None) -> Response:
-    return Response(_error_body(exc), status_code=status or exc.http_status, media_type=CBOR_TYPE)
+def _error(exc: PyrgosError, status: int | None = None, *, close: bool = False) -> Response:
+    """An error answer; `close` ends the connection after it, for a request whose body was not
+    read whole: the client may still be sending it, and would wait for the node to read on."""
+    headers = {"connection": "close"} if close else None
+    return Response(
+        _error_body(exc),
+        status_code=status or exc.http_status,
+        media_type=CBOR_TYPE,
+        headers=headers,
+    )
 
 
 # A 500 says nothing about the failure: the details go to the log only.
@@ -68,11 +81,15 @@ _INTERNAL_ERROR: Final = cbor.encode({"error": "internal", "message": "internal 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong verbs answer in the API's CBOR error form too; a 405 names
-    the verbs allowed (`Allow`)."""
+    the verbs allowed (`Allow`). The connection closes after it: the request's body, if any,
+    is never read."""
     status = exc.status_code if isinstance(exc, HTTPException) else 400
     kind = NotFound if status == 404 else MalformedInput
     body = cbor.encode({"error": kind.code, "message": f"no such API endpoint (HTTP {status})"})
-    headers = exc.headers if isinstance(exc, HTTPException) else None
+    headers = {
+        **(exc.headers or {} if isinstance(exc, HTTPException) else {}),
+        "connection": "close",
+    }
     return Response(body, status_code=status, media_type=CBOR_TYPE, headers=headers)
 
 
@@ -180,21 +197,23 @@ def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlett
     async def call(request: Request) -> Response:
         method = request.path_params["method"]
         taken = 0
+        unread = True  # the body, until it is read whole
         try:
             limit = rpc.args_limit(method)
             with trio.fail_after(limits.body_timeout):
                 body, taken = await _read_body(request, limit, budget)
+            unread = False
             client = request.client  # the source that per-source limits (signups) count
             status, answer = await answer_call(service, method, body, client.host if client else "")
             return Response(answer, status_code=status, media_type=CBOR_TYPE)
         except trio.TooSlowError:
             late = Unavailable(f"the request body did not arrive within {limits.body_timeout} s")
-            return _error(late, 408)
+            return _error(late, 408, close=True)
         except ClientDisconnect:
             log.debug("a client left during a call to %s", method[:64])
             return _error(Unavailable("the client disconnected"))
         except PyrgosError as exc:
-            return _error(exc)
+            return _error(exc, close=unread)
         except Exception:
             log.exception("internal error in %s", method[:64])
             return Response(_INTERNAL_ERROR, status_code=500, media_type=CBOR_TYPE)
@@ -328,11 +347,14 @@ async def serve_api(
                 self._scope.deadline = trio.current_time() + CLOSE_GRACE
 
         async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-            """hypercorn treats the client's end of stream as a disconnect (the app's answer
+            """Up to RECEIVE_BYTES, whatever hypercorn asks for (64 KiB: a 2 MiB put took 32
+            trips through h11, hypercorn and the app's queue; h11 takes data of any length).
+
+            hypercorn treats the client's end of stream as a disconnect (the app's answer
             is dropped), then waits out its idle timer: the socket is closed and the slot
             free from here, so a client that connects and leaves in a loop holds nothing."""
             try:
-                data = await self._stream.receive_some(max_bytes)
+                data = await self._stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.aclose()
                 raise

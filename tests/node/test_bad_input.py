@@ -868,6 +868,7 @@ async def test_oversized_body_is_too_large(
         request.stream = _Zeros(size)
         response = await http.send(request)
     assert "at most" in wire_error(response, 413, "too-large")
+    assert response.headers["connection"] == "close"  # the rest of the body is never read
     assert ERRORS_BY_CODE["too-large"] is TooLarge  # what NodeApi raises for this reply
 
 
@@ -889,6 +890,10 @@ async def test_wrong_paths_and_verbs_answer_in_cbor(
         wire_error(await http.post(f"{API_PREFIX}/call/a/b", content=b"\xa0"), 404, "not-found")
         wire_error(await http.get(f"{API_PREFIX}/call/node.info"), 405, "malformed")
         wire_error(await http.put(f"{API_PREFIX}/block/x"), 405, "malformed")
+        # A body the node does not read ends its connection, so that it is held no longer.
+        answer = await http.post(f"{API_PREFIX}/nothing", content=bytes(MiB))
+        wire_error(answer, 404, "not-found")
+        assert answer.headers["connection"] == "close"
 
 
 async def test_internal_errors_leak_nothing(
