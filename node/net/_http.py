@@ -109,26 +109,33 @@ class _UnsupportedType(MalformedInput):
 
 
 async def _read_body(request: Request, limit: int, budget: ByteBudget) -> tuple[bytearray, int]:
-    """The request body, gathered in one growing buffer (never the parts and their join at
-    once: a put's body is megabytes, and several are in flight), and the budget it took.
-    A declared length is taken from the budget before a byte is read."""
+    """The request body, gathered in one buffer (never the parts and their join at once: a
+    put's body is megabytes, and several are in flight), and the budget it took. A declared
+    length is taken from the budget before a byte is read, and its buffer made at once (not
+    grown by copies as parts arrive); a chunked body grows as it comes."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise TooLarge(f"the body of this call is at most {limit} bytes")
     _check_content_type(request)
     taken = int(declared) if declared is not None else 0
     budget.take(taken)
-    body = bytearray()
+    body = bytearray(taken)
+    filled = 0
     try:
         async with contextlib.aclosing(request.stream()) as stream:
             async for part in stream:
-                if len(body) + len(part) > limit:
+                end = filled + len(part)
+                if end > limit:
                     raise TooLarge(f"the body of this call is at most {limit} bytes")
-                if len(body) + len(part) > taken:  # chunked: taken as it comes
-                    grow = len(body) + len(part) - taken
-                    budget.take(grow)
-                    taken += grow
-                body += part
+                if end > taken:  # chunked: taken as it comes
+                    budget.take(end - taken)
+                    taken = end
+                    body += part
+                else:
+                    body[filled:end] = part
+                filled = end
+        if filled != len(body):  # HTTP ends a body at its declared length; this is a guard
+            raise MalformedInput("the body ended before its declared length")
     except BaseException:
         budget.give(taken)
         raise
@@ -204,7 +211,9 @@ def build_app(service: NodeService, limits: ApiLimits | None = None) -> Starlett
                 body, taken = await _read_body(request, limit, budget)
             unread = False
             client = request.client  # the source that per-source limits (signups) count
-            status, answer = await answer_call(service, method, body, client.host if client else "")
+            answering = answer_call(service, method, body, client.host if client else "")
+            del body  # the call alone holds the body now, and drops it once decoded
+            status, answer = await answering
             return Response(answer, status_code=status, media_type=CBOR_TYPE)
         except trio.TooSlowError:
             late = Unavailable(f"the request body did not arrive within {limits.body_timeout} s")
