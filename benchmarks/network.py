@@ -89,7 +89,7 @@ def steady_heap() -> None:
     """The allocator thresholds both bulk-transfer processes run with (see the module doc)."""
     from node import heap
 
-    heap.tune(heap.CLIENT_MMAP_THRESHOLD, heap.CLIENT_TRIM_THRESHOLD)
+    heap.tune(heap.CLIENT_MMAP_THRESHOLD, heap.CLIENT_TRIM_THRESHOLD, heap.CLIENT_ARENAS)
 
 
 async def serve(work: Path) -> None:

@@ -224,7 +224,7 @@ def cmd_node_run(args: argparse.Namespace) -> None:
     from node import heap
     from node.daemon import run_node
 
-    heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD)
+    heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD, heap.NODE_ARENAS)
     home = NodeHome(args.home)
 
     def ready(node_id: str, url: str) -> None:
@@ -1620,7 +1620,7 @@ def main(argv: list[str] | None = None) -> None:
     from protocols import crypto
 
     crypto.require_system_randomness()  # never a user's keys from a simulation's seed
-    heap.tune(heap.CLIENT_MMAP_THRESHOLD, heap.CLIENT_TRIM_THRESHOLD)
+    heap.tune(heap.CLIENT_MMAP_THRESHOLD, heap.CLIENT_TRIM_THRESHOLD, heap.CLIENT_ARENAS)
     try:
         try:
             args.run(args)

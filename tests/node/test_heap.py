@@ -18,7 +18,7 @@ CHILD = textwrap.dedent(
     def resident():
         return int(open("/proc/self/statm").read().split()[1]) * 4096
 
-    heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD)
+    heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD, heap.NODE_ARENAS)
     blocks, pins = [], []
     for _ in range(64):
         block = bytearray(1 << 20)  # a block's worth, from the heap
@@ -53,7 +53,7 @@ KEEP_CHILD = textwrap.dedent(
     def resident():
         return int(open("/proc/self/statm").read().split()[1]) * 4096
 
-    heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD)
+    heap.tune(heap.NODE_MMAP_THRESHOLD, heap.NODE_TRIM_THRESHOLD, heap.NODE_ARENAS)
 
     def burst(count):
         blocks, pins = [], []
