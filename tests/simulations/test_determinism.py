@@ -33,17 +33,21 @@ def test_a_seed_gives_the_same_draws_and_outside_it_randomness_is_the_systems() 
     crypto.require_system_randomness()
 
 
+# Any command refuses before it runs (`--help` only prints, and ends before the check).
+COMMAND = ["--profile", "/nonexistent/pyrgos-profile", "whoami"]
+
+
 def test_nodes_and_commands_refuse_to_run_on_a_seed_or_on_shared_results() -> None:
     with crypto.deterministic_randomness(b"seed"):
         with pytest.raises(RuntimeError, match="deterministic randomness"):
             crypto.require_system_randomness()
         with pytest.raises(RuntimeError, match="deterministic randomness"):
-            main(["--help"])
+            main(COMMAND)
     with crypto.shared_results():
         with pytest.raises(RuntimeError, match="shared results"):
             crypto.require_system_randomness()
         with pytest.raises(RuntimeError, match="shared results"):
-            main(["--help"])
+            main(COMMAND)
     assert crypto.shared_memo() is None
 
 
