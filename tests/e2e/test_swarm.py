@@ -173,6 +173,9 @@ def interrupt_up(shell: Cli, directory: Path, signum: signal.Signals) -> tuple[i
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # As from a terminal: a suite started in the background (`make test &`) ignores
+        # SIGINT, and a child would inherit that and never see the Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         ready = directory / "nodes" / "n1" / "ready"

@@ -891,7 +891,7 @@ async def test_wrong_paths_and_verbs_answer_in_cbor(
         wire_error(await http.get(f"{API_PREFIX}/call/node.info"), 405, "malformed")
         wire_error(await http.put(f"{API_PREFIX}/block/x"), 405, "malformed")
         # A body the node does not read ends its connection, so that it is held no longer.
-        answer = await http.post(f"{API_PREFIX}/nothing", content=bytes(MiB))
+        answer = await http.post(f"{API_PREFIX}/nothing", content=bytes(1024))
         wire_error(answer, 404, "not-found")
         assert answer.headers["connection"] == "close"
 
