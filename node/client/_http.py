@@ -58,9 +58,11 @@ class HttpClient:
             raise MalformedInput(f"the node's address {url!r} is not an http:// or https:// URL")
         self.url = url
         self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        default = self._port == (443 if parts.scheme == "https" else 80)
-        self._host_header = self._host if default else f"{self._host}:{self._port}"
+        default_port = 443 if parts.scheme == "https" else 80
+        self._port = parts.port or default_port
+        self._host_header = (
+            self._host if self._port == default_port else f"{self._host}:{self._port}"
+        )
         self.base_path = parts.path.rstrip("/")
         # Plain HTTP needs no CA bundle, and loading one costs a tenth of a second.
         self._tls = ssl.create_default_context() if parts.scheme == "https" else None

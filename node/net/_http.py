@@ -86,10 +86,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 400
     kind = NotFound if status == 404 else MalformedInput
     body = cbor.encode({"error": kind.code, "message": f"no such API endpoint (HTTP {status})"})
-    headers = {
-        **(exc.headers or {} if isinstance(exc, HTTPException) else {}),
-        "connection": "close",
-    }
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    headers["connection"] = "close"
     return Response(body, status_code=status, media_type=CBOR_TYPE, headers=headers)
 
 
