@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # 0.05 s, up to 25 MiB; at 0.025, 13).
 MAPPED_PAGES_INTERVAL = 0.025
 # Table pages left resident between two page-outs: the scan is skipped until reads have
-# touched more than this, so an idle node does not read its mappings 20 times a second.
+# touched more than this, so an idle node does not read its mappings 40 times a second.
 MAPPED_KEEP = 4 * 1024 * 1024
 GC_EVERY_TICKS = 100  # a full collection every 2.5 s
 FIRST_PUBLISH_TIMEOUT = 5.0  # seconds a starting node waits for its node record to be taken
