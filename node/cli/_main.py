@@ -1080,11 +1080,19 @@ def _users_cell(users: list[str]) -> str:
     return f"{shown} … ({len(users)})" if len(users) > 4 else shown or "-"
 
 
+def _swarm_dir(args: argparse.Namespace) -> Path:
+    """`--dir`, else node/swarm.py's default (found here: the parser imports no node side)."""
+    from node import swarm
+
+    directory: Path = args.dir or swarm.default_dir()
+    return directory
+
+
 def cmd_swarm_up(args: argparse.Namespace) -> None:
     from node import swarm
 
     swarm.check_counts(args.nodes, args.users)
-    directory = args.dir or swarm.default_dir()
+    directory = _swarm_dir(args)
     with swarm_progress() as progress:
         started = trio_run(swarm.up, directory, args.nodes, args.users, progress)
     print(f"{'name':6} {'peer id':52} {'API URL':24} users")
@@ -1104,7 +1112,7 @@ def cmd_swarm_status(args: argparse.Namespace) -> None:
 
     from node import swarm
 
-    directory = args.dir or swarm.default_dir()
+    directory = _swarm_dir(args)
     current, nodes = trio_run(swarm.status, directory)
     if args.json:
         shown = [
@@ -1137,7 +1145,7 @@ def cmd_swarm_status(args: argparse.Namespace) -> None:
 def cmd_swarm_down(args: argparse.Namespace) -> None:
     from node import swarm
 
-    result = trio_run(swarm.down, args.dir or swarm.default_dir())
+    result = trio_run(swarm.down, _swarm_dir(args))
     if result.stopped == 0:
         print("no node of the swarm was running; it is marked down")
         return
@@ -1151,7 +1159,7 @@ def cmd_swarm_env(args: argparse.Namespace) -> None:
 
     from node import swarm
 
-    current = swarm.load(args.dir or swarm.default_dir())
+    current = swarm.load(_swarm_dir(args))
     for key, value in swarm.user_env(current, args.user).items():
         print(f"export {key}={shlex.quote(value)}")
 
@@ -1169,7 +1177,7 @@ def add_swarm_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         sub.add_argument(
             "--dir",
             type=Path,
-            default=None,  # node/swarm.py's default_dir(), found by the command
+            default=None,  # node/swarm.py's default_dir(), found by _swarm_dir
             help="the swarm's directory (default: $PYRGOS_SWARM or ~/.pyrgos-swarm)",
         )
         return sub
