@@ -1164,6 +1164,70 @@ def cmd_swarm_env(args: argparse.Namespace) -> None:
         print(f"export {key}={shlex.quote(value)}")
 
 
+def _agent_socket() -> str:
+    from node.cli import _agent
+
+    path = _agent.socket_path()
+    if path is None:
+        raise UsageError(
+            "no private directory for the agent's socket: $XDG_RUNTIME_DIR (or $TMPDIR, or "
+            f"/tmp)/pyrgos-{os.getuid()} must be a directory only you can enter"
+        )
+    return path
+
+
+def cmd_agent_serve(args: argparse.Namespace) -> None:
+    from node.cli import _agent
+
+    _agent.serve(_agent_socket())
+
+
+def cmd_agent_status(args: argparse.Namespace) -> None:
+    from node.cli import _agent
+
+    path = _agent_socket()
+    said = _agent.status(path)
+    if said is None:
+        if os.environ.get(_agent.AGENT_ENV) == "off":
+            print(f"no agent: {_agent.AGENT_ENV}=off, every command runs in its own process")
+        else:
+            print(f"no agent at {path}: the next command that uses one starts it")
+        return
+    print(f"agent {said.get('pid')} at {path}: {said.get('served')} requests served,"
+          f" up {said.get('age')} s")  # fmt: skip
+
+
+def cmd_agent_stop(args: argparse.Namespace) -> None:
+    from node.cli import _agent
+
+    path = _agent_socket()
+    said = _agent.stop(path)
+    print(f"stopped agent {said['pid']}" if said else f"no agent at {path}")
+
+
+def add_agent_commands(commands: argparse._SubParsersAction[Parser]) -> None:
+    """`pyrgos agent serve|status|stop`."""
+    group = commands.add_parser(
+        "agent",
+        help="the command agent: a background process with pyrgos loaded, from which commands "
+        "start in milliseconds",
+        description="the command agent: a background process with pyrgos loaded, which runs "
+        "each file and social command in a process forked from it, so that the command starts "
+        "in milliseconds. The first such command starts it; it exits after "
+        "10 idle minutes, or an hour. It holds no key: each command reads its session "
+        "as it would alone. PYRGOS_AGENT=off runs every command in its own process.",
+    ).add_subparsers(dest="agent_command", metavar="AGENT-COMMAND", required=True)
+    group.add_parser(
+        "serve", help="be the agent, in the foreground (what the first command starts)"
+    ).set_defaults(run=cmd_agent_serve)
+    group.add_parser(
+        "status", help="whether an agent runs: its pid, commands served, age"
+    ).set_defaults(run=cmd_agent_status)
+    group.add_parser(
+        "stop", help="stop the agent (the next command starts a new one)"
+    ).set_defaults(run=cmd_agent_stop)
+
+
 def add_swarm_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     """`pyrgos swarm up|status|down|env`."""
     group = commands.add_parser(
@@ -1221,12 +1285,12 @@ def build_parser() -> argparse.ArgumentParser:
         "this machine; the node stores only padded ciphertext under random labels.",
         epilog="environment: PYRGOS_HOME (node home, default ~/.pyrgos), PYRGOS_NODE (API URL), "
         "PYRGOS_PROFILE (client state, default ~/.config/pyrgos), PYRGOS_PASSWORD, "
-        "PYRGOS_NEW_PASSWORD, PYRGOS_LINK_PASSWORD",
+        "PYRGOS_NEW_PASSWORD, PYRGOS_LINK_PASSWORD, PYRGOS_AGENT (off: no command agent)",
     )
     parser.add_argument(
         "--profile",
         type=Path,
-        default=client.default_profile(),
+        default=None,  # client.default_profile(), filled in by main
         help="client state directory (default: $PYRGOS_PROFILE or ~/.config/pyrgos)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -1243,7 +1307,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--home",
             type=Path,
-            default=default_home(),
+            default=None,  # default_home(), filled in by main
             help="node home directory (default: $PYRGOS_HOME or ~/.pyrgos)",
         )
         return sub
@@ -1605,6 +1669,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shared", "list what you share with whom, and what others share with you"
     ).set_defaults(run=cmd_shared)
     add_swarm_commands(commands)
+    add_agent_commands(commands)
     return parser
 
 
@@ -1622,8 +1687,15 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return next((e for e in leaves if isinstance(e, reported)), leaves[0])
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)  # --help and usage errors end here, cheaply
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> None:
+    """`pyrgos ARGV`, parsed by `parser` (the command agent builds one for all its commands)."""
+    args = (parser or build_parser()).parse_args(argv)  # --help, usage errors end here, cheaply
+    # The parser holds no value from the environment: the defaults that depend on it are
+    # filled in here.
+    if args.profile is None:
+        args.profile = client.default_profile()
+    if getattr(args, "home", False) is None:
+        args.home = default_home()
     from node import heap
     from protocols import crypto
 
