@@ -214,3 +214,68 @@ async def test_unreachable_and_malformed_addresses() -> None:
     for url in ("127.0.0.1:8000", "ftp://node", "http://"):
         with pytest.raises(MalformedInput, match="not an http:// or https:// URL"):
             HttpClient(url, timeout=5, max_connections=4)
+
+
+async def test_a_body_trickled_in_pieces_is_read_whole(serving: Serving) -> None:
+    """A body with a length is read straight from the socket, however it is cut."""
+    block = bytes(range(256)) * 4096  # 1 MiB
+
+    async def trickle(
+        stream: trio.SocketStream, http: h11.Connection, request: h11.Request, body: bytes
+    ) -> None:
+        head = h11.Response(status_code=200, headers=[("content-length", str(len(block)))])
+        await stream.send_all(http.send(head))
+        for start in range(0, len(block), 100_003):  # pieces unaligned with any read
+            await stream.send_all(http.send(h11.Data(data=block[start : start + 100_003])))
+            await trio.sleep(0.001)
+        await stream.send_all(http.send(h11.EndOfMessage()))
+
+    with trio.fail_after(TIMEOUT):
+        server = await serving(trickle)
+        client = HttpClient(server.url, timeout=5, max_connections=4)
+        for _ in range(3):
+            status, body = await client.request("GET", "/", len(block))
+            assert status == 200
+            assert type(body) is bytes
+            assert body == block
+        await client.aclose()
+    assert server.connections == 1  # each answer read to its end, the connection reused
+
+
+async def test_an_answer_saying_close_ends_its_connection(serving: Serving) -> None:
+    async def closing(
+        stream: trio.SocketStream, http: h11.Connection, request: h11.Request, body: bytes
+    ) -> None:
+        head = h11.Response(
+            status_code=200, headers=[("content-length", "2"), ("connection", "close")]
+        )
+        await stream.send_all(http.send(head) + http.send(h11.Data(data=b"ok")))
+        await stream.send_all(http.send(h11.EndOfMessage()))
+        await trio.sleep_forever()  # it said close: a request sent here would wait forever
+
+    with trio.fail_after(TIMEOUT):
+        server = await serving(closing)
+        client = HttpClient(server.url, timeout=5, max_connections=4)
+        for _ in range(3):
+            assert await client.request("GET", "/", 1024) == (200, b"ok")
+        await client.aclose()
+    assert server.connections == 3
+
+
+async def test_bytes_past_an_answer_are_never_taken_for_the_next(serving: Serving) -> None:
+    """A node that sends more than its answer's length: the connection is not reused."""
+
+    async def overlong(
+        stream: trio.SocketStream, http: h11.Connection, request: h11.Request, body: bytes
+    ) -> None:
+        await reply(stream, http, b"ok")
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nforged")
+
+    with trio.fail_after(TIMEOUT):
+        server = await serving(overlong)
+        client = HttpClient(server.url, timeout=5, max_connections=4)
+        for _ in range(3):
+            assert await client.request("GET", "/", 1024) == (200, b"ok")
+            await trio.sleep(0.05)  # the extra bytes reach the client's socket
+        await client.aclose()
+    assert server.connections == 3
