@@ -184,6 +184,38 @@ def test_ctrl_c_interrupts_the_command(agent: Agent) -> None:
     assert err == "pyrgos: error: interrupted\n"
 
 
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def wait_for_state(pid: int, state: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while process_state(pid) != state:
+        assert time.monotonic() < deadline, f"{pid} never reached state {state}"
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states")
+def test_ctrl_z_stops_the_command_and_fg_resumes_it(agent: Agent) -> None:
+    agent.start()
+    with silent_node() as listener:
+        command, conn = waiting_command(agent, listener)
+        with conn:
+            assert agent.process is not None
+            agent_pid = agent.process.pid
+            children = Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split()
+            (forked,) = map(int, children)
+            command.send_signal(signal.SIGTSTP)
+            wait_for_state(command.pid, "T")  # both stop, as a shell's job would
+            wait_for_state(forked, "T")
+            command.send_signal(signal.SIGCONT)
+            wait_for_state(forked, "S")  # waiting on the node again
+            command.send_signal(signal.SIGINT)
+            _, err = command.communicate(timeout=WAIT)
+    assert command.returncode == 130
+    assert err == "pyrgos: error: interrupted\n"
+
+
 def test_a_killed_command_ends_its_process(agent: Agent) -> None:
     agent.start()
     with silent_node() as listener:
