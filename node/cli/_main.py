@@ -1221,7 +1221,7 @@ def add_agent_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         "serve", help="be the agent, in the foreground (what the first command starts)"
     ).set_defaults(run=cmd_agent_serve)
     group.add_parser(
-        "status", help="whether an agent runs: its pid, commands served, age"
+        "status", help="whether an agent runs: its pid, requests served, age"
     ).set_defaults(run=cmd_agent_status)
     group.add_parser(
         "stop", help="stop the agent (the next command starts a new one)"
