@@ -82,7 +82,9 @@ def relay(argv: list[str]) -> int | None:
     """Run `pyrgos ARGV` through the agent and return its exit status; None when it must run
     in this process: no agent yet (one is started for the next command), a command the agent
     does not serve, or an agent that refused it (another executable, code changed since)."""
-    if os.environ.get(AGENT_ENV) == "off" or command_name(argv) not in SERVED:
+    if os.name != "posix" or os.environ.get(AGENT_ENV) == "off":
+        return None
+    if command_name(argv) not in SERVED:
         return None
     path = socket_path()
     if path is None:
@@ -215,7 +217,8 @@ def start_agent() -> None:
 
     null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
     command = [sys.executable, "-m", "node.cli", "agent", "serve"]
-    with contextlib.suppress(OSError):  # no agent: commands run in their own process
+    # Where it cannot be started (no setsid for posix_spawn), commands run in their own process.
+    with contextlib.suppress(OSError, NotImplementedError):
         os.posix_spawn(sys.executable, command, os.environ, file_actions=null, setsid=True)
 
 
