@@ -66,16 +66,18 @@ class Agent:
             check=False,
         )
 
+    def said(self, key: str) -> int:
+        """A number the agent's status answer gives (a status request is served too)."""
+        said = _agent.status(str(self.wait_for_socket()))
+        assert said is not None
+        return int(said[key])
+
     def served(self) -> int:
         """Requests served so far, this one not counted."""
-        said = _agent.status(str(self.wait_for_socket()))
-        assert said is not None
-        return int(said["served"])
+        return self.said("served")
 
     def pid(self) -> int:
-        said = _agent.status(str(self.wait_for_socket()))
-        assert said is not None
-        return int(said["pid"])
+        return self.said("pid")
 
     def stop(self) -> None:
         sockets = list(self.run.glob("pyrgos-*/agent-*.sock"))
